@@ -1,0 +1,4 @@
+from clip_filter.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,168 @@
+"""Reading images and captions out of a request, in each shape the API accepts.
+
+JSON bodies carry base64 images (raw or data URIs); multipart bodies carry files in the repeated
+`images` field and captions in the repeated `texts` field. Images are decoded on worker threads;
+one undecodable image becomes an error in its own slot, the rest go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from clip_filter.core.config import Settings
+from clip_filter.core.errors import ClipFilterError
+from clip_filter.images import ImageLimits, decode_base64_image, decode_image
+
+
+@dataclass
+class ImageSlot:
+    index: int
+    filename: str | None
+    image: Image.Image | None = None
+    error: ClipFilterError | None = None
+
+
+@dataclass
+class ParsedRequest:
+    images: list[ImageSlot] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    legacy: bool = False  # the original {"image_base64", "text_input1", "text_input2"} request
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    return ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+
+
+def _invalid(message: str, code: str = "invalid_request", status: int = 422, **details: Any) -> ClipFilterError:
+    return ClipFilterError(code, message, status, **details)
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        raise _invalid("The request body is empty; send a JSON object.", "invalid_json", 400)
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _invalid(f"The request body is not valid JSON: {exc}", "invalid_json", 400) from exc
+    if not isinstance(body, dict):
+        raise _invalid("The JSON body must be an object.", "invalid_json", 400)
+    return body
+
+
+def request_kind(request: Request) -> str:
+    """'json' or 'multipart'; anything else is refused with 415."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("", "application/json") or content_type.endswith("+json"):
+        return "json"
+    if content_type == "multipart/form-data":
+        return "multipart"
+    raise ClipFilterError(
+        "unsupported_media_type",
+        f"Content type {content_type!r} is not accepted; send application/json or multipart/form-data.",
+        415,
+    )
+
+
+def validate_texts(texts: Any, settings: Settings, field_name: str = "texts") -> list[str]:
+    if not isinstance(texts, list) or not texts:
+        raise _invalid(f"`{field_name}` must be a non-empty list of captions.")
+    if len(texts) > settings.max_texts_per_request:
+        raise _invalid(
+            f"Too many captions: {len(texts)}; at most {settings.max_texts_per_request} per request.",
+            "too_many_texts", 413, limit=settings.max_texts_per_request,
+        )
+    for position, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise _invalid(f"Caption {position} is not a string.", index=position)
+        if not text.strip():
+            raise _invalid(f"Caption {position} is empty.", "empty_caption", index=position)
+        if len(text) > settings.max_text_chars:
+            raise _invalid(
+                f"Caption {position} has {len(text)} characters; at most {settings.max_text_chars} are accepted.",
+                "caption_too_long", 413, index=position, limit=settings.max_text_chars,
+            )
+    return list(texts)
+
+
+def _check_image_count(count: int, settings: Settings) -> None:
+    if count == 0:
+        raise _invalid("No images: send at least one in `images`.", "no_images")
+    if count > settings.max_images_per_request:
+        raise _invalid(
+            f"Too many images: {count}; at most {settings.max_images_per_request} per request.",
+            "too_many_images", 413, limit=settings.max_images_per_request,
+        )
+
+
+async def _decode_slot(slot: ImageSlot, data: bytes | str, limits: ImageLimits) -> ImageSlot:
+    decode = decode_base64_image if isinstance(data, str) else decode_image
+    try:
+        slot.image = await run_in_threadpool(decode, data, limits)
+    except ClipFilterError as exc:
+        slot.error = exc
+    return slot
+
+
+async def read_images_and_texts(request: Request, settings: Settings, want_texts: bool) -> ParsedRequest:
+    """Parse a matching/embedding request; captions are required when `want_texts`."""
+    limits = image_limits(settings)
+    parsed = ParsedRequest()
+    raw_images: list[tuple[str | None, bytes | str]] = []
+
+    if request_kind(request) == "json":
+        body = await read_json_object(request)
+        if "image_base64" in body and ("text_input1" in body or "text_input2" in body) and "texts" not in body:
+            parsed.legacy = True
+            texts: Any = [body.get("text_input1"), body.get("text_input2")]
+        else:
+            texts = body.get("texts")
+        if "images" in body:
+            images = body["images"]
+            if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+                raise _invalid("`images` must be a list of base64 strings or data URIs.")
+        elif "image_base64" in body:
+            if not isinstance(body["image_base64"], str):
+                raise _invalid("`image_base64` must be a base64 string or a data URI.")
+            images = [body["image_base64"]]
+        else:
+            images = []
+        _check_image_count(len(images), settings)
+        raw_images = [(None, item) for item in images]
+    else:
+        form = await request.form(
+            max_files=settings.max_images_per_request + 1, max_fields=settings.max_texts_per_request + 16
+        )
+        files = form.getlist("images")
+        _check_image_count(len(files), settings)
+        for item in files:
+            if not isinstance(item, UploadFile):
+                raise _invalid("Every `images` part must be a file upload.")
+            raw_images.append((item.filename, await item.read()))
+        texts = [value for value in form.getlist("texts")]
+        if any(not isinstance(value, str) for value in texts):
+            raise _invalid("Every `texts` part must be a plain form field, not a file.")
+
+    if want_texts:
+        parsed.texts = validate_texts(texts, settings)
+    parsed.images = [ImageSlot(index, name) for index, (name, _) in enumerate(raw_images)]
+    await asyncio.gather(*(_decode_slot(slot, data, limits) for slot, (_, data) in zip(parsed.images, raw_images)))
+    if parsed.legacy and parsed.images[0].error is not None:
+        raise parsed.images[0].error  # the original contract has one image: its failure is the request's
+    return parsed
+
+
+async def read_texts(request: Request, settings: Settings) -> list[str]:
+    if request_kind(request) == "json":
+        body = await read_json_object(request)
+        return validate_texts(body.get("texts"), settings)
+    form = await request.form(max_files=0, max_fields=settings.max_texts_per_request + 16)
+    return validate_texts(list(form.getlist("texts")), settings)

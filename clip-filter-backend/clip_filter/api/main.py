@@ -1,0 +1,77 @@
+"""create_app(): the FastAPI application with its model service, collections, errors and UI."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+
+from clip_filter import __version__
+from clip_filter.api.errors import install_error_handlers
+from clip_filter.api.limits import BodySizeLimit
+from clip_filter.api.routes import embeddings, health, match
+from clip_filter.core.config import Settings, get_settings
+from clip_filter.ml.service import ModelService
+
+log = logging.getLogger(__name__)
+
+API_ROUTERS = [health.router, match.router, embeddings.router]
+
+
+def _collection_routers() -> list:
+    from clip_filter.api.routes import collections, jobs, map as map_routes
+
+    return [collections.router, jobs.router, map_routes.router]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from clip_filter.collections.service import open_collections
+
+        model = ModelService(settings)
+        app.state.model = model
+        model.start()  # loads in the background: liveness answers at once, readiness once loaded
+        app.state.collections = open_collections(settings, model)
+        try:
+            yield
+        finally:
+            app.state.collections.close()
+            model.close()
+
+    app = FastAPI(
+        title="clip-filter",
+        version=__version__,
+        description="Image-text matching, embeddings and collection search on OpenCLIP.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
+
+    for router in API_ROUTERS + _collection_routers():
+        app.include_router(router)
+        # The UI calls the API under /api (nginx strips the prefix in Docker; here both work).
+        app.include_router(router, prefix="/api", include_in_schema=False)
+
+    ui_dir = settings.ui_dir
+    if ui_dir is not None and Path(ui_dir, "index.html").is_file():
+        app.mount("/", StaticFiles(directory=ui_dir, html=True), name="ui")
+    else:
+        if ui_dir is not None:
+            log.warning("CLIP_FILTER_UI_DIR=%s has no index.html; the UI is not served", ui_dir)
+
+        @app.get("/", include_in_schema=False)
+        async def root() -> dict[str, str]:
+            return {"service": "clip-filter", "version": __version__, "docs": "/docs", "info": "/info"}
+
+    return app

@@ -1,0 +1,161 @@
+"""Dynamic batching: concurrent requests' items are coalesced into model batches on one model thread.
+
+Why one thread: on a CPU the model already uses every core for one batch, so two batches at once
+only fight over them; on a GPU one stream of large batches is what keeps it busy. The event loop
+never runs model code: it enqueues items and awaits futures that the model thread resolves.
+
+Items of one kind ("image" or "text") form a batch. The thread waits at most `max_wait_s` after the
+first queued item for more to arrive, so a lone request pays at most that much extra latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from clip_filter.core.errors import OverloadedError
+
+log = logging.getLogger(__name__)
+
+# kind -> function that turns a list of payloads into a list of results, same order
+BatchFunction = Callable[[list[Any]], Sequence[Any]]
+
+
+@dataclass
+class _Item:
+    kind: str
+    payload: Any
+    loop: asyncio.AbstractEventLoop | None
+    future: Any  # asyncio.Future (from the loop) or concurrent.futures.Future (from a thread)
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        functions: dict[str, BatchFunction],
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+    ) -> None:
+        self._functions = functions
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._max_queue = max_queue
+        self._queue: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.batches_run = 0
+        self.items_run = 0
+        self._thread = threading.Thread(target=self._run, name="clip-model", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, kind: str, payloads: Sequence[Any]) -> list[Any]:
+        """Queue all payloads of one request (all or none), then await their results."""
+        loop = asyncio.get_running_loop()
+        items = [_Item(kind, payload, loop, loop.create_future()) for payload in payloads]
+        self._enqueue(items)
+        return list(await asyncio.gather(*(item.future for item in items)))
+
+    def submit_blocking(self, kind: str, payloads: Sequence[Any]) -> list[Any]:
+        """The same for worker threads (bulk ingest jobs): blocks until the results are in."""
+        import concurrent.futures
+
+        items = [_Item(kind, payload, None, concurrent.futures.Future()) for payload in payloads]
+        self._enqueue(items, wait_for_room=True)
+        return [item.future.result() for item in items]
+
+    def _enqueue(self, items: list[_Item], wait_for_room: bool = False) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            # A request larger than the whole queue is still admitted when the queue is empty.
+            while self._queue and len(self._queue) + len(items) > self._max_queue:
+                if not wait_for_room:
+                    raise OverloadedError(retry_after=1)
+                self._cond.wait(timeout=0.1)  # background jobs wait instead of being refused
+            self._queue.extend(items)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+
+    # ---- model thread --------------------------------------------------------------------------
+    def _take_batch(self) -> list[_Item] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed and not self._queue:
+                return None
+            first = self._queue[0]
+            deadline = first.enqueued_at + self._max_wait_s
+            while (
+                sum(1 for item in self._queue if item.kind == first.kind) < self._max_batch
+                and not self._closed
+            ):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(timeout=remaining)
+            batch: list[_Item] = []
+            kept: deque[_Item] = deque()
+            for item in self._queue:
+                if item.kind == first.kind and len(batch) < self._max_batch:
+                    batch.append(item)
+                else:
+                    kept.append(item)
+            self._queue = kept
+            self._cond.notify_all()  # wakes producers waiting for room
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            try:
+                results = self._functions[batch[0].kind]([item.payload for item in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError("batch function returned the wrong number of results")
+                outcomes: list[tuple[Any, BaseException | None]] = [(r, None) for r in results]
+            except BaseException as exc:  # noqa: BLE001 - a failed batch fails its requests, not the thread
+                log.exception("model batch failed")
+                outcomes = [(None, exc)] * len(batch)
+            self.batches_run += 1
+            self.items_run += len(batch)
+            for item, (result, error) in zip(batch, outcomes):
+                _resolve(item, result, error)
+
+
+def _resolve(item: _Item, result: Any, error: BaseException | None) -> None:
+    if item.loop is None:
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(result)
+        return
+
+    def settle() -> None:
+        if item.future.done():  # the request was cancelled (client went away)
+            return
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(result)
+
+    try:
+        item.loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass

@@ -1,0 +1,158 @@
+"""The one place that turns settings (model name + pretrained source) into a ready ClipEncoder.
+
+`CLIP_PRETRAINED` is one of:
+- an open_clip pretrained tag (e.g. "openai"): downloaded once into CLIP_CACHE_DIR on a connected
+  machine, then read from that cache;
+- a path to a local checkpoint file, optionally verified against CLIP_CHECKPOINT_SHA256;
+- "random": randomly initialised weights from a fixed seed, for tests and offline demos.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+
+from clip_filter.core.config import Settings
+from clip_filter.ml.encoder import ClipEncoder, ModelInfo
+from clip_filter.ml.precision import cast_model, resolve_device, resolve_dtype
+from clip_filter.ml.text import TextEmbeddingCache
+
+log = logging.getLogger(__name__)
+
+# Extra architectures shipped with the package (clip-filter-tiny, for fast tests).
+open_clip.add_model_config(Path(__file__).parent / "model_configs")
+
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+class ModelLoadError(Exception):
+    """The weights cannot be had. `reason` says what went wrong, `fix` what the operator can do."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fix = fix
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    kind: str  # "pretrained" | "checkpoint" | "random"
+    value: str | None  # the tag or the checkpoint path
+
+
+def resolve_weights_source(settings: Settings) -> WeightsSource:
+    """Decide what CLIP_PRETRAINED means, without loading anything yet."""
+    value = settings.pretrained.strip()
+    if value.lower() == "random":
+        return WeightsSource("random", None)
+    if open_clip.list_pretrained_tags_by_model(settings.model_name) and value in open_clip.list_pretrained_tags_by_model(
+        settings.model_name
+    ):
+        return WeightsSource("pretrained", value)
+    if os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors")) or Path(value).exists():
+        return WeightsSource("checkpoint", value)
+    tags = open_clip.list_pretrained_tags_by_model(settings.model_name)
+    raise ModelLoadError(
+        f"CLIP_PRETRAINED={value!r} is neither a pretrained tag of {settings.model_name} nor a checkpoint path.",
+        f"Use one of the tags {tags or '(this model has none)'}, a path to a checkpoint file, or 'random'.",
+    )
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_checkpoint(path: Path, expected_sha256: str | None) -> None:
+    if not path.is_file():
+        raise ModelLoadError(
+            f"Checkpoint file {str(path)!r} does not exist.",
+            "Set CLIP_PRETRAINED to an existing checkpoint file (mounted into the container if you use Docker).",
+        )
+    if expected_sha256:
+        actual = sha256_of_file(path)
+        if actual.lower() != expected_sha256.strip().lower():
+            raise ModelLoadError(
+                f"Checkpoint {str(path)!r} has sha256 {actual}, expected {expected_sha256.strip().lower()}.",
+                "The file is corrupt or not the one you meant: download it again, or fix CLIP_CHECKPOINT_SHA256.",
+            )
+
+
+def load_encoder(settings: Settings) -> ClipEncoder:
+    """Build the model, its preprocessing and tokenizer, on the chosen device and precision."""
+    if settings.model_name not in open_clip.list_models():
+        raise ModelLoadError(
+            f"Unknown model architecture CLIP_MODEL={settings.model_name!r}.",
+            "Use an open_clip architecture name such as ViT-B-32 (see open_clip.list_models()).",
+        )
+    source = resolve_weights_source(settings)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.precision, device)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+
+    pretrained: str | None = None
+    if source.kind == "checkpoint":
+        _check_checkpoint(Path(source.value), settings.checkpoint_sha256)
+        pretrained = source.value
+    elif source.kind == "pretrained":
+        pretrained = source.value
+        settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        torch.manual_seed(settings.random_seed)  # random mode is deterministic
+
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            settings.model_name, pretrained=pretrained, cache_dir=str(settings.cache_dir)
+        )
+    except Exception as exc:  # open_clip wraps download and load failures in RuntimeError and friends
+        if source.kind == "pretrained":
+            raise ModelLoadError(
+                f"Could not get the {settings.model_name}/{pretrained} weights: {exc}",
+                "Start the service once on a machine that can reach the model hub with the same "
+                "CLIP_CACHE_DIR (a Docker volume keeps it), or set CLIP_PRETRAINED to a local checkpoint "
+                "file, or CLIP_PRETRAINED=random for a test mode with meaningless scores.",
+            ) from exc
+        raise ModelLoadError(
+            f"Could not load {settings.model_name} from {pretrained or 'random init'}: {exc}",
+            "Check that the checkpoint matches CLIP_MODEL's architecture and is an open_clip/OpenAI checkpoint.",
+        ) from exc
+
+    model.eval()
+    model = cast_model(model.to(device), dtype)
+    tokenizer = open_clip.get_tokenizer(settings.model_name, cache_dir=str(settings.cache_dir))
+    context_length = int(getattr(tokenizer, "context_length", None) or getattr(model, "context_length", 77))
+    with torch.no_grad():
+        logit_scale = float(model.logit_scale.float().exp().item())
+        # Encoding one caption is the one way to learn the dimension that works for every tower type.
+        embed_dim = int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
+
+    info = ModelInfo(
+        model=settings.model_name,
+        pretrained=settings.pretrained.strip() if source.kind != "random" else "random",
+        weights=source.kind,
+        device=str(device),
+        dtype=DTYPE_NAMES.get(dtype, str(dtype)),
+        dim=embed_dim,
+        logit_scale=logit_scale,
+        context_length=context_length,
+    )
+    log.info("model ready: %s", info)
+    return ClipEncoder(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        info=info,
+        batch_size=settings.batch_size,
+        text_cache=TextEmbeddingCache(settings.text_cache_size),
+    )
+

@@ -1,0 +1,182 @@
+"""ModelService: the async face of the model for the web layer.
+
+It loads the model in the background (the server answers liveness at once and readiness when the
+model is there), preprocesses images on a small thread pool so the model never waits for them, and
+sends the model work through the dynamic batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clip_filter.core.config import Settings
+from clip_filter.core.errors import ModelUnavailableError
+from clip_filter.ml.batcher import DynamicBatcher
+from clip_filter.ml.encoder import ClipEncoder, ModelInfo, TextBatch
+from clip_filter.ml.factory import ModelLoadError, load_encoder
+
+log = logging.getLogger(__name__)
+
+LOADING, READY, FAILED = "loading", "ready", "failed"
+
+
+class ModelService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = LOADING
+        self.reason: str | None = "The model is loading."
+        self.fix: str | None = "Wait until GET /health/ready answers 200."
+        self.encoder: ClipEncoder | None = None
+        self.batcher: DynamicBatcher | None = None
+        self._pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="clip-preprocess")
+        self._loader: threading.Thread | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def start(self, wait: bool = False) -> None:
+        self._loader = threading.Thread(target=self._load, name="clip-loader", daemon=True)
+        self._loader.start()
+        if wait:
+            self._loader.join()
+
+    def _load(self) -> None:
+        try:
+            encoder = load_encoder(self.settings)
+        except ModelLoadError as exc:
+            self._fail(exc.reason, exc.fix)
+            return
+        except Exception as exc:  # noqa: BLE001 - any load failure must leave a live, explaining server
+            log.exception("model load failed")
+            self._fail(f"Loading the model failed: {exc}", "Check the server log and the CLIP_* settings.")
+            return
+        self.batcher = DynamicBatcher(
+            {"image": self._run_image_batch, "text": self._run_text_batch},
+            max_batch=self.settings.batch_size,
+            max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
+            max_queue=self.settings.max_queue,
+        )
+        self.encoder = encoder
+        self.state, self.reason, self.fix = READY, None, None
+
+    def _fail(self, reason: str, fix: str) -> None:
+        log.error("model unavailable: %s Fix: %s", reason, fix)
+        self.state, self.reason, self.fix = FAILED, reason, fix
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---- state ----------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.state == READY
+
+    def require_ready(self) -> ClipEncoder:
+        if self.encoder is None or self.state != READY:
+            message = "The model is loading; try again shortly." if self.state == LOADING else "The model is unavailable."
+            raise ModelUnavailableError(message, reason=self.reason or self.state, fix=self.fix)
+        return self.encoder
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.require_ready().info
+
+    def model_summary(self) -> dict[str, Any]:
+        info = self.info
+        return {"name": info.model, "pretrained": info.pretrained, "weights": info.weights, "dim": info.dim}
+
+    def status(self) -> dict[str, Any]:
+        """Everything /info reports about the model, whatever its state."""
+        out: dict[str, Any] = {"state": self.state}
+        if self.reason:
+            out["reason"] = self.reason
+        if self.fix:
+            out["fix"] = self.fix
+        if self.encoder is not None:
+            out.update(self.encoder.info.to_dict())
+        else:
+            out.update(
+                model=self.settings.model_name,
+                pretrained=self.settings.pretrained,
+                weights="random" if self.settings.is_random else None,
+                device=None, dtype=None, dim=None, logit_scale=None, context_length=None,
+            )
+        return out
+
+    # ---- model work (async, for the web layer) ---------------------------------------------------
+    async def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        encoder = self.require_ready()
+        if not images:
+            return np.zeros((0, encoder.info.dim), np.float32)
+        loop = asyncio.get_running_loop()
+        pixels = await asyncio.gather(*(loop.run_in_executor(self._pool, encoder.preprocess, im) for im in images))
+        rows = await self.batcher.submit("image", pixels)
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    async def embed_texts(self, texts: list[str]) -> TextBatch:
+        encoder = self.require_ready()
+        if not texts:
+            return TextBatch(np.zeros((0, encoder.info.dim), np.float32), [])
+        # Cached captions skip the queue entirely: repeated captions cost no model time.
+        known = encoder.cached_texts(texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            for text, row in zip(missing, await self.batcher.submit("text", missing)):
+                known[text] = row
+        return _text_batch(texts, known)
+
+    # ---- model work (blocking, for worker threads such as bulk ingest jobs) ----------------------
+    def blocking_embedder(self) -> "BlockingEmbedder":
+        return BlockingEmbedder(self)
+
+    # ---- run on the model thread -----------------------------------------------------------------
+    def _run_image_batch(self, pixels: list[torch.Tensor]) -> list[np.ndarray]:
+        return list(self.encoder.encode_pixels(torch.stack(pixels)))
+
+    def _run_text_batch(self, texts: list[str]) -> list[tuple[np.ndarray, bool]]:
+        batch = self.encoder.encode_texts(texts)
+        return list(zip(batch.embeddings, batch.truncated))
+
+
+def _text_batch(texts: list[str], known: dict[str, tuple[np.ndarray, bool]]) -> TextBatch:
+    return TextBatch(
+        embeddings=np.stack([known[t][0] for t in texts]).astype(np.float32, copy=False),
+        truncated=[bool(known[t][1]) for t in texts],
+    )
+
+
+class BlockingEmbedder:
+    """The collections Embedder protocol for worker threads, going through the same batcher."""
+
+    def __init__(self, service: ModelService) -> None:
+        self._service = service
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._service.info
+
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        encoder = self._service.require_ready()
+        if not images:
+            return np.zeros((0, encoder.info.dim), np.float32)
+        pixels = list(self._service._pool.map(encoder.preprocess, images))
+        return np.stack(self._service.batcher.submit_blocking("image", pixels)).astype(np.float32, copy=False)
+
+    def encode_texts(self, texts: list[str]) -> TextBatch:
+        encoder = self._service.require_ready()
+        if not texts:
+            return TextBatch(np.zeros((0, encoder.info.dim), np.float32), [])
+        known = encoder.cached_texts(texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            for text, row in zip(missing, self._service.batcher.submit_blocking("text", missing)):
+                known[text] = row
+        return _text_batch(texts, known)

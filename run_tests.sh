@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Set up (first run) and run every test: backend unit + integration (pytest, live uvicorn servers),
+# web UI component tests (Vitest) and end-to-end tests in headless Chromium against a live backend.
+# Exit status: 0 only when every stage ran tests and all passed.
+#
+#   ./run_tests.sh            everything, locally (no Docker needed)
+#   ./run_tests.sh --docker   the unit and integration stages through docker compose
+set -euo pipefail
+source "$(dirname "$0")/scripts/setup.sh"
+cd "$ROOT"
+
+if [ "${1:-}" = "--docker" ]; then
+    command -v docker >/dev/null || die "docker not found"
+    export CLIP_MODEL=clip-filter-tiny CLIP_PRETRAINED=random
+    compose=(docker compose -f docker-compose.yml --profile test)
+    status=0
+    "${compose[@]}" build || die "docker compose build failed"
+    "${compose[@]}" run --rm unit-tests || status=$?
+    if [ "$status" = 0 ]; then
+        # `up` waits for the backend's healthcheck (depends_on: service_healthy) before the tests start.
+        "${compose[@]}" up --exit-code-from integration-tests integration-tests || status=$?
+    fi
+    "${compose[@]}" down --remove-orphans || true
+    exit "$status"
+fi
+
+ARTIFACTS="$ROOT/test-artifacts"
+mkdir -p "$ARTIFACTS"
+setup_python
+setup_frontend
+ensure_chromium
+export CHROMIUM_PATH="$(chromium_path)"
+
+failed=()
+run_stage() {
+    local name="$1"; shift
+    log "stage: $name"
+    local code=0
+    "$@" || code=$?
+    if [ "$code" = 5 ]; then
+        log "stage $name collected no tests: that is a failure"
+    fi
+    if [ "$code" != 0 ]; then failed+=("$name (exit $code)"); fi
+}
+
+run_stage "backend (pytest)" "$VENV/bin/python" -m pytest "$BACKEND/tests" -p no:cacheprovider \
+    --junitxml="$ARTIFACTS/pytest.xml" -o junit_family=xunit2
+run_stage "web UI components (vitest)" bash -c "cd '$FRONTEND' && npm test --silent"
+run_stage "end-to-end (chromium)" bash -c "cd '$FRONTEND' && CLIP_FILTER_VENV='$VENV' npm run e2e --silent"
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    log "FAILED stages: ${failed[*]}"
+    exit 1
+fi
+log "all stages passed; screenshots in $ARTIFACTS/screenshots"
