@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""clip-filter inference benchmark: prints one table, every figure measured in this run on this machine.
+
+    .venv/bin/python bench/bench.py                 # ViT-B-32, random weights (speed does not depend on them)
+    .venv/bin/python bench/bench.py --quick         # fewer repetitions, for a smoke run
+    .venv/bin/python bench/bench.py --device cuda   # on a GPU machine: also fp16 images/s at batch 256
+
+Rows:
+  images/s, captions/s   eager fp32 open_clip (the original project's way) vs the service's encoder path
+                         (CLIP_PRECISION=auto + length-trimmed text encoding), same batches, in-process
+  best-match latency     p50/p95 of one original-JSON request (1 image, 2 captions) over HTTP to a live server,
+                         vs the original-style baseline in-process: image and each caption in separate eager passes
+  16 clients             throughput and p99 of 16 concurrent best-match clients vs the encoder-only images/s
+  ingest                 images/s of a bulk ingest job end to end vs the encoder-only images/s
+  search                 p50/p95 of a text query against that collection
+  peak RSS               the server process's VmHWM
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "clip-filter-backend"))
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def make_images(count: int, size: int = 320, seed: int = 0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        yy, xx = np.mgrid[0:size, 0:size]
+        base, slope = rng.uniform(0, 255, 3), rng.uniform(-1, 1, (2, 3))
+        pixels = base + xx[..., None] * slope[0] + yy[..., None] * slope[1] + rng.normal(0, 15, (size, size, 3))
+        images.append(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)))
+    return images
+
+
+def png_b64(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+SHORT_CAPTIONS = [f"a photo of a {w}" for w in
+                  "dog cat car tree house boat bird horse chair table lamp phone cup book shoe hat".split()]
+
+
+def timed(fn, repeats: int) -> float:
+    """Best-of-`repeats` seconds for fn() after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# ---- in-process encoder figures ---------------------------------------------------------------------
+def encoder_figures(args) -> dict:
+    import open_clip
+    import torch
+
+    from clip_filter.core.config import Settings
+    from clip_filter.ml.factory import load_encoder
+
+    torch.set_num_threads(args.threads)
+    settings = Settings(CLIP_MODEL=args.model, CLIP_PRETRAINED="random", CLIP_DEVICE=args.device,
+                        CLIP_PRECISION="auto", CLIP_TEXT_CACHE_SIZE=0, CLIP_BATCH_SIZE=args.batch)
+    service_encoder = load_encoder(settings)
+    eager = load_encoder(settings.model_copy(update={"precision": "fp32"})).model
+    tokenizer = open_clip.get_tokenizer(args.model)
+    device = service_encoder.device
+
+    images = make_images(args.batch)
+    pixels = torch.stack([service_encoder.preprocess(im) for im in images])
+    captions = [SHORT_CAPTIONS[i % len(SHORT_CAPTIONS)] + f" number {i}" for i in range(args.batch)]
+    tokens = tokenizer(captions).to(device)
+
+    def eager_images():
+        with torch.no_grad():
+            eager.encode_image(pixels.to(device))
+
+    def eager_texts():
+        with torch.no_grad():
+            eager.encode_text(tokens)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    out = {"dtype": service_encoder.info.dtype, "device": str(device)}
+    out["eager_images_s"] = args.batch / timed(lambda: (eager_images(), sync()), args.repeats)
+    out["service_images_s"] = args.batch / timed(lambda: (service_encoder.encode_pixels(pixels), sync()), args.repeats)
+    out["eager_captions_s"] = args.batch / timed(lambda: (eager_texts(), sync()), args.repeats)
+    out["service_captions_s"] = args.batch / timed(lambda: (service_encoder.encode_texts(captions), sync()), args.repeats)
+
+    # The original project's best match: the image and each caption in separate eager fp32 passes.
+    preprocess = open_clip.create_model_and_transforms(args.model, pretrained=None)[2]
+    one_image = make_images(1, seed=5)[0]
+    latencies = []
+    for _ in range(args.latency_requests):
+        start = time.perf_counter()
+        with torch.no_grad():
+            image_features = eager.encode_image(preprocess(one_image).unsqueeze(0).to(device))
+            text_features = [eager.encode_text(tokenizer([c]).to(device)) for c in ("a cat", "a car")]
+            image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+            logits = torch.cat([image_features @ (t / t.norm(dim=-1, keepdim=True)).T for t in text_features], 1)
+            logits.softmax(dim=-1)
+        sync()
+        latencies.append(time.perf_counter() - start)
+    out["baseline_latency"] = latencies
+
+    if device.type == "cuda":
+        big = torch.stack([service_encoder.preprocess(im) for im in make_images(32, seed=9)] * 8)  # 256
+        fp16 = load_encoder(settings.model_copy(update={"precision": "fp16", "batch_size": 256}))
+        out["fp16_b256_images_s"] = 256 / timed(lambda: (fp16.encode_pixels(big), sync()), args.repeats)
+    return out
+
+
+# ---- live server figures ------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(args, data_dir: str) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "CLIP_MODEL": args.model, "CLIP_PRETRAINED": "random", "CLIP_DEVICE": args.device,
+           "CLIP_PRECISION": "auto", "CLIP_FILTER_PORT": str(port), "CLIP_FILTER_DATA_DIR": data_dir,
+           "CLIP_FILTER_LOG_LEVEL": "warning", "CLIP_BATCH_SIZE": str(args.batch),
+           "CLIP_FILTER_INGEST_ROOTS": data_dir}
+    process = subprocess.Popen([sys.executable, "-m", "clip_filter", "serve"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            raise SystemExit("the server exited during start-up")
+        time.sleep(0.2)
+    raise SystemExit("the server did not become ready")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def server_figures(args) -> dict:
+    import httpx
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as data_dir:
+        process, url = start_server(args, data_dir)
+        try:
+            with httpx.Client(base_url=url, timeout=600) as http:
+                body = {"image_base64": png_b64(make_images(1, seed=5)[0]), "text_input1": "a cat", "text_input2": "a car"}
+                http.post("/image_text_similarity_best_match", json=body).raise_for_status()
+                latencies = []
+                for _ in range(args.latency_requests):
+                    start = time.perf_counter()
+                    http.post("/image_text_similarity_best_match", json=body).raise_for_status()
+                    latencies.append(time.perf_counter() - start)
+                out["service_latency"] = latencies
+
+            out.update(asyncio.run(concurrent_clients(url, args)))
+            out.update(ingest_and_search(url, args, Path(data_dir)))
+            out["peak_rss_mb"] = peak_rss_mb(process.pid)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+    return out
+
+
+async def concurrent_clients(url: str, args) -> dict:
+    import httpx
+
+    bodies = [{"image_base64": png_b64(im), "text_input1": "a cat", "text_input2": "a car"}
+              for im in make_images(16, seed=11)]
+    latencies: list[float] = []
+    errors = 0
+
+    async def client(http: httpx.AsyncClient, body: dict) -> None:
+        nonlocal errors
+        for _ in range(args.requests_per_client):
+            start = time.perf_counter()
+            response = await http.post("/image_text_similarity_best_match", json=body)
+            latencies.append(time.perf_counter() - start)
+            errors += response.status_code != 200
+
+    limits = httpx.Limits(max_connections=32)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+        await asyncio.gather(*(client(http, bodies[i]) for i in range(2)))  # warm-up
+        latencies.clear()
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http, body) for body in bodies))
+        elapsed = time.perf_counter() - start
+    return {"clients16_rps": len(latencies) / elapsed, "clients16_p99": percentile(latencies, 99),
+            "clients16_errors": errors, "clients16_requests": len(latencies)}
+
+
+def ingest_and_search(url: str, args, data_dir: Path) -> dict:
+    import httpx
+
+    folder = data_dir / "ingest"
+    folder.mkdir()
+    for i, image in enumerate(make_images(args.ingest_images, seed=21)):
+        image.save(folder / f"{i:04d}.png")
+    with httpx.Client(base_url=url, timeout=600) as http:
+        http.post("/collections", json={"name": "bench"}).raise_for_status()
+        start = time.perf_counter()
+        job = http.post("/collections/bench/jobs", json={"path": str(folder)}).json()
+        while True:
+            state = http.get(f"/jobs/{job['job_id']}").json()
+            if state["state"] in ("done", "failed", "interrupted"):
+                break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - start
+        if state["state"] != "done" or state["added"] != args.ingest_images:
+            raise SystemExit(f"ingest did not complete: {state}")
+        search = []
+        for i in range(args.latency_requests):
+            t0 = time.perf_counter()
+            http.post("/collections/bench/search", json={"text": f"query {i}", "top_k": 10}).raise_for_status()
+            search.append(time.perf_counter() - t0)
+    return {"ingest_images_s": args.ingest_images / elapsed, "search_latency": search}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--latency-requests", type=int, default=20)
+    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--ingest-images", type=int, default=128)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.latency_requests, args.requests_per_client, args.ingest_images = 1, 5, 1, 32
+
+    enc = encoder_figures(args)
+    srv = server_figures(args)
+
+    rows = []
+
+    def row(name: str, baseline: str, ours: str, ratio: str = "", target: str = "") -> None:
+        rows.append((name, baseline, ours, ratio, target))
+
+    row(f"images/s (batch {args.batch})", f"{enc['eager_images_s']:.1f} eager fp32",
+        f"{enc['service_images_s']:.1f} {enc['dtype']}", f"{enc['service_images_s'] / enc['eager_images_s']:.2f}x", ">= 3x")
+    row(f"captions/s (batch {args.batch}, <16 tokens)", f"{enc['eager_captions_s']:.1f} eager fp32",
+        f"{enc['service_captions_s']:.1f} trimmed", f"{enc['service_captions_s'] / enc['eager_captions_s']:.2f}x", ">= 8x")
+    b50, b95 = percentile(enc["baseline_latency"], 50) * 1e3, percentile(enc["baseline_latency"], 95) * 1e3
+    s50, s95 = percentile(srv["service_latency"], 50) * 1e3, percentile(srv["service_latency"], 95) * 1e3
+    row("best match p50 / p95 ms (1 image, 2 captions)", f"{b50:.1f} / {b95:.1f} original-style",
+        f"{s50:.1f} / {s95:.1f} over HTTP", f"{s50 / b50:.2f} of baseline", "<= 0.25")
+    row("16 clients: images/s, p99 ms, errors", f"{enc['service_images_s']:.1f} encoder-only",
+        f"{srv['clients16_rps']:.1f}, {srv['clients16_p99'] * 1e3:.0f}, {srv['clients16_errors']}/{srv['clients16_requests']}",
+        f"{srv['clients16_rps'] / enc['service_images_s']:.0%} of encoder", ">= 90%, 0 errors")
+    row(f"ingest images/s ({args.ingest_images} PNGs, job API)", f"{enc['service_images_s']:.1f} encoder-only",
+        f"{srv['ingest_images_s']:.1f} end to end", f"{srv['ingest_images_s'] / enc['service_images_s']:.0%} of encoder", ">= 85%")
+    row(f"collection search p50 / p95 ms ({args.ingest_images} items)", "",
+        f"{percentile(srv['search_latency'], 50) * 1e3:.1f} / {percentile(srv['search_latency'], 95) * 1e3:.1f}")
+    row("backend peak RSS", "", f"{srv['peak_rss_mb']:.0f} MB", "", "<= 1200 MB")
+    if "fp16_b256_images_s" in enc:
+        row("GPU images/s fp16, batch 256", "", f"{enc['fp16_b256_images_s']:.0f}")
+
+    print(f"\nclip-filter benchmark: {args.model}, random weights, device {enc['device']}, "
+          f"service dtype {enc['dtype']}, {args.threads} threads, {os.cpu_count()} CPUs\n")
+    widths = [max(len(r[i]) for r in rows + [("measure", "baseline", "clip-filter", "ratio", "target")]) for i in range(5)]
+    header = ("measure", "baseline", "clip-filter", "ratio", "target")
+    for line in [header, tuple("-" * w for w in widths)] + rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+
+
+if __name__ == "__main__":
+    main()
