@@ -11,16 +11,22 @@ cd "$ROOT"
 
 if [ "${1:-}" = "--docker" ]; then
     command -v docker >/dev/null || die "docker not found"
-    export CLIP_MODEL=clip-filter-tiny CLIP_PRETRAINED=random
-    compose=(docker compose -f docker-compose.yml --profile test)
+    # The tiny random model, and a project of its own so the tests never touch a real stack's volumes.
+    export CLIP_MODEL=clip-filter-tiny CLIP_PRETRAINED=random CLIP_FILTER_START_PERIOD=3m
+    compose=(docker compose -f docker-compose.yml -p clip-filter-test --profile test)
     status=0
-    "${compose[@]}" build || die "docker compose build failed"
-    "${compose[@]}" run --rm unit-tests || status=$?
+    "${compose[@]}" build || status=$?
+    if [ "$status" = 0 ]; then "${compose[@]}" run --rm unit-tests || status=$?; fi
     if [ "$status" = 0 ]; then
-        # `up` waits for the backend's healthcheck (depends_on: service_healthy) before the tests start.
-        "${compose[@]}" up --exit-code-from integration-tests integration-tests || status=$?
+        # --wait returns once the backend's healthcheck passes, and fails if it never does.
+        if "${compose[@]}" up -d --wait backend; then
+            "${compose[@]}" run --rm integration-tests || status=$?
+        else
+            status=1
+            "${compose[@]}" logs backend
+        fi
     fi
-    "${compose[@]}" down --remove-orphans || true
+    "${compose[@]}" down -v --remove-orphans || true
     exit "$status"
 fi
 
