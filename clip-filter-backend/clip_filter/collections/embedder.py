@@ -1,0 +1,29 @@
+"""What a collection needs from a model: anything with these three members can embed for it.
+
+`ClipEncoder` satisfies it (the CLI); `ModelService.blocking_embedder()` satisfies it inside the
+server (safe to call from worker threads, goes through the dynamic batcher).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:  # no torch import at runtime for the web layer's sake
+    from clip_filter.ml.encoder import ModelInfo, TextBatch
+
+
+class Embedder(Protocol):
+    @property
+    def info(self) -> "ModelInfo": ...
+
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray: ...
+
+    def encode_texts(self, texts: list[str]) -> "TextBatch": ...
+
+
+def model_key(info: "ModelInfo") -> tuple[str, str, int]:
+    """What a collection records and compares: (architecture, pretrained tag or path, dimension)."""
+    return (info.model, info.pretrained, int(info.dim))

@@ -1,0 +1,269 @@
+"""Adding things to a collection: files or texts in, one committed batch of items out.
+
+One pipeline serves the HTTP upload, bulk jobs and the CLI:
+read -> hash -> skip content already present -> decode -> embed -> write originals -> one transaction.
+A bad file becomes an error in its own slot; the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from clip_filter.collections.embedder import Embedder, model_key
+from clip_filter.collections.store import CollectionRecord, JobProgress, NewItem, SqliteCollectionStore
+from clip_filter.core.errors import ClipFilterError
+from clip_filter.images import ImageLimits, decode_image, sniff_image_mimetype
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff",
+    ".heic", ".heif", ".avif",
+}
+TEXT_EXTENSIONS = {".txt", ".text", ".md", ".markdown"}
+MIME_EXTENSIONS = {
+    "image/jpeg": ".jpg", "image/png": ".png", "image/apng": ".png", "image/webp": ".webp", "image/gif": ".gif",
+    "image/bmp": ".bmp", "image/tiff": ".tif", "image/heic": ".heic", "image/heif": ".heif", "image/avif": ".avif",
+}
+
+
+def is_supported_filename(name: str) -> bool:
+    """Whether a folder walk should pick this file up (explicitly named files are always tried)."""
+    suffix = Path(name).suffix.lower()
+    return suffix in IMAGE_EXTENSIONS or suffix in TEXT_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    image: ImageLimits
+    max_text_chars: int  # a text longer than this is stored whole but embedded from its start
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "IngestLimits":
+        return cls(ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
+                   settings.max_text_chars)
+
+
+@dataclass
+class Source:
+    """One thing to add: file bytes, a file on disk (read lazily), or a text."""
+
+    filename: str | None = None
+    data: bytes | None = None
+    path: Path | None = None
+    text: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    content_type: str | None = None
+    error: ClipFilterError | None = None  # refused before reading (e.g. a path outside the allowed folders)
+
+
+@dataclass
+class Outcome:
+    index: int
+    filename: str | None
+    status: str  # "added" | "duplicate" | "error"
+    item_id: int | None = None
+    error: ClipFilterError | None = None
+
+
+@dataclass
+class _Prepared:
+    index: int
+    kind: str
+    sha256: str
+    mimetype: str
+    size: int
+    filename: str | None
+    metadata: dict[str, Any]
+    data: bytes | None = None
+    text: str | None = None
+    image: Image.Image | None = None
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read(source: Source, limits: IngestLimits) -> bytes:
+    if source.data is not None:
+        return source.data
+    assert source.path is not None
+    try:
+        size = source.path.stat().st_size
+        if size > limits.image.max_bytes:
+            raise ClipFilterError(
+                "file_too_large", f"The file has {size} bytes; at most {limits.image.max_bytes} are accepted.", 413,
+                limit=limits.image.max_bytes,
+            )
+        return source.path.read_bytes()
+    except FileNotFoundError:
+        raise ClipFilterError("file_not_found", f"{source.path} does not exist (any more).", 404) from None
+    except IsADirectoryError:
+        raise ClipFilterError("not_a_file", f"{source.path} is a folder.", 422) from None
+    except PermissionError:
+        raise ClipFilterError("file_unreadable", f"{source.path} cannot be read (permission denied).", 403) from None
+    except OSError as exc:
+        raise ClipFilterError("file_unreadable", f"{source.path} cannot be read: {exc.strerror or exc}", 422) from None
+
+
+def _looks_like_text(source: Source) -> bool:
+    content_type = (source.content_type or "").split(";")[0].strip().lower()
+    suffix = Path(source.filename or "").suffix.lower()
+    return content_type.startswith("text/") or suffix in TEXT_EXTENSIONS
+
+
+def _text_mimetype(filename: str | None) -> str:
+    return "text/markdown" if Path(filename or "").suffix.lower() in {".md", ".markdown"} else "text/plain"
+
+
+def decode_text(data: bytes) -> str:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ClipFilterError("invalid_text", f"The text file is not UTF-8 (byte {exc.start}).", 422) from None
+    if "\x00" in text:
+        raise ClipFilterError("invalid_text", "The text file contains NUL characters; it looks binary.", 422)
+    return text
+
+
+def check_text(text: str) -> str:
+    if not text.strip():
+        raise ClipFilterError("empty_text", "The text is empty.", 422)
+    return text
+
+
+def prepare(index: int, source: Source, limits: IngestLimits) -> _Prepared:
+    """Read, hash and decode one source (raises ClipFilterError for a bad one)."""
+    if source.text is not None:
+        text = check_text(source.text)
+        encoded = text.encode("utf-8")
+        return _Prepared(index, "text", sha256_hex(encoded), "text/plain", len(encoded), source.filename,
+                         source.metadata, text=text)
+    data = _read(source, limits)
+    if not data:
+        raise ClipFilterError("empty_file", "The file is empty.", 400)
+    image_type = sniff_image_mimetype(data)
+    if image_type is None and _looks_like_text(source):
+        text = check_text(decode_text(data))
+        # Texts hash as their UTF-8, so the same text added as a file or as JSON is one item.
+        encoded = text.encode("utf-8")
+        return _Prepared(index, "text", sha256_hex(encoded), _text_mimetype(source.filename), len(encoded),
+                         source.filename, source.metadata, text=text)
+    image = decode_image(data, limits.image)  # raises the precise error for non-images too
+    return _Prepared(index, "image", sha256_hex(data), image_type or "application/octet-stream", len(data),
+                     source.filename, source.metadata, data=data, image=image)
+
+
+def failure_entry(filename: str | None, error: ClipFilterError) -> dict[str, Any]:
+    return {"filename": filename, "code": error.code, "message": error.message}
+
+
+class Ingestor:
+    def __init__(self, store: SqliteCollectionStore, limits: IngestLimits) -> None:
+        self.store = store
+        self.limits = limits
+
+    def ingest(
+        self,
+        collection: CollectionRecord,
+        sources: list[Source],
+        embedder: Embedder,
+        job_id: str | None = None,
+    ) -> list[Outcome]:
+        """Add a batch; everything that is added commits in one transaction (with the job's progress)."""
+        outcomes: list[Outcome | None] = [None] * len(sources)
+        prepared: list[_Prepared] = []
+        # Hash first: content already in the collection is never decoded or embedded again (resumable ingest).
+        for index, source in enumerate(sources):
+            try:
+                if source.error is not None:
+                    raise source.error
+                if source.text is None and source.data is None and source.path is not None:
+                    source.data = _read(source, self.limits)
+                prepared_item = self._prepare_after_dedup(index, source, collection)
+            except ClipFilterError as error:
+                outcomes[index] = Outcome(index, source.filename, "error", error=error)
+                continue
+            if isinstance(prepared_item, Outcome):
+                outcomes[index] = prepared_item
+            else:
+                prepared.append(prepared_item)
+
+        new_items: list[NewItem] = []
+        model = None
+        try:
+            if prepared:
+                info = embedder.info
+                model = model_key(info)
+                collection.check_model(*model)
+                new_items = self._embed(prepared, embedder, collection)
+            progress = None
+            if job_id is not None:
+                errors = [o for o in outcomes if o is not None and o.status == "error"]
+                progress = JobProgress(
+                    job_id, done=len(sources), failed=len(errors),
+                    duplicates=sum(1 for o in outcomes if o is not None and o.status == "duplicate"),
+                    failures=[failure_entry(o.filename, o.error) for o in errors if o.error is not None],
+                )
+            results = self.store.add_items(collection.id, new_items, model, progress)
+        finally:
+            for item in prepared:
+                item.image = None  # free decoded pixels promptly in long jobs
+        for item, (status, item_id) in zip(prepared, results):
+            outcomes[item.index] = Outcome(item.index, item.filename, status, item_id)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _prepare_after_dedup(self, index: int, source: Source, collection: CollectionRecord) -> _Prepared | Outcome:
+        if source.data is not None and sniff_image_mimetype(source.data) is not None:
+            digest = sha256_hex(source.data)
+            known = self.store.known_hashes(collection.id, [digest])
+            if digest in known:
+                return Outcome(index, source.filename, "duplicate", known[digest])
+        prepared_item = prepare(index, source, self.limits)
+        known = self.store.known_hashes(collection.id, [prepared_item.sha256])
+        if prepared_item.sha256 in known:
+            return Outcome(index, source.filename, "duplicate", known[prepared_item.sha256])
+        return prepared_item
+
+    def _embed(self, prepared: list[_Prepared], embedder: Embedder, collection: CollectionRecord) -> list[NewItem]:
+        images = [p for p in prepared if p.kind == "image"]
+        texts = [p for p in prepared if p.kind == "text"]
+        vectors: dict[int, Any] = {}
+        truncated: dict[int, bool] = {}
+        if images:
+            for p, vector in zip(images, embedder.encode_images([p.image for p in images])):
+                vectors[p.index] = vector
+                truncated[p.index] = False
+        if texts:
+            cut = self.limits.max_text_chars
+            batch = embedder.encode_texts([p.text[:cut] for p in texts])
+            for p, vector, was_cut in zip(texts, batch.embeddings, batch.truncated):
+                vectors[p.index] = vector
+                truncated[p.index] = bool(was_cut) or len(p.text) > cut
+        items = []
+        try:
+            for p in prepared:
+                original = None
+                width = height = None
+                if p.kind == "image":
+                    extension = MIME_EXTENSIONS.get(p.mimetype, "")
+                    try:
+                        original = self.store.write_original(collection.id, p.sha256, extension, p.data)
+                    except OSError as exc:
+                        raise ClipFilterError("storage_failed", f"Storing the original failed: {exc}", 507) from exc
+                    width, height = p.image.size
+                items.append(NewItem(
+                    kind=p.kind, filename=p.filename, mimetype=p.mimetype, size=p.size, sha256=p.sha256,
+                    metadata=p.metadata, embedding=vectors[p.index], truncated=truncated[p.index], text=p.text,
+                    original_path=original, width=width, height=height,
+                ))
+        except BaseException:
+            self.store.remove_files([item.original_path for item in items])
+            raise
+        return items

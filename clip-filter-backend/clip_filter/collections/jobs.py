@@ -1,0 +1,246 @@
+"""Bulk ingest jobs: persisted in SQLite, run one at a time on a worker thread, resumed after a restart.
+
+A job is a numbered list of files (uploaded files are first spooled to disk, fsynced, under
+DATA_DIR/jobs/<id>/, so an acknowledged job survives a crash). The worker ingests them in batches;
+each batch's items and the job's progress commit in one transaction, so after kill -9 the job
+resumes exactly after its last committed batch: nothing is lost or added twice.
+
+A job found `running` at startup was interrupted by a crash; it is resumed, unless that already
+happened MAX_CRASHES times (a file that kills the process must not crash-loop the server): then it is
+marked `interrupted` and its progress stays visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from clip_filter.collections.embedder import Embedder
+from clip_filter.collections.ingest import Ingestor, Source, failure_entry, is_supported_filename
+from clip_filter.collections.store import (
+    CollectionRecord, JobFile, JobRecord, SqliteCollectionStore, _fsync_dir, write_file_atomic,
+)
+from clip_filter.core.errors import ClipFilterError, ModelUnavailableError, OverloadedError
+
+log = logging.getLogger(__name__)
+
+MAX_CRASHES = 3
+MAX_JOB_FILES = 1_000_000
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def path_not_allowed(path: str) -> ClipFilterError:
+    return ClipFilterError(
+        "path_not_allowed",
+        f"{path!r} is not inside a folder this server may read; allowed folders are set with "
+        "CLIP_FILTER_INGEST_ROOTS.",
+        403,
+        path=path,
+    )
+
+
+def inside_roots(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def resolve_allowed(path_text: str, roots: list[Path]) -> Path:
+    """The real path (symlinks resolved) of a requested folder or file, if it lies inside a root."""
+    if not isinstance(path_text, str) or not path_text.strip():
+        raise ClipFilterError("invalid_request", "`path` must be a non-empty string.", 422)
+    try:
+        real = Path(path_text).expanduser().resolve(strict=False)
+    except (OSError, RuntimeError):
+        raise path_not_allowed(path_text) from None
+    if not Path(path_text).expanduser().is_absolute() or not roots or not inside_roots(real, roots):
+        raise path_not_allowed(path_text)
+    if not real.exists():
+        raise ClipFilterError("path_not_found", f"{path_text!r} does not exist.", 404, path=path_text)
+    return real
+
+
+def list_folder(folder: Path, roots: list[Path]) -> tuple[list[JobFile], list[dict]]:
+    """Supported files under a folder, recursively, in a stable order; links leaving the roots fail."""
+    if folder.is_file():
+        return [JobFile(0, folder.name, str(folder), {})], []
+    files: list[JobFile] = []
+    failures: list[dict] = []
+    for directory, subdirs, names in os.walk(folder, followlinks=False):
+        subdirs.sort()
+        for name in sorted(names):
+            if not is_supported_filename(name):
+                continue
+            candidate = Path(directory, name)
+            real = candidate.resolve()
+            if not inside_roots(real, roots):
+                failures.append(failure_entry(str(candidate.relative_to(folder)), path_not_allowed(str(candidate))))
+                continue
+            files.append(JobFile(len(files), str(candidate.relative_to(folder)), str(real), {}))
+            if len(files) > MAX_JOB_FILES:
+                raise ClipFilterError("too_many_files", f"More than {MAX_JOB_FILES} files in one job.", 413)
+    return files, failures
+
+
+def spool_uploads(jobs_dir: Path, job_id: str, uploads: list[tuple[str | None, bytes, str | None, dict]]) -> list[JobFile]:
+    """Write uploaded files durably before the job is acknowledged."""
+    folder = jobs_dir / job_id
+    files = []
+    for seq, (filename, data, content_type, metadata) in enumerate(uploads):
+        path = folder / f"{seq:07d}"
+        write_file_atomic(path, data, sync_dir=False)
+        files.append(JobFile(seq, filename, str(path), metadata, content_type))
+    _fsync_dir(folder)  # one folder fsync for all the renames
+    return files
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: SqliteCollectionStore,
+        ingestor: Ingestor,
+        embedder: Callable[[], Embedder],
+        batch_size: int,
+        roots: list[Path],
+    ) -> None:
+        self.store = store
+        self.ingestor = ingestor
+        self.embedder = embedder
+        self.batch_size = batch_size
+        self.roots = roots
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="collections-jobs", daemon=True)
+
+    def start(self) -> None:
+        """Requeue jobs a restart interrupted, then start the worker."""
+        for job in self.store.unfinished_jobs():
+            if job.state == "running":  # it was running when the process died
+                if job.attempts + 1 >= MAX_CRASHES:
+                    self.store.set_job_state(job.id, "interrupted", {
+                        "code": "interrupted",
+                        "message": f"The server stopped during this job {MAX_CRASHES} times; it was not resumed. "
+                                   "Start it again to ingest the remaining files (added ones are skipped).",
+                    }, crashed=True)
+                    continue
+                self.store.set_job_state(job.id, "queued", crashed=True)
+                log.info("resuming job %s after a restart (%d/%d files done)", job.id, job.done, job.total)
+            self._queue.put(job.id)
+        self._thread.start()
+
+    def submit(self, job_id: str) -> None:
+        self._queue.put(job_id)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # ---- the worker ----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            job_id = self._queue.get()
+            if job_id is None:
+                return
+            try:
+                self._process(job_id)
+            except Exception as exc:  # noqa: BLE001 - one broken job must not stop the worker
+                if self._stop.is_set():
+                    try:
+                        self.store.set_job_state(job_id, "queued")  # shutting down: resumed at the next start
+                    except Exception:  # noqa: BLE001
+                        pass
+                    return
+                log.exception("job %s failed", job_id)
+                error = exc.to_dict() if isinstance(exc, ClipFilterError) else {
+                    "code": "internal_error", "message": f"The job stopped on an unexpected error: {exc}"}
+                try:
+                    self.store.set_job_state(job_id, "failed", error)
+                except Exception:  # noqa: BLE001
+                    log.exception("could not mark job %s failed", job_id)
+
+    def _wait_for_model(self) -> Embedder | None:
+        while not self._stop.is_set():
+            embedder = self.embedder()
+            try:
+                embedder.info  # noqa: B018 - raises while the model loads
+                return embedder
+            except ModelUnavailableError:
+                self._stop.wait(0.5)
+        return None
+
+    def _process(self, job_id: str) -> None:
+        job = self.store.get_job(job_id)
+        if job.state not in ("queued", "running"):
+            return
+        embedder = self._wait_for_model()
+        if embedder is None:
+            return
+        self.store.set_job_state(job_id, "running")
+        after = self.store.job_done_seq(job_id)
+        while not self._stop.is_set():
+            files = self.store.job_files(job_id, after, self.batch_size)
+            if not files:
+                break
+            collection = self._collection(job)
+            sources = [self._source(job, f) for f in files]
+            self._ingest_batch(collection, sources, embedder, job_id)
+            after = files[-1].seq
+        if self._stop.is_set():
+            self.store.set_job_state(job_id, "queued")  # a clean stop: resumed at the next start
+            return
+        self.store.set_job_state(job_id, "done")
+        shutil.rmtree(self.store.jobs_dir / job_id, ignore_errors=True)
+
+    def _collection(self, job: JobRecord) -> CollectionRecord:
+        collection = self.store.get_collection_by_id(job.collection_id) if job.collection_id is not None else None
+        if collection is None:
+            raise ClipFilterError("collection_not_found", f"Collection {job.collection!r} was deleted.", 404)
+        return collection
+
+    def _source(self, job: JobRecord, file: JobFile) -> Source:
+        path = Path(file.path)
+        if job.source == "path" and not inside_roots(path.resolve(), self.roots):
+            # Swapped for a link leaving the roots after the job was listed: never read it.
+            return Source(filename=file.filename, metadata=file.metadata, error=path_not_allowed(file.path))
+        return Source(filename=file.filename, path=path, metadata=file.metadata, content_type=file.content_type)
+
+    def _ingest_batch(self, collection: CollectionRecord, sources: list[Source], embedder: Embedder, job_id: str) -> None:
+        while True:
+            try:
+                self.ingestor.ingest(collection, sources, embedder, job_id=job_id)
+                return
+            except (ModelUnavailableError, OverloadedError):
+                if self._stop.wait(0.5):
+                    raise
+
+
+def create_upload_job(
+    store: SqliteCollectionStore,
+    collection: CollectionRecord,
+    uploads: list[tuple[str | None, bytes, str | None, dict]],
+) -> JobRecord:
+    job_id = new_job_id()
+    files = spool_uploads(store.jobs_dir, job_id, uploads)
+    try:
+        return store.create_job(job_id, collection, "upload", None, files)
+    except BaseException:
+        shutil.rmtree(store.jobs_dir / job_id, ignore_errors=True)
+        raise
+
+
+def create_path_job(store: SqliteCollectionStore, collection: CollectionRecord, path_text: str, roots: list[Path]) -> JobRecord:
+    real = resolve_allowed(path_text, roots)
+    started = time.monotonic()
+    files, failures = list_folder(real, roots)
+    log.info("job for %s: %d files listed in %.1fs", real, len(files), time.monotonic() - started)
+    return store.create_job(new_job_id(), collection, "path", str(real), files, failures)

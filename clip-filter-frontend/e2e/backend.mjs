@@ -1,0 +1,117 @@
+// Starts a live clip-filter backend for the browser tests (the tiny random model, a temporary data folder,
+// the built UI at /), waits until it is ready, and stops it afterwards.
+//
+//   CLIP_FILTER_SERVE_CMD   the command that serves (default: <venv>/bin/clip-filter serve, where <venv> is
+//                           CLIP_FILTER_VENV or <repo>/.venv); run through sh, with the settings in its env
+//   CLIP_FILTER_E2E_URL     use an already running backend at this URL instead of starting one
+//   CLIP_FILTER_E2E_READY_TIMEOUT_S   how long to wait for /health/ready (default 180)
+import { spawn } from 'node:child_process'
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const FRONTEND = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+export const REPO = resolve(FRONTEND, '..')
+export const ARTIFACTS = join(REPO, 'test-artifacts')
+export const DIST = join(FRONTEND, 'dist')
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const srv = createServer()
+    srv.unref()
+    srv.on('error', rej)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address()
+      srv.close(() => res(port))
+    })
+  })
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+async function waitReady(baseUrl, timeoutS, exited) {
+  const deadline = Date.now() + timeoutS * 1000
+  let last = 'no answer yet'
+  while (Date.now() < deadline) {
+    if (exited()) throw new Error(`the backend exited before it was ready (${exited()}); see test-artifacts/e2e-backend.log`)
+    try {
+      const res = await fetch(`${baseUrl}/health/ready`, { signal: AbortSignal.timeout(5000) })
+      if (res.status === 200) return
+      last = `${res.status} ${await res.text()}`
+    } catch (e) {
+      last = e.cause?.code ?? e.message
+    }
+    await sleep(250)
+  }
+  throw new Error(`the backend was not ready within ${timeoutS}s: last answer ${last}`)
+}
+
+/** Returns {baseUrl, dataDir, stop()}. */
+export async function startBackend() {
+  if (process.env.CLIP_FILTER_E2E_URL) {
+    const baseUrl = process.env.CLIP_FILTER_E2E_URL.replace(/\/+$/, '')
+    await waitReady(baseUrl, Number(process.env.CLIP_FILTER_E2E_READY_TIMEOUT_S ?? 180), () => null)
+    return { baseUrl, dataDir: null, stop: async () => {} }
+  }
+  if (!existsSync(join(DIST, 'index.html'))) {
+    throw new Error(`no built UI in ${DIST}: run "npm run build" first`)
+  }
+  const venv = process.env.CLIP_FILTER_VENV ?? join(REPO, '.venv')
+  const command = process.env.CLIP_FILTER_SERVE_CMD ?? `"${join(venv, 'bin', 'clip-filter')}" serve`
+  const port = await freePort()
+  const dataDir = mkdtempSync(join(tmpdir(), 'clip-filter-e2e-'))
+  mkdirSync(ARTIFACTS, { recursive: true })
+  const log = createWriteStream(join(ARTIFACTS, 'e2e-backend.log'))
+  const env = {
+    ...process.env,
+    CLIP_MODEL: 'clip-filter-tiny',
+    CLIP_PRETRAINED: 'random',
+    CLIP_DEVICE: process.env.CLIP_DEVICE ?? 'cpu',
+    CLIP_FILTER_DATA_DIR: dataDir,
+    CLIP_FILTER_UI_DIR: DIST,
+    CLIP_FILTER_HOST: '127.0.0.1',
+    CLIP_FILTER_PORT: String(port),
+    CLIP_FILTER_LOG_LEVEL: 'info',
+  }
+  // Its own process group: stopping it stops whatever the command started.
+  const child = spawn('/bin/sh', ['-c', `exec ${command}`], { env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
+  child.stdout.pipe(log)
+  child.stderr.pipe(log)
+  let exitedWith = null
+  child.on('exit', (code, signal) => {
+    exitedWith = signal ? `signal ${signal}` : `exit code ${code}`
+  })
+  child.on('error', (e) => {
+    exitedWith = `spawn error ${e.message}`
+  })
+  const killGroup = (signal) => {
+    try {
+      process.kill(-child.pid, signal)
+    } catch {
+      // already gone
+    }
+  }
+  const onExit = () => killGroup('SIGKILL')
+  process.on('exit', onExit)
+
+  const stop = async () => {
+    if (exitedWith === null) {
+      killGroup('SIGTERM')
+      for (let i = 0; i < 100 && exitedWith === null; i++) await sleep(100)
+      if (exitedWith === null) killGroup('SIGKILL')
+    }
+    process.off('exit', onExit)
+    rmSync(dataDir, { recursive: true, force: true })
+  }
+
+  const baseUrl = `http://127.0.0.1:${port}`
+  try {
+    await waitReady(baseUrl, Number(process.env.CLIP_FILTER_E2E_READY_TIMEOUT_S ?? 180), () => exitedWith)
+  } catch (e) {
+    await stop()
+    throw e
+  }
+  return { baseUrl, dataDir, stop }
+}
