@@ -15,7 +15,12 @@ setup_python() {
     "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "Python 3.10+ is needed, found $("$python" --version)"
     if [ ! -x "$VENV/bin/python" ]; then
         log "creating the virtual environment in $VENV"
-        "$python" -m venv "$VENV" || die "could not create a venv (Debian: apt-get install python3-venv)"
+        if ! "$python" -m venv "$VENV" 2>/dev/null; then
+            # Debian ships venv's ensurepip separately; install it when we may, else say how.
+            rm -rf "$VENV"
+            apt_install python3-venv || die "could not create a venv (Debian: apt-get install python3-venv)"
+            "$python" -m venv "$VENV" || die "could not create a venv in $VENV"
+        fi
     fi
     # Reinstall only when the pins or the package metadata changed; pip keeps its download cache.
     local stamp="$VENV/.clip-filter-installed"
@@ -44,6 +49,18 @@ setup_frontend() {
     (cd "$FRONTEND" && npm run build --silent) || die "the web UI build failed"
 }
 
+# apt-get install as root, or through sudo; returns non-zero when neither is possible.
+apt_install() {
+    command -v apt-get >/dev/null || return 1
+    local sudo=()
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null || return 1
+        sudo=(sudo)
+    fi
+    log "installing Debian packages: $*"
+    "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 chromium_path() {
     for candidate in "${CHROMIUM_PATH:-}" /usr/bin/chromium /usr/bin/chromium-browser /usr/bin/google-chrome; do
         if [ -n "$candidate" ] && [ -x "$candidate" ]; then echo "$candidate"; return 0; fi
@@ -53,14 +70,6 @@ chromium_path() {
 
 ensure_chromium() {
     if chromium_path >/dev/null; then return 0; fi
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        log "installing Debian's chromium for the browser tests"
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-            || die "apt-get install chromium failed"
-    elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then
-        log "installing Debian's chromium for the browser tests (sudo)"
-        (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-            || die "apt-get install chromium failed"
-    fi
+    apt_install chromium || die "apt-get install chromium failed"
     chromium_path >/dev/null || die "no Chromium found: install it (Debian: apt-get install chromium) or set CHROMIUM_PATH"
 }
