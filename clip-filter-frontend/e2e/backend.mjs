@@ -1,12 +1,15 @@
 // Starts a live clip-filter backend for the browser tests (the tiny random model, a temporary data folder,
-// the built UI at /), waits until it is ready, and stops it afterwards.
+// the built UI at /) on a free port, waits until /health/ready answers 200, and stops it afterwards.
 //
-//   CLIP_FILTER_SERVE_CMD   the command that serves (default: <venv>/bin/clip-filter serve, where <venv> is
-//                           CLIP_FILTER_VENV or <repo>/.venv); run through sh, with the settings in its env
+//   CLIP_FILTER_VENV        the backend's virtual environment (default <repo>/.venv): runs
+//                           <venv>/bin/python -m clip_filter serve --host 127.0.0.1 --port <free port>
+//   CLIP_FILTER_ARTIFACTS   where the backend log and the screenshots go (default <repo>/test-artifacts)
 //   CLIP_FILTER_E2E_URL     use an already running backend at this URL instead of starting one
 //   CLIP_FILTER_E2E_READY_TIMEOUT_S   how long to wait for /health/ready (default 180)
+//
+// Anything missing (no venv, no built UI, a backend that never gets ready) throws: the tests fail, never skip.
 import { spawn } from 'node:child_process'
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
@@ -14,7 +17,7 @@ import { fileURLToPath } from 'node:url'
 
 export const FRONTEND = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 export const REPO = resolve(FRONTEND, '..')
-export const ARTIFACTS = join(REPO, 'test-artifacts')
+export const ARTIFACTS = resolve(process.env.CLIP_FILTER_ARTIFACTS || join(REPO, 'test-artifacts'))
 export const DIST = join(FRONTEND, 'dist')
 
 function freePort() {
@@ -35,7 +38,7 @@ async function waitReady(baseUrl, timeoutS, exited) {
   const deadline = Date.now() + timeoutS * 1000
   let last = 'no answer yet'
   while (Date.now() < deadline) {
-    if (exited()) throw new Error(`the backend exited before it was ready (${exited()}); see test-artifacts/e2e-backend.log`)
+    if (exited()) throw new Error(`the backend exited before it was ready (${exited()}); see ${join(ARTIFACTS, 'e2e-backend.log')}`)
     try {
       const res = await fetch(`${baseUrl}/health/ready`, { signal: AbortSignal.timeout(5000) })
       if (res.status === 200) return
@@ -48,6 +51,23 @@ async function waitReady(baseUrl, timeoutS, exited) {
   throw new Error(`the backend was not ready within ${timeoutS}s: last answer ${last}`)
 }
 
+function newestMtime(path) {
+  const st = statSync(path)
+  if (!st.isDirectory()) return st.mtimeMs
+  const entries = readdirSync(path).filter((name) => name !== '__tests__') // tests are not built
+  return Math.max(st.mtimeMs, ...entries.map((name) => newestMtime(join(path, name))))
+}
+
+/** The backend serves dist/: it must exist and be newer than the sources, or the tests would test old code. */
+function checkBuilt() {
+  const built = join(DIST, 'index.html')
+  if (!existsSync(built)) throw new Error(`no built UI in ${DIST}: run "npm run build" first`)
+  const sources = Math.max(newestMtime(join(FRONTEND, 'src')), newestMtime(join(FRONTEND, 'index.html')))
+  if (sources > statSync(built).mtimeMs) {
+    throw new Error(`the built UI in ${DIST} is older than src/: run "npm run build" again`)
+  }
+}
+
 /** Returns {baseUrl, dataDir, stop()}. */
 export async function startBackend() {
   if (process.env.CLIP_FILTER_E2E_URL) {
@@ -55,11 +75,12 @@ export async function startBackend() {
     await waitReady(baseUrl, Number(process.env.CLIP_FILTER_E2E_READY_TIMEOUT_S ?? 180), () => null)
     return { baseUrl, dataDir: null, stop: async () => {} }
   }
-  if (!existsSync(join(DIST, 'index.html'))) {
-    throw new Error(`no built UI in ${DIST}: run "npm run build" first`)
+  checkBuilt()
+  const venv = resolve(process.env.CLIP_FILTER_VENV || join(REPO, '.venv'))
+  const python = join(venv, 'bin', 'python')
+  if (!existsSync(python)) {
+    throw new Error(`no backend virtual environment: ${python} does not exist (set CLIP_FILTER_VENV, or run ./run_tests.sh once)`)
   }
-  const venv = process.env.CLIP_FILTER_VENV ?? join(REPO, '.venv')
-  const command = process.env.CLIP_FILTER_SERVE_CMD ?? `"${join(venv, 'bin', 'clip-filter')}" serve`
   const port = await freePort()
   const dataDir = mkdtempSync(join(tmpdir(), 'clip-filter-e2e-'))
   mkdirSync(ARTIFACTS, { recursive: true })
@@ -71,12 +92,11 @@ export async function startBackend() {
     CLIP_DEVICE: process.env.CLIP_DEVICE ?? 'cpu',
     CLIP_FILTER_DATA_DIR: dataDir,
     CLIP_FILTER_UI_DIR: DIST,
-    CLIP_FILTER_HOST: '127.0.0.1',
-    CLIP_FILTER_PORT: String(port),
     CLIP_FILTER_LOG_LEVEL: 'info',
   }
   // Its own process group: stopping it stops whatever the command started.
-  const child = spawn('/bin/sh', ['-c', `exec ${command}`], { env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
+  const args = ['-m', 'clip_filter', 'serve', '--host', '127.0.0.1', '--port', String(port)]
+  const child = spawn(python, args, { env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
   child.stdout.pipe(log)
   child.stderr.pipe(log)
   let exitedWith = null

@@ -125,3 +125,20 @@ describe('CollectionsPage', () => {
     expect((await screen.findByTestId('search-error')).textContent).toBe('text is empty')
   })
 })
+
+describe('CollectionsPage summary and query notes', () => {
+  it('counts images and texts, and says when the text query was truncated', async () => {
+    stubFetch({
+      'GET /collections/photos/items': () => ({ body: { items: [item(1)], total: 1, offset: 0, limit: 24 } }),
+      'POST /collections/photos/search': () => ({ body: { results: [{ ...item(1), score: 0.5 }], total: 1, query_truncated: true } }),
+    })
+    const one: Collection = { ...collection, item_count: 2, image_count: 1, text_count: 1, model: 'ViT-B-32', pretrained: 'openai' }
+    render(<CollectionsPage active collections={[one]} selected="photos" onSelect={() => {}} refreshCollections={async () => {}} />)
+    expect(screen.getByTestId('collection-summary').textContent).toBe('2 items (1 image, 1 text) · ViT-B-32/openai')
+    fireEvent.change(screen.getByLabelText('Search text'), { target: { value: 'a very long caption' } })
+    fireEvent.click(screen.getByRole('button', { name: 'Search' }))
+    await waitFor(() => expect(screen.getAllByTestId('search-result')).toHaveLength(1))
+    expect(screen.getByText('query truncated')).toBeTruthy()
+    expect(screen.getByTestId('search-summary').textContent).toBe('1 result for “a very long caption”')
+  })
+})

@@ -1,10 +1,15 @@
-import { cleanup, fireEvent, render, screen } from '@testing-library/react'
-import { afterEach, describe, expect, it } from 'vitest'
+import { cleanup, fireEvent, render, screen, waitFor } from '@testing-library/react'
+import { afterEach, describe, expect, it, vi } from 'vitest'
+import { MapPage } from '../components/MapPage'
 import { MapView } from '../components/MapView'
 import { computeExtent, makeScale } from '../lib/mapScale'
 import type { MapPoint } from '../lib/types'
+import { stubFetch } from './helpers'
 
-afterEach(cleanup)
+afterEach(() => {
+  cleanup()
+  vi.unstubAllGlobals()
+})
 
 describe('map scaling', () => {
   it('maps the extent corners to the padded box, y upwards', () => {
@@ -89,5 +94,45 @@ describe('MapView', () => {
     expect(s.toScreen({ x: 3, y: -1 })).toEqual({ x: 376, y: 276 })
     const first = screen.getAllByTestId('map-point')[0]
     expect(Number(first.getAttribute('cx'))).toBeCloseTo(s.toScreen(points[0]).x)
+  })
+})
+
+describe('MapPage', () => {
+  it('loads the map of the chosen collection and projects a text onto it', async () => {
+    const projected: unknown[] = []
+    stubFetch({
+      'GET /collections/c/map': () => ({ body: { method: 'pca', points, total: 40, sampled: true } }),
+      'POST /collections/c/map/project': (init) => {
+        projected.push(JSON.parse(String(init?.body)))
+        return { body: { x: 0.25, y: 0.5, method: 'pca' } }
+      },
+    })
+    const collections = [{ name: 'c', item_count: 40 }]
+    render(
+      <MapPage active collections={collections} selected="c" onSelect={() => {}} refreshCollections={async () => {}} />,
+    )
+    await waitFor(() => expect(screen.getAllByTestId('map-point')).toHaveLength(3))
+    expect(screen.getByTestId('map-summary').textContent).toContain('3 points (a sample of 40 items) · layout: pca')
+    expect(screen.queryByTestId('map-query-point')).toBeNull()
+
+    fireEvent.change(screen.getByLabelText('Project text onto the map'), { target: { value: ' a red car ' } })
+    fireEvent.click(screen.getByRole('button', { name: 'Project' }))
+    const marker = await screen.findByTestId('map-query-point')
+    expect(marker.getAttribute('aria-label')).toBe('Query: a red car')
+    expect(projected).toEqual([{ text: 'a red car' }])
+  })
+
+  it('shows the API error when the map cannot be made', async () => {
+    stubFetch({
+      'GET /collections/c/map': () => ({
+        status: 409,
+        body: { error: { code: 'model_mismatch', message: 'This collection was embedded with another model.' } },
+      }),
+    })
+    render(
+      <MapPage active collections={[{ name: 'c', item_count: 1 }]} selected="c" onSelect={() => {}} refreshCollections={async () => {}} />,
+    )
+    expect((await screen.findByRole('alert')).textContent).toBe('This collection was embedded with another model.')
+    expect(screen.queryByTestId('map-view')).toBeNull()
   })
 })

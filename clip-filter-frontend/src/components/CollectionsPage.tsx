@@ -28,6 +28,10 @@ interface CollectionsPageProps {
   onWeights?: (weights: Weights | null) => void
 }
 
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`
+}
+
 function describe(q: SearchQuery): string {
   if (q.type === 'text') return `“${q.text}”`
   if (q.type === 'image') return `image ${q.image.name}`
@@ -65,6 +69,7 @@ export function CollectionsPage({
   const [hasMore, setHasMore] = useState(false)
   const [searching, setSearching] = useState(false)
   const [searchError, setSearchError] = useState<string | null>(null)
+  const [queryTruncated, setQueryTruncated] = useState(false)
 
   const nameRef = useRef(selected)
   nameRef.current = selected
@@ -152,11 +157,13 @@ export function CollectionsPage({
     if (offset === 0) {
       setQuery(q)
       setResults([])
+      setQueryTruncated(false)
     }
     try {
       const res = await search(selected, q, opts)
       setResults((prev) => (offset === 0 ? res.results : [...prev, ...res.results]))
       setResultTotal(res.total)
+      if (offset === 0) setQueryTruncated(res.query_truncated === true)
       const shown = offset + res.results.length
       setHasMore(res.total !== undefined ? shown < res.total : res.results.length === opts.topK)
       onWeights?.(res.weights ?? res.model?.weights ?? null)
@@ -196,7 +203,8 @@ export function CollectionsPage({
           <p className="muted collection-summary" data-testid="collection-summary">
             {current.description ? `${current.description} · ` : ''}
             {current.item_count} item{current.item_count === 1 ? '' : 's'}
-            {current.image_count !== undefined && ` (${current.image_count} images, ${current.text_count ?? 0} texts)`}
+            {current.image_count !== undefined &&
+              ` (${plural(current.image_count, 'image')}, ${plural(current.text_count ?? 0, 'text')})`}
             {current.model && ` · ${current.model}/${current.pretrained}`}
           </p>
         )}
@@ -299,6 +307,11 @@ export function CollectionsPage({
                     ? `Searching ${describe(query)}…`
                     : `${resultTotal ?? results.length} result${(resultTotal ?? results.length) === 1 ? '' : 's'} for ${describe(query)}`}
                 </span>
+                {queryTruncated && (
+                  <span className="truncated-badge" title="Longer than the model's context: cut to fit">
+                    query truncated
+                  </span>
+                )}
                 <button type="button" className="link-button" onClick={clearSearch}>
                   Clear search
                 </button>

@@ -127,7 +127,9 @@ export function MapPage({ active, collections, selected, onSelect, refreshCollec
             {shown && (
               <>
                 <p className="muted map-summary" data-testid="map-summary">
-                  {points.length} point{points.length === 1 ? '' : 's'} · layout: {shown.method}
+                  {points.length} point{points.length === 1 ? '' : 's'}
+                  {shown.sampled && shown.total !== undefined && ` (a sample of ${shown.total} items)`} · layout:{' '}
+                  {shown.method}
                   <span className="legend">
                     <span className="legend-dot kind-image" /> image <span className="legend-dot kind-text" /> text{' '}
                     <span className="legend-star">★</span> query

@@ -111,6 +111,8 @@ export interface SearchHit {
 export interface SearchResponse {
   results: SearchHit[]
   total?: number
+  /** a text query longer than the model's context, cut to fit */
+  query_truncated?: boolean
   model?: ModelRef
   weights?: Weights
 }
@@ -151,6 +153,9 @@ export interface MapPoint {
 export interface MapResponse {
   method: string
   points: MapPoint[]
+  /** items in the collection; more than points.length when the map was drawn from a sample */
+  total?: number
+  sampled?: boolean
 }
 
 export interface Projection {
