@@ -135,6 +135,10 @@ def decode_text(data: bytes) -> str:
 def check_text(text: str) -> str:
     if not text.strip():
         raise ClipFilterError("empty_text", "The text is empty.", 422)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates (possible in JSON) cannot be stored or hashed
+        raise ClipFilterError("invalid_text", "The text is not valid Unicode (lone surrogate).", 422) from None
     return text
 
 
@@ -211,7 +215,8 @@ class Ingestor:
                     duplicates=sum(1 for o in outcomes if o is not None and o.status == "duplicate"),
                     failures=[failure_entry(o.filename, o.error) for o in errors if o.error is not None],
                 )
-            results = self.store.add_items(collection.id, new_items, model, progress)
+            # Nothing to write and no job to count for: no transaction (and no fsync) at all.
+            results = self.store.add_items(collection.id, new_items, model, progress) if new_items or progress else []
         finally:
             for item in prepared:
                 item.image = None  # free decoded pixels promptly in long jobs

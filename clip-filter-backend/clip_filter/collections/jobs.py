@@ -90,15 +90,19 @@ def list_folder(folder: Path, roots: list[Path]) -> tuple[list[JobFile], list[di
     return files, failures
 
 
+def spool_upload(
+    jobs_dir: Path, job_id: str, seq: int, filename: str | None, data: bytes, content_type: str | None, metadata: dict
+) -> JobFile:
+    """Write one uploaded file of a job (the caller fsyncs the folder once after the last one)."""
+    path = jobs_dir / job_id / f"{seq:07d}"
+    write_file_atomic(path, data, sync_dir=False)
+    return JobFile(seq, filename, str(path), metadata, content_type)
+
+
 def spool_uploads(jobs_dir: Path, job_id: str, uploads: list[tuple[str | None, bytes, str | None, dict]]) -> list[JobFile]:
     """Write uploaded files durably before the job is acknowledged."""
-    folder = jobs_dir / job_id
-    files = []
-    for seq, (filename, data, content_type, metadata) in enumerate(uploads):
-        path = folder / f"{seq:07d}"
-        write_file_atomic(path, data, sync_dir=False)
-        files.append(JobFile(seq, filename, str(path), metadata, content_type))
-    _fsync_dir(folder)  # one folder fsync for all the renames
+    files = [spool_upload(jobs_dir, job_id, seq, *upload) for seq, upload in enumerate(uploads)]
+    _fsync_dir(jobs_dir / job_id)  # one folder fsync for all the renames
     return files
 
 
@@ -198,8 +202,9 @@ class JobRunner:
         if self._stop.is_set():
             self.store.set_job_state(job_id, "queued")  # a clean stop: resumed at the next start
             return
-        self.store.set_job_state(job_id, "done")
+        # Spool first: every file is committed, so a crash in between resumes to nothing left to read.
         shutil.rmtree(self.store.jobs_dir / job_id, ignore_errors=True)
+        self.store.set_job_state(job_id, "done")
 
     def _collection(self, job: JobRecord) -> CollectionRecord:
         collection = self.store.get_collection_by_id(job.collection_id) if job.collection_id is not None else None

@@ -168,14 +168,42 @@ def validate_metadata(value: Any, where: str = "metadata") -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ClipFilterError("invalid_metadata", f"`{where}` must be a JSON object.", 422)
     try:
-        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        # ValueError covers NaN/Infinity and (UnicodeEncodeError) lone surrogates SQLite cannot store.
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ClipFilterError("invalid_metadata", f"`{where}` is not valid JSON: {exc}", 422) from exc
-    if len(encoded.encode()) > MAX_METADATA_BYTES:
+    if len(encoded) > MAX_METADATA_BYTES:
         raise ClipFilterError(
             "metadata_too_large", f"`{where}` is over {MAX_METADATA_BYTES} bytes of JSON.", 413, limit=MAX_METADATA_BYTES
         )
     return value
+
+
+def validate_filters(filters: Any) -> dict[str, Any]:
+    """Metadata equality filters: {key: scalar}. Keys become SQLite JSON paths, so quotes are refused."""
+    if filters is None:
+        return {}
+    if not isinstance(filters, dict):
+        raise ClipFilterError("invalid_filters", "`filters` must be a JSON object of {key: value}.", 422)
+    for key, value in filters.items():
+        if not key or '"' in key or "\\" in key or len(key) > 256:
+            raise ClipFilterError(
+                "invalid_filters", f"Filter key {key!r} is not allowed (1-256 characters, no quotes or backslashes).",
+                422,
+            )
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise ClipFilterError(
+                "invalid_filters", f"Filter {key!r} must be a string, number, boolean or null (equality only).", 422
+            )
+        if isinstance(value, float) and not np.isfinite(value):
+            raise ClipFilterError("invalid_filters", f"Filter {key!r} must be a finite number.", 422)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+            raise ClipFilterError("invalid_filters", f"Filter {key!r} is out of the 64-bit integer range.", 422)
+        try:
+            (key + (value if isinstance(value, str) else "")).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ClipFilterError("invalid_filters", "Filters must be valid Unicode text.", 422) from None
+    return filters
 
 
 # ---- records ---------------------------------------------------------------------------------------------
@@ -286,6 +314,7 @@ class JobRecord:
             "done": self.done, "total": self.total, "added": self.added, "duplicates": self.duplicates,
             "failed": self.failed, "failures": self.failures, "created_at": self.created_at,
             "updated_at": self.updated_at, "source": self.source,
+            "restarts": self.attempts,  # how often a crash interrupted it (it was resumed each time)
         }
         if self.error:
             out["error"] = self.error
@@ -823,6 +852,7 @@ class SqliteCollectionStore:
         A string value also matches a number or boolean written the same way, since form fields and
         query strings only carry strings ("year": "2023" finds {"year": 2023}).
         """
+        validate_filters(filters)
         clauses, params = [], []
         for key, value in filters.items():
             path = '$."' + key + '"'

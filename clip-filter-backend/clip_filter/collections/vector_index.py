@@ -13,8 +13,8 @@ Approximate search (`IvfIndex`): FAISS `IndexIVFFlat` with inner product. Chosen
 - it takes an id selector, so filtered searches scan only allowed vectors;
 - it stores the full vectors, so its scores are exact cosines of the candidates it scans: recall only
   depends on how many lists are probed (`nprobe`), measured by bench/search_bench.py.
-Candidates are still re-scored with NumPy from the exact matrix so that both paths report identical
-scores for the same item.
+Candidates are still re-scored with NumPy from the exact matrix so that both paths report the same
+scores for the same item (up to float32 rounding: BLAS may sum a dot product in another order).
 """
 
 from __future__ import annotations

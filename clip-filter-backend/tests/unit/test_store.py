@@ -1,0 +1,169 @@
+"""The SQLite store: durability rules, dedup, model records, filters, job progress, garbage collection."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from clip_filter.collections.store import (
+    JobFile, JobProgress, NewItem, SqliteCollectionStore, validate_filters, validate_metadata,
+)
+from clip_filter.core.errors import ClipFilterError
+
+MODEL = ("clip-filter-tiny", "random", 4)
+
+
+def vec(*values: float) -> np.ndarray:
+    v = np.asarray(values, np.float32)
+    return v / np.linalg.norm(v)
+
+
+def text_item(text: str, vector: np.ndarray, **metadata) -> NewItem:
+    return NewItem("text", None, "text/plain", len(text), f"sha-{text}", metadata, vector, text=text)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SqliteCollectionStore(tmp_path / "data")
+    yield s
+    s.close()
+
+
+def test_collections_persist_across_reopen(tmp_path):
+    store = SqliteCollectionStore(tmp_path / "data")
+    c = store.create_collection("photos", "mine", MODEL)
+    store.add_items(c.id, [text_item("a", vec(1, 0, 0, 0), year=2023)], MODEL)
+    store.close()
+    again = SqliteCollectionStore(tmp_path / "data")
+    record = again.get_collection("photos")
+    assert (record.item_count, record.text_count, record.model, record.dim) == (1, 1, "clip-filter-tiny", 4)
+    version, ids, vectors, kinds = again.load_vectors(record.id)
+    assert ids.tolist() == [1] and kinds == ["text"] and vectors[0] == pytest.approx(vec(1, 0, 0, 0))
+    again.close()
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "x" * 65, "..", "spa ce", None, 5])
+def test_bad_names_are_refused(store, name):
+    with pytest.raises(ClipFilterError) as caught:
+        store.create_collection(name)
+    assert caught.value.code == "invalid_collection_name" and caught.value.status == 422
+
+
+def test_same_content_twice_is_a_duplicate(store):
+    c = store.create_collection("c", None, MODEL)
+    first = store.add_items(c.id, [text_item("a", vec(1, 0, 0, 0)), text_item("a", vec(1, 0, 0, 0))], MODEL)
+    assert [s for s, _ in first] == ["added", "duplicate"] and first[0][1] == first[1][1]
+    again = store.add_items(c.id, [text_item("a", vec(1, 0, 0, 0))], MODEL)
+    assert again == [("duplicate", first[0][1])]
+    assert store.get_collection("c").item_count == 1
+
+
+def test_another_model_is_refused_with_guidance(store):
+    c = store.create_collection("c", None, MODEL)
+    store.add_items(c.id, [text_item("a", vec(1, 0, 0, 0))], MODEL)
+    with pytest.raises(ClipFilterError) as caught:
+        store.add_items(c.id, [text_item("b", vec(0, 1, 0, 0))], ("clip-filter-tiny", "/ckpt.pt", 4))
+    assert caught.value.status == 409 and caught.value.code == "model_mismatch"
+    assert "clip-filter reindex c" in caught.value.message and caught.value.details["fix"] == "clip-filter reindex c"
+    assert store.get_collection("c").item_count == 1
+
+
+def test_a_failed_transaction_leaves_no_half_item_and_no_file(store):
+    c = store.create_collection("c", None, MODEL)
+    path = store.write_original(c.id, "ab" * 32, ".png", b"png bytes")
+    good = NewItem("image", "x.png", "image/png", 9, "ab" * 32, {}, vec(1, 0, 0, 0), original_path=path)
+    bad = text_item("b", vec(0, 1, 0, 0))
+    bad.kind = "video"  # violates the CHECK constraint: the whole batch rolls back
+    with pytest.raises(Exception):
+        store.add_items(c.id, [good, bad], MODEL)
+    assert store.get_collection("c").item_count == 0
+    assert store.list_items(c.id, 0, 10) == ([], 0)
+    assert not (store.data_dir / path).exists()
+
+
+def test_delete_removes_row_vector_and_file(store):
+    c = store.create_collection("c", None, MODEL)
+    path = store.write_original(c.id, "cd" * 32, ".png", b"png")
+    [(_, item_id)] = store.add_items(
+        c.id, [NewItem("image", "x.png", "image/png", 3, "cd" * 32, {}, vec(1, 1, 0, 0), original_path=path)], MODEL
+    )
+    c = store.get_collection("c")
+    store.delete_item(c, item_id)
+    assert not (store.data_dir / path).exists()
+    assert store.load_vectors(c.id)[1].size == 0
+    with pytest.raises(ClipFilterError) as caught:
+        store.get_item(c, item_id)
+    assert caught.value.status == 404
+
+
+def test_metadata_filters_match_equal_values(store):
+    c = store.create_collection("c", None, MODEL)
+    store.add_items(c.id, [
+        text_item("a", vec(1, 0, 0, 0), year=2023, cam="fuji", ok=True),
+        text_item("b", vec(0, 1, 0, 0), year=2024, cam="fuji", ok=False),
+        text_item("c", vec(0, 0, 1, 0), year="2023", cam="leica"),
+    ], MODEL)
+    assert store.filter_ids(c.id, {"cam": "fuji"}).tolist() == [1, 2]
+    assert store.filter_ids(c.id, {"year": 2023}).tolist() == [1]
+    assert store.filter_ids(c.id, {"year": "2023"}).tolist() == [1, 3]  # form fields carry strings
+    assert store.filter_ids(c.id, {"ok": True}).tolist() == [1]
+    assert store.filter_ids(c.id, {"cam": "fuji", "year": 2024}).tolist() == [2]
+    assert store.filter_ids(c.id, {"missing": "x"}).tolist() == []
+
+
+@pytest.mark.parametrize("filters", [[1], {"a": [1]}, {'a"b': 1}, {"": 1}, {"a": float("nan")}, {"a": 2**70}])
+def test_bad_filters_are_refused(filters):
+    with pytest.raises(ClipFilterError) as caught:
+        validate_filters(filters)
+    assert caught.value.status == 422
+
+
+@pytest.mark.parametrize("metadata", [[1], "x", {"a": float("nan")}, {"a": "\ud800"}])
+def test_bad_metadata_is_refused(metadata):
+    with pytest.raises(ClipFilterError) as caught:
+        validate_metadata(metadata)
+    assert caught.value.code == "invalid_metadata"
+
+
+def test_job_progress_commits_with_the_items(store):
+    c = store.create_collection("c", None, MODEL)
+    files = [JobFile(i, f"{i}.txt", f"/nowhere/{i}", {}) for i in range(4)]
+    job = store.create_job("j1", c, "upload", None, files)
+    assert (job.state, job.total, job.done) == ("queued", 4, 0)
+    store.add_items(c.id, [text_item("a", vec(1, 0, 0, 0)), text_item("b", vec(0, 1, 0, 0))], MODEL,
+                    JobProgress("j1", done=2))
+    assert store.job_done_seq("j1") == 1
+    assert [f.seq for f in store.job_files("j1", store.job_done_seq("j1"), 10)] == [2, 3]
+    store.record_progress(JobProgress("j1", done=2, failed=2, failures=[{"filename": "2.txt", "code": "x", "message": "m"}]))
+    job = store.get_job("j1")
+    assert (job.done, job.added, job.failed, len(job.failures)) == (4, 2, 2, 1)
+    assert [j.id for j in store.unfinished_jobs()] == ["j1"]
+
+
+def test_every_write_bumps_the_version_and_announces_vector_changes(store):
+    changes = []
+    store.add_listener(changes.append)
+    c = store.create_collection("c", None, MODEL)
+    store.add_items(c.id, [text_item("a", vec(1, 0, 0, 0))], MODEL)
+    store.update_item(store.get_collection("c"), 1, {"k": 1}, None)
+    store.delete_item(store.get_collection("c"), 1)
+    assert [len(ch.added_ids) for ch in changes] == [1, 0, 0] and changes[2].removed_ids == [1]
+    assert [ch.version for ch in changes] == [1, 2, 3] and store.get_collection("c").version == 3
+
+
+def test_garbage_collection_removes_only_old_unreferenced_files(store):
+    c = store.create_collection("c", None, MODEL)
+    kept = store.write_original(c.id, "ef" * 32, ".png", b"kept")
+    store.add_items(c.id, [NewItem("image", "k.png", "image/png", 4, "ef" * 32, {}, vec(1, 0, 0, 1), original_path=kept)], MODEL)
+    orphan = store.write_original(c.id, "12" * 32, ".png", b"crashed before commit")
+    fresh = store.write_original(c.id, "34" * 32, ".png", b"another process, not committed yet")
+    old = time.time() - 7200
+    for path in (kept, orphan):
+        os.utime(store.data_dir / path, (old, old))
+    removed = store.collect_garbage(min_age_s=3600)
+    assert removed["originals"] == 1
+    assert (store.data_dir / kept).exists() and (store.data_dir / fresh).exists()
+    assert not (store.data_dir / orphan).exists()
