@@ -14,7 +14,8 @@ from typing import Any
 
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from clip_filter.core.config import Settings
@@ -56,6 +57,24 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _invalid("The JSON body must be an object.", "invalid_json", 400)
     return body
+
+
+async def read_form(request: Request, max_files: int, max_fields: int) -> FormData:
+    """request.form() with the multipart parser's own refusals turned into our JSON errors.
+
+    The caps stop a request with thousands of parts before it is buffered; going over one is "too
+    many", a 413 like the other per-request limits, not the parser's generic 400.
+    """
+    try:
+        return await request.form(max_files=max_files, max_fields=max_fields)
+    except HTTPException as exc:
+        detail = str(exc.detail)
+        if "Too many files" in detail:
+            limit = max(max_files - 1, 0)  # callers allow one past their limit so their own check can answer
+            raise ClipFilterError("too_many_files", f"At most {limit} files per request.", 413, limit=limit) from None
+        if "Too many fields" in detail:
+            raise ClipFilterError("too_many_fields", f"Too many form fields (limit {max_fields}).", 413) from None
+        raise ClipFilterError("invalid_multipart", f"Malformed multipart body: {detail}", 400) from None
 
 
 def request_kind(request: Request) -> str:
@@ -138,8 +157,8 @@ async def read_images_and_texts(request: Request, settings: Settings, want_texts
         _check_image_count(len(images), settings)
         raw_images = [(None, item) for item in images]
     else:
-        form = await request.form(
-            max_files=settings.max_images_per_request + 1, max_fields=settings.max_texts_per_request + 16
+        form = await read_form(
+            request, max_files=settings.max_images_per_request + 1, max_fields=settings.max_texts_per_request + 16
         )
         files = form.getlist("images")
         _check_image_count(len(files), settings)
@@ -164,5 +183,5 @@ async def read_texts(request: Request, settings: Settings) -> list[str]:
     if request_kind(request) == "json":
         body = await read_json_object(request)
         return validate_texts(body.get("texts"), settings)
-    form = await request.form(max_files=0, max_fields=settings.max_texts_per_request + 16)
+    form = await read_form(request, max_files=0, max_fields=settings.max_texts_per_request + 16)
     return validate_texts(list(form.getlist("texts")), settings)

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir, validation_alias="CLIP_FILTER_DATA_DIR")
     # Colon-separated folders the server may ingest from (POST /collections/{name}/jobs with a path).
     ingest_roots: str = Field("", validation_alias="CLIP_FILTER_INGEST_ROOTS")
-    # Collections at least this large use the approximate (FAISS HNSW) index; smaller ones use exact search.
+    # Collections at least this large use the approximate (FAISS IVF-Flat) index; smaller ones use exact search.
     ann_min_items: int = Field(50_000, ge=1, validation_alias="CLIP_FILTER_ANN_MIN_ITEMS")
     thumbnail_size: int = Field(256, ge=16, le=2048, validation_alias="CLIP_FILTER_THUMBNAIL_SIZE")
 

@@ -53,6 +53,8 @@ def assert_error(response, status: int, code: str | None = None) -> dict:
         ({"json": {"images": [b64(png_bytes(1))], "texts": ["ok", 5]}}, 422, "invalid_request"),
         ({"json": {"images": "not a list", "texts": ["a"]}}, 422, "invalid_request"),
         ({"json": {"images": [b64(png_bytes(1))] * 65, "texts": ["a"]}}, 413, "too_many_images"),
+        ({"files": [("images", ("a.png", png_bytes(1), "image/png"))] * 66, "data": {"texts": ["a"]}}, 413, "too_many_files"),
+        ({"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data"}}, 400, "invalid_multipart"),
         ({"json": {"images": [b64(png_bytes(1))], "texts": ["a"] * 257}}, 413, "too_many_texts"),
         ({"json": {"images": [b64(png_bytes(1))], "texts": ["a" * 10_001]}}, 413, "caption_too_long"),
         ({"json": {"image_base64": "%%%not base64%%%", "text_input1": "a", "text_input2": "b"}}, 400, "invalid_base64"),

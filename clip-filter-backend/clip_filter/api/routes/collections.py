@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from clip_filter.api.deps import get_model_service, get_settings_dep, get_store
-from clip_filter.api.inputs import read_json_object, request_kind
+from clip_filter.api.inputs import read_form, read_json_object, request_kind
 from clip_filter.collections.ingest import Outcome, Source
 from clip_filter.collections.service import Collections
 from clip_filter.collections.store import CollectionRecord, ItemRecord, validate_filters, validate_metadata, validate_name
@@ -270,8 +270,8 @@ async def add_items(
     if request_kind(request) == "json":
         sources = _sources_from_json(await read_object(request), settings)
     else:
-        form = await request.form(
-            max_files=settings.max_images_per_request + 1, max_fields=2 * settings.max_images_per_request + 16
+        form = await read_form(
+            request, max_files=settings.max_images_per_request + 1, max_fields=2 * settings.max_images_per_request + 16
         )
         uploads = await multipart_files(form, settings, settings.max_images_per_request)
         sources = [Source(filename=f, data=d, content_type=c, metadata=m) for f, d, c, m in uploads]
@@ -405,7 +405,7 @@ async def search(
         if image_data is not None and not isinstance(image_data, str):
             raise invalid("`image` must be a base64 string or a data URI (or send it as a multipart file).")
     else:
-        body = await request.form(max_files=2, max_fields=32)
+        body = await read_form(request, max_files=2, max_fields=32)
         options = _search_fields(body, is_form=True)
         image_part = body.get("image")
         if image_part is not None:

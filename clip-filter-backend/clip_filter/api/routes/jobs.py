@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from clip_filter.api.deps import get_model_service, get_settings_dep, get_store
-from clip_filter.api.inputs import request_kind
+from clip_filter.api.inputs import read_form, request_kind
 from clip_filter.api.routes.collections import clean_filename, get_collection, invalid, parse_metadata_field, read_object
 from clip_filter.collections.jobs import create_path_job, new_job_id, spool_upload
 from clip_filter.collections.service import Collections
@@ -48,7 +48,7 @@ async def create_job(
             create_path_job, store.store, collection, body.get("path"), settings.ingest_root_paths
         )
     else:
-        form = await request.form(max_files=MAX_UPLOAD_JOB_FILES + 1, max_fields=MAX_UPLOAD_JOB_FILES + 16)
+        form = await read_form(request, max_files=MAX_UPLOAD_JOB_FILES + 1, max_fields=MAX_UPLOAD_JOB_FILES + 16)
         files = form.getlist("files")
         if not files:
             raise invalid("No files: send one or more in the repeated `files` field.", "no_files")
