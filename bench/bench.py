@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import base64
 import io
+import json
 import os
 import signal
 import socket
@@ -169,9 +170,10 @@ def start_server(args, data_dir: str) -> tuple[subprocess.Popen, str]:
     raise SystemExit("the server did not become ready")
 
 
-def peak_rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """VmHWM: the peak resident set so far; VmRSS: the resident set now."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -182,6 +184,7 @@ def server_figures(args) -> dict:
     out: dict = {}
     with tempfile.TemporaryDirectory() as data_dir:
         process, url = start_server(args, data_dir)
+        out["ready_rss_mb"] = rss_mb(process.pid, "VmRSS")
         try:
             with httpx.Client(base_url=url, timeout=600) as http:
                 body = {"image_base64": png_b64(make_images(1, seed=5)[0]), "text_input1": "a cat", "text_input2": "a car"}
@@ -195,7 +198,8 @@ def server_figures(args) -> dict:
 
             out.update(asyncio.run(concurrent_clients(url, args)))
             out.update(ingest_and_search(url, args, Path(data_dir)))
-            out["peak_rss_mb"] = peak_rss_mb(process.pid)
+            out["peak_rss_mb"] = rss_mb(process.pid)
+            out["end_rss_mb"] = rss_mb(process.pid, "VmRSS")
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
@@ -214,12 +218,15 @@ async def concurrent_clients(url: str, args) -> dict:
         nonlocal errors
         for _ in range(args.requests_per_client):
             start = time.perf_counter()
-            response = await http.post("/image_text_similarity_best_match", json=body)
+            response = await http.post("/image_text_similarity_best_match", content=body)
             latencies.append(time.perf_counter() - start)
             errors += response.status_code != 200
 
     limits = httpx.Limits(max_connections=32)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+    # Bodies serialised once: the load generator shares this machine's CPUs, so it should cost little.
+    bodies = [json.dumps(body).encode() for body in bodies]
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits,
+                                 headers={"content-type": "application/json"}) as http:
         await asyncio.gather(*(client(http, bodies[i]) for i in range(2)))  # warm-up
         latencies.clear()
         start = time.perf_counter()
@@ -264,7 +271,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-requests", type=int, default=20)
-    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--requests-per-client", type=int, default=8)
     parser.add_argument("--ingest-images", type=int, default=128)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     args = parser.parse_args()
@@ -294,7 +301,8 @@ def main() -> None:
         f"{srv['ingest_images_s']:.1f} end to end", f"{srv['ingest_images_s'] / enc['service_images_s']:.0%} of encoder", ">= 85%")
     row(f"collection search p50 / p95 ms ({args.ingest_images} items)", "",
         f"{percentile(srv['search_latency'], 50) * 1e3:.1f} / {percentile(srv['search_latency'], 95) * 1e3:.1f}")
-    row("backend peak RSS", "", f"{srv['peak_rss_mb']:.0f} MB", "", "<= 1200 MB")
+    row("backend RSS: ready / after the run / peak", "",
+        f"{srv['ready_rss_mb']:.0f} / {srv['end_rss_mb']:.0f} / {srv['peak_rss_mb']:.0f} MB", "", "<= 1200 MB")
     if "fp16_b256_images_s" in enc:
         row("GPU images/s fp16, batch 256", "", f"{enc['fp16_b256_images_s']:.0f}")
 

@@ -111,6 +111,13 @@ class ModelService:
             )
         return out
 
+    def batching_stats(self) -> dict[str, int]:
+        """Counters since start: how well concurrent requests are being coalesced."""
+        if self.batcher is None:
+            return {"batches_run": 0, "items_run": 0, "queued": 0}
+        return {"batches_run": self.batcher.batches_run, "items_run": self.batcher.items_run,
+                "queued": self.batcher.queued}
+
     # ---- model work (async, for the web layer) ---------------------------------------------------
     async def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         encoder = self.require_ready()

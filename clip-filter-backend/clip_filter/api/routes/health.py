@@ -48,5 +48,6 @@ async def info(
             "max_batch": settings.batch_size,
             "max_wait_ms": settings.max_batch_wait_ms,
             "max_queue": settings.max_queue,
+            **service.batching_stats(),
         },
     }
