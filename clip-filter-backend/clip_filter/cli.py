@@ -11,6 +11,9 @@ from clip_filter.core.config import Settings
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from clip_filter.core.memory import tune_malloc
+
+    tune_malloc()  # before torch and the server's threads allocate anything
     import uvicorn
 
     from clip_filter.api.main import create_app

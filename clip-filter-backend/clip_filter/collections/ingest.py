@@ -1,7 +1,9 @@
 """Adding things to a collection: files or texts in, one committed batch of items out.
 
 One pipeline serves the HTTP upload, bulk jobs and the CLI:
-read -> hash -> skip content already present -> decode -> embed -> write originals -> one transaction.
+read -> hash -> skip content already present -> decode -> write originals | embed -> one transaction.
+The part before `|` (`prepare_batch`) needs no model, so bulk jobs overlap it with the previous batch's
+embedding (`commit_batch`).
 A bad file becomes an error in its own slot; the rest of the batch goes on.
 """
 
@@ -84,6 +86,17 @@ class _Prepared:
     data: bytes | None = None
     text: str | None = None
     image: Image.Image | None = None
+    original: str | None = None  # stored original's path, once written
+
+
+@dataclass
+class PreparedBatch:
+    """A batch after `prepare_batch`: its outcomes so far (errors, duplicates) and the items to embed."""
+
+    collection: CollectionRecord
+    size: int
+    outcomes: list[Outcome | None]
+    prepared: list[_Prepared]
 
 
 def sha256_hex(data: bytes) -> str:
@@ -181,8 +194,14 @@ class Ingestor:
         job_id: str | None = None,
     ) -> list[Outcome]:
         """Add a batch; everything that is added commits in one transaction (with the job's progress)."""
-        outcomes: list[Outcome | None] = [None] * len(sources)
-        prepared: list[_Prepared] = []
+        return self.commit_batch(self.prepare_batch(collection, sources), embedder, job_id)
+
+    def prepare_batch(self, collection: CollectionRecord, sources: list[Source]) -> PreparedBatch:
+        """Everything before the model: read, hash, skip known content, decode, store originals.
+
+        Needs no model, so bulk jobs run it for the next batch while the model embeds this one.
+        """
+        batch = PreparedBatch(collection, len(sources), [None] * len(sources), [])
         # Hash first: content already in the collection is never decoded or embedded again (resumable ingest).
         for index, source in enumerate(sources):
             try:
@@ -192,37 +211,64 @@ class Ingestor:
                     source.data = _read(source, self.limits)
                 prepared_item = self._prepare_after_dedup(index, source, collection)
             except ClipFilterError as error:
-                outcomes[index] = Outcome(index, source.filename, "error", error=error)
+                batch.outcomes[index] = Outcome(index, source.filename, "error", error=error)
                 continue
             if isinstance(prepared_item, Outcome):
-                outcomes[index] = prepared_item
+                batch.outcomes[index] = prepared_item
             else:
-                prepared.append(prepared_item)
+                batch.prepared.append(prepared_item)
+        try:
+            # Originals are written (and fsynced) before the transaction that will reference them.
+            for item in batch.prepared:
+                if item.kind == "image":
+                    extension = MIME_EXTENSIONS.get(item.mimetype, "")
+                    try:
+                        item.original = self.store.write_original(collection.id, item.sha256, extension, item.data)
+                    except OSError as exc:
+                        raise ClipFilterError("storage_failed", f"Storing the original failed: {exc}", 507) from exc
+        except BaseException:
+            self.discard(batch)
+            raise
+        return batch
 
+    def commit_batch(self, batch: PreparedBatch, embedder: Embedder, job_id: str | None = None) -> list[Outcome]:
+        """Embed what `prepare_batch` kept and commit it, with the job's progress, in one transaction."""
+        outcomes = batch.outcomes
         new_items: list[NewItem] = []
         model = None
         try:
-            if prepared:
+            if batch.prepared:
                 info = embedder.info
                 model = model_key(info)
-                collection.check_model(*model)
-                new_items = self._embed(prepared, embedder, collection)
+                batch.collection.check_model(*model)
+                new_items = self._embed(batch.prepared, embedder)
             progress = None
             if job_id is not None:
                 errors = [o for o in outcomes if o is not None and o.status == "error"]
                 progress = JobProgress(
-                    job_id, done=len(sources), failed=len(errors),
+                    job_id, done=batch.size, failed=len(errors),
                     duplicates=sum(1 for o in outcomes if o is not None and o.status == "duplicate"),
                     failures=[failure_entry(o.filename, o.error) for o in errors if o.error is not None],
                 )
             # Nothing to write and no job to count for: no transaction (and no fsync) at all.
-            results = self.store.add_items(collection.id, new_items, model, progress) if new_items or progress else []
+            results = (
+                self.store.add_items(batch.collection.id, new_items, model, progress) if new_items or progress else []
+            )
+        except BaseException:
+            self.discard(batch)
+            raise
         finally:
-            for item in prepared:
+            for item in batch.prepared:
                 item.image = None  # free decoded pixels promptly in long jobs
-        for item, (status, item_id) in zip(prepared, results):
+        for item, (status, item_id) in zip(batch.prepared, results):
             outcomes[item.index] = Outcome(item.index, item.filename, status, item_id)
         return [outcome for outcome in outcomes if outcome is not None]
+
+    def discard(self, batch: PreparedBatch) -> None:
+        """Remove the originals a batch wrote when it will not be committed (an orphan otherwise)."""
+        self.store.remove_files([item.original for item in batch.prepared])
+        for item in batch.prepared:
+            item.original = None
 
     def _prepare_after_dedup(self, index: int, source: Source, collection: CollectionRecord) -> _Prepared | Outcome:
         if source.data is not None and sniff_image_mimetype(source.data) is not None:
@@ -236,7 +282,7 @@ class Ingestor:
             return Outcome(index, source.filename, "duplicate", known[prepared_item.sha256])
         return prepared_item
 
-    def _embed(self, prepared: list[_Prepared], embedder: Embedder, collection: CollectionRecord) -> list[NewItem]:
+    def _embed(self, prepared: list[_Prepared], embedder: Embedder) -> list[NewItem]:
         images = [p for p in prepared if p.kind == "image"]
         texts = [p for p in prepared if p.kind == "text"]
         vectors: dict[int, Any] = {}
@@ -251,24 +297,13 @@ class Ingestor:
             for p, vector, was_cut in zip(texts, batch.embeddings, batch.truncated):
                 vectors[p.index] = vector
                 truncated[p.index] = bool(was_cut) or len(p.text) > cut
-        items = []
-        try:
-            for p in prepared:
-                original = None
-                width = height = None
-                if p.kind == "image":
-                    extension = MIME_EXTENSIONS.get(p.mimetype, "")
-                    try:
-                        original = self.store.write_original(collection.id, p.sha256, extension, p.data)
-                    except OSError as exc:
-                        raise ClipFilterError("storage_failed", f"Storing the original failed: {exc}", 507) from exc
-                    width, height = p.image.size
-                items.append(NewItem(
-                    kind=p.kind, filename=p.filename, mimetype=p.mimetype, size=p.size, sha256=p.sha256,
-                    metadata=p.metadata, embedding=vectors[p.index], truncated=truncated[p.index], text=p.text,
-                    original_path=original, width=width, height=height,
-                ))
-        except BaseException:
-            self.store.remove_files([item.original_path for item in items])
-            raise
-        return items
+        return [
+            NewItem(
+                kind=p.kind, filename=p.filename, mimetype=p.mimetype, size=p.size, sha256=p.sha256,
+                metadata=p.metadata, embedding=vectors[p.index], truncated=truncated[p.index], text=p.text,
+                original_path=p.original,
+                width=p.image.size[0] if p.image is not None else None,
+                height=p.image.size[1] if p.image is not None else None,
+            )
+            for p in prepared
+        ]

@@ -19,11 +19,12 @@ import shutil
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 from clip_filter.collections.embedder import Embedder
-from clip_filter.collections.ingest import Ingestor, Source, failure_entry, is_supported_filename
+from clip_filter.collections.ingest import Ingestor, PreparedBatch, Source, failure_entry, is_supported_filename
 from clip_filter.collections.store import (
     CollectionRecord, JobFile, JobRecord, SqliteCollectionStore, _fsync_dir, write_file_atomic,
 )
@@ -190,15 +191,21 @@ class JobRunner:
         if embedder is None:
             return
         self.store.set_job_state(job_id, "running")
-        after = self.store.job_done_seq(job_id)
-        while not self._stop.is_set():
-            files = self.store.job_files(job_id, after, self.batch_size)
-            if not files:
-                break
-            collection = self._collection(job)
-            sources = [self._source(job, f) for f in files]
-            self._ingest_batch(collection, sources, embedder, job_id)
-            after = files[-1].seq
+        # Two stages overlap: while the model embeds batch n, a prefetch thread reads, hashes, decodes and
+        # stores the originals of batch n+1, so the model does not wait for the disk or the decoder.
+        with ThreadPoolExecutor(1, thread_name_prefix="collections-prefetch") as prefetch:
+            upcoming = self._prefetch(prefetch, job, self.store.job_done_seq(job_id))
+            try:
+                while upcoming is not None and not self._stop.is_set():
+                    current, upcoming = upcoming, None
+                    try:
+                        upcoming = self._prefetch(prefetch, job, current[0][-1].seq)
+                        self._commit_batch(job, current[0], current[1].result(), embedder)
+                    except BaseException:
+                        self._drop(current)
+                        raise
+            finally:
+                self._drop(upcoming)  # prepared but not committed (stop or error): its originals go
         if self._stop.is_set():
             self.store.set_job_state(job_id, "queued")  # a clean stop: resumed at the next start
             return
@@ -219,14 +226,33 @@ class JobRunner:
             return Source(filename=file.filename, metadata=file.metadata, error=path_not_allowed(file.path))
         return Source(filename=file.filename, path=path, metadata=file.metadata, content_type=file.content_type)
 
-    def _ingest_batch(self, collection: CollectionRecord, sources: list[Source], embedder: Embedder, job_id: str) -> None:
+    def _prefetch(self, pool: ThreadPoolExecutor, job: JobRecord, after: int) -> tuple[list[JobFile], Future] | None:
+        """The next batch of the job's files after `after`, being prepared on the prefetch thread."""
+        files = self.store.job_files(job.id, after, self.batch_size)
+        if not files:
+            return None
+        sources = [self._source(job, f) for f in files]
+        return files, pool.submit(self.ingestor.prepare_batch, self._collection(job), sources)
+
+    def _drop(self, upcoming: tuple[list[JobFile], Future] | None) -> None:
+        """A prepared batch that will not be committed now: remove the originals it wrote."""
+        if upcoming is None:
+            return
+        try:
+            self.ingestor.discard(upcoming[1].result())
+        except Exception:  # noqa: BLE001 - its preparation failed: nothing was kept
+            pass
+
+    def _commit_batch(self, job: JobRecord, files: list[JobFile], batch: PreparedBatch, embedder: Embedder) -> None:
         while True:
             try:
-                self.ingestor.ingest(collection, sources, embedder, job_id=job_id)
+                self.ingestor.commit_batch(batch, embedder, job_id=job.id)
                 return
             except (ModelUnavailableError, OverloadedError):
                 if self._stop.wait(0.5):
                     raise
+                # commit_batch discarded the batch's originals: prepare it again from its files.
+                batch = self.ingestor.prepare_batch(self._collection(job), [self._source(job, f) for f in files])
 
 
 def create_upload_job(
