@@ -5,7 +5,10 @@ only fight over them; on a GPU one stream of large batches is what keeps it busy
 never runs model code: it enqueues items and awaits futures that the model thread resolves.
 
 Items of one kind ("image" or "text") form a batch. The thread waits at most `max_wait_s` after the
-first queued item for more to arrive, so a lone request pays at most that much extra latency.
+first queued item for more to arrive, so a lone request pays at most that much extra latency; and it
+does not wait at all when the item found the model idle for longer than that: nothing suggests that
+others are coming, and a lone client would pay the wait on every request (5 ms of a ~40 ms best match).
+Under load items arrive while a batch runs, so the next batch forms from everything queued meanwhile.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class DynamicBatcher:
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._free_since = float("-inf")  # when the model thread last finished a batch
         self.batches_run = 0
         self.items_run = 0
         self._thread = threading.Thread(target=self._run, name="clip-model", daemon=True)
@@ -100,7 +104,8 @@ class DynamicBatcher:
             if self._closed and not self._queue:
                 return None
             first = self._queue[0]
-            deadline = first.enqueued_at + self._max_wait_s
+            idle_before = first.enqueued_at - self._free_since
+            deadline = first.enqueued_at + (0.0 if idle_before > self._max_wait_s else self._max_wait_s)
             while (
                 sum(1 for item in self._queue if item.kind == first.kind) < self._max_batch
                 and not self._closed
@@ -133,6 +138,7 @@ class DynamicBatcher:
             except BaseException as exc:  # noqa: BLE001 - a failed batch fails its requests, not the thread
                 log.exception("model batch failed")
                 outcomes = [(None, exc)] * len(batch)
+            self._free_since = time.monotonic()
             self.batches_run += 1
             self.items_run += len(batch)
             for item, (result, error) in zip(batch, outcomes):

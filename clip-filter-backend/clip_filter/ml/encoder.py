@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from clip_filter.ml.preprocess import ImagePreprocessor
 from clip_filter.ml.text import TextEmbeddingCache, encode_text_trimmed, tokenize
 
 
@@ -54,7 +55,7 @@ class ClipEncoder:
         text_cache: TextEmbeddingCache,
     ) -> None:
         self.model = model
-        self._preprocess = preprocess
+        self.preprocessor = ImagePreprocessor(preprocess)
         self.tokenizer = tokenizer
         self.info = info
         self.batch_size = batch_size
@@ -65,15 +66,22 @@ class ClipEncoder:
 
     # ---- images ------------------------------------------------------------------------------
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """Resize, crop and normalise one RGB image into a float32 CPU tensor (thread-safe)."""
-        return self._preprocess(image)
+        """Resize and crop one RGB image into a CPU tensor for encode_pixels (thread-safe).
+
+        uint8 when the model's transform allows it (normalised later, per batch); see ml/preprocess.py.
+        """
+        return self.preprocessor.image_to_tensor(image)
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """preprocess() outputs, stacked -> the float32 input open_clip's own transform would give."""
+        return self.preprocessor.normalise_batch(pixels)
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        """(n, 3, H, W) preprocessed pixels -> (n, dim) float32 L2-normalised embeddings."""
+        """(n, 3, H, W) stacked preprocess() outputs -> (n, dim) float32 L2-normalised embeddings."""
         outputs = []
         with torch.inference_mode():
             for start in range(0, pixels.shape[0], self.batch_size):
-                chunk = pixels[start : start + self.batch_size].to(self.device, self.dtype)
+                chunk = self.normalise(pixels[start : start + self.batch_size]).to(self.device, self.dtype)
                 features = self.model.encode_image(chunk).float()
                 outputs.append(F.normalize(features, dim=-1).cpu().numpy())
         if not outputs:

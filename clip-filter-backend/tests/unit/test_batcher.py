@@ -107,3 +107,34 @@ def test_blocking_submit_from_threads_shares_the_same_queue():
         t.join(10)
     batcher.close()
     assert results == {i: [i * 10] * 3 for i in range(6)}
+
+
+def test_an_item_that_finds_the_model_idle_does_not_wait_for_the_batch_window():
+    recorder = Recorder()
+    # A 60 s window: waiting for it would hang the test far beyond the 10 s allowed below.
+    batcher = DynamicBatcher({"image": recorder}, max_batch=64, max_wait_s=60.0, max_queue=100)
+
+    async def main():
+        return await asyncio.wait_for(batcher.submit("image", [7]), timeout=10)
+
+    assert asyncio.run(main()) == [70]
+    batcher.close()
+
+
+def test_items_queued_behind_a_running_batch_are_batched_together():
+    gate = threading.Event()
+    recorder = Recorder(gate)
+    batcher = DynamicBatcher({"image": recorder}, max_batch=64, max_wait_s=0.05, max_queue=100)
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit("image", [0]))
+        await asyncio.sleep(0.1)  # the model thread now runs [0], held by the gate
+        rest = [asyncio.ensure_future(batcher.submit("image", [i])) for i in range(1, 9)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await first, await asyncio.gather(*rest)
+
+    first, rest = asyncio.run(main())
+    batcher.close()
+    assert first == [0] and rest == [[i * 10] for i in range(1, 9)]
+    assert recorder.batches == [[0], list(range(1, 9))]
