@@ -46,6 +46,12 @@ class WeightsSource:
     value: str | None  # the tag or the checkpoint path
 
 
+def random_tag(seed: int) -> str:
+    """What random weights record as their `pretrained`: the seed is part of it, because two seeds are two
+    different models (collections compare it and refuse to mix their embeddings)."""
+    return "random" if seed == 0 else f"random-seed-{seed}"
+
+
 def resolve_weights_source(settings: Settings) -> WeightsSource:
     """Decide what CLIP_PRETRAINED means, without loading anything yet."""
     value = settings.pretrained.strip()
@@ -138,7 +144,7 @@ def load_encoder(settings: Settings) -> ClipEncoder:
 
     info = ModelInfo(
         model=settings.model_name,
-        pretrained=settings.pretrained.strip() if source.kind != "random" else "random",
+        pretrained=settings.pretrained.strip() if source.kind != "random" else random_tag(settings.random_seed),
         weights=source.kind,
         device=str(device),
         dtype=DTYPE_NAMES.get(dtype, str(dtype)),

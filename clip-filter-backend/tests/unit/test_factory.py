@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from clip_filter.core.config import Settings
+from clip_filter.collections.embedder import model_key
 from clip_filter.ml.factory import ModelLoadError, load_encoder, resolve_weights_source
 
 
@@ -33,6 +34,13 @@ def test_random_mode_is_deterministic_and_flagged():
     np.testing.assert_array_equal(first.encode_images(sample_images()), second.encode_images(sample_images()))
     texts = ["a dog", "a cat"]
     np.testing.assert_array_equal(first.encode_texts(texts).embeddings, second.encode_texts(texts).embeddings)
+
+
+def test_another_random_seed_is_another_model():
+    default, other = load_encoder(tiny_settings()), load_encoder(tiny_settings(CLIP_RANDOM_SEED=3))
+    assert other.info.weights == "random" and other.info.pretrained == "random-seed-3"
+    assert model_key(other.info) != model_key(default.info)  # a collection will not mix their embeddings
+    assert not np.allclose(other.encode_images(sample_images()), default.encode_images(sample_images()))
 
 
 def test_embeddings_are_unit_float32():
