@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -61,14 +62,36 @@ _IMAGES_AND_TEXTS = {
 }
 
 
-async def _score(parsed: ParsedRequest, service: ModelService) -> tuple[np.ndarray, Any, list[int]]:
-    """Embed the decodable images and all captions (concurrently, through the batcher)."""
+@dataclass
+class _Scores:
+    """Cosines and probabilities of the decodable images (rows) against every caption."""
+
+    cosines: np.ndarray
+    probabilities: np.ndarray
+    text_batch: Any
+    row_of: dict[int, int]  # image slot index -> row
+
+
+async def _score(parsed: ParsedRequest, service: ModelService) -> _Scores:
+    """Embed the decodable images and all captions (concurrently, through the batcher), then score."""
     service.require_ready()
     good = [slot.index for slot in parsed.images if slot.image is not None]
     image_embeddings, text_batch = await asyncio.gather(
         service.embed_images([parsed.images[i].image for i in good]), service.embed_texts(parsed.texts)
     )
-    return cosine_matrix(image_embeddings, text_batch.embeddings), text_batch, good
+    cosines = cosine_matrix(image_embeddings, text_batch.embeddings)
+    probabilities = softmax_probabilities(cosines, service.info.logit_scale) if good else cosines
+    return _Scores(cosines, probabilities, text_batch, {index: row for row, index in enumerate(good)})
+
+
+def _envelope(parsed: ParsedRequest, scores: _Scores, service: ModelService) -> dict[str, Any]:
+    """What every matching response starts with: the model, its weights mode and the captions."""
+    return {
+        "model": service.model_summary(),
+        "weights": service.info.weights,
+        "texts": parsed.texts,
+        "truncated": scores.text_batch.truncated,
+    }
 
 
 @router.post(
@@ -83,10 +106,8 @@ async def best_match(
 ) -> dict[str, Any]:
     """Ties between captions go to the lowest caption index."""
     parsed = await read_images_and_texts(request, settings, want_texts=True)
-    cosines, text_batch, good = await _score(parsed, service)
-    probabilities = softmax_probabilities(cosines, service.info.logit_scale) if len(good) else cosines
-    best = best_indices(cosines) if len(good) else []
-    row_of = {index: row for row, index in enumerate(good)}
+    scores = await _score(parsed, service)
+    best = best_indices(scores.cosines) if scores.row_of else []
 
     results: list[dict[str, Any]] = []
     for slot in parsed.images:
@@ -94,24 +115,18 @@ async def best_match(
         if slot.error is not None:
             entry["error"] = slot.error.to_dict()
         else:
-            row = row_of[slot.index]
+            row = scores.row_of[slot.index]
             top = int(best[row])
             entry.update(
                 best_match=parsed.texts[top],
                 best_index=top,
-                scores=[round(float(v), 6) for v in cosines[row]],
-                probabilities=[round(float(v), 6) for v in probabilities[row]],
-                clip_score=round(float(clip_score(cosines[row, top])), 6),
+                scores=[round(float(v), 6) for v in scores.cosines[row]],
+                probabilities=[round(float(v), 6) for v in scores.probabilities[row]],
+                clip_score=round(float(clip_score(scores.cosines[row, top])), 6),
             )
         results.append(entry)
 
-    response: dict[str, Any] = {
-        "model": service.model_summary(),
-        "weights": service.info.weights,
-        "texts": parsed.texts,
-        "truncated": text_batch.truncated,
-        "results": results,
-    }
+    response = {**_envelope(parsed, scores, service), "results": results}
     if len(results) == 1 and "best_match" in results[0]:
         response["best_match"] = results[0]["best_match"]
     return response
@@ -128,25 +143,12 @@ async def similarity(
     settings: Settings = Depends(get_settings_dep),
 ) -> dict[str, Any]:
     parsed = await read_images_and_texts(request, settings, want_texts=True)
-    cosines, text_batch, good = await _score(parsed, service)
-    probabilities = softmax_probabilities(cosines, service.info.logit_scale) if len(good) else cosines
-    row_of = {index: row for row, index in enumerate(good)}
-    matrix: list[list[float] | None] = []
-    probs: list[list[float] | None] = []
-    for slot in parsed.images:
-        if slot.error is None:
-            matrix.append([float(v) for v in cosines[row_of[slot.index]]])
-            probs.append([float(v) for v in probabilities[row_of[slot.index]]])
-        else:
-            matrix.append(None)
-            probs.append(None)
+    scores = await _score(parsed, service)
+    rows = [scores.row_of.get(slot.index) if slot.error is None else None for slot in parsed.images]
     return {
-        "model": service.model_summary(),
-        "weights": service.info.weights,
-        "texts": parsed.texts,
-        "truncated": text_batch.truncated,
+        **_envelope(parsed, scores, service),
         "logit_scale": service.info.logit_scale,
-        "matrix": matrix,
-        "probabilities": probs,
+        "matrix": [None if r is None else [float(v) for v in scores.cosines[r]] for r in rows],
+        "probabilities": [None if r is None else [float(v) for v in scores.probabilities[r]] for r in rows],
         "errors": [slot.error.to_dict() if slot.error else None for slot in parsed.images],
     }
