@@ -9,6 +9,9 @@ first queued item for more to arrive, so a lone request pays at most that much e
 does not wait at all when the item found the model idle for longer than that: nothing suggests that
 others are coming, and a lone client would pay the wait on every request (5 ms of a ~40 ms best match).
 Under load items arrive while a batch runs, so the next batch forms from everything queued meanwhile.
+
+`on_idle` runs on the model thread once the model has had nothing to do for `idle_after_s` after
+a batch (the service hands freed memory back to the system there, see core/memory.py).
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ class _Item:
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
+class _Idle:
+    """_take_batch's answer when on_idle is due."""
+
+
 class DynamicBatcher:
     def __init__(
         self,
@@ -45,6 +52,8 @@ class DynamicBatcher:
         max_batch: int,
         max_wait_s: float,
         max_queue: int,
+        on_idle: Callable[[], Any] | None = None,
+        idle_after_s: float = 1.0,
     ) -> None:
         self._functions = functions
         self._max_batch = max_batch
@@ -54,6 +63,9 @@ class DynamicBatcher:
         self._cond = threading.Condition()
         self._closed = False
         self._free_since = float("-inf")  # when the model thread last finished a batch
+        self._on_idle = on_idle
+        self._idle_after_s = idle_after_s
+        self._ran_since_idle = False  # a batch ran since on_idle last ran
         self.batches_run = 0
         self.items_run = 0
         self._thread = threading.Thread(target=self._run, name="clip-model", daemon=True)
@@ -97,10 +109,18 @@ class DynamicBatcher:
         self._thread.join(timeout=10)
 
     # ---- model thread --------------------------------------------------------------------------
-    def _take_batch(self) -> list[_Item] | None:
+    def _take_batch(self) -> list[_Item] | None | type[_Idle]:
+        """The next batch; None once closed; _Idle when on_idle is due."""
         with self._cond:
             while not self._queue and not self._closed:
-                self._cond.wait()
+                if self._on_idle is not None and self._ran_since_idle:
+                    remaining = self._free_since + self._idle_after_s - time.monotonic()
+                    if remaining <= 0:
+                        self._ran_since_idle = False
+                        return _Idle
+                    self._cond.wait(timeout=remaining)
+                else:
+                    self._cond.wait()
             if self._closed and not self._queue:
                 return None
             first = self._queue[0]
@@ -130,6 +150,12 @@ class DynamicBatcher:
             batch = self._take_batch()
             if batch is None:
                 return
+            if batch is _Idle:
+                try:
+                    self._on_idle()
+                except Exception:  # noqa: BLE001 - housekeeping must never stop the model thread
+                    log.exception("on_idle failed")
+                continue
             try:
                 results = self._functions[batch[0].kind]([item.payload for item in batch])
                 if len(results) != len(batch):
@@ -138,9 +164,11 @@ class DynamicBatcher:
             except BaseException as exc:  # noqa: BLE001 - a failed batch fails its requests, not the thread
                 log.exception("model batch failed")
                 outcomes = [(None, exc)] * len(batch)
-            self._free_since = time.monotonic()
-            self.batches_run += 1
-            self.items_run += len(batch)
+            with self._cond:
+                self._free_since = time.monotonic()
+                self.batches_run += 1
+                self.items_run += len(batch)
+                self._ran_since_idle = True
             for item, (result, error) in zip(batch, outcomes):
                 _resolve(item, result, error)
 

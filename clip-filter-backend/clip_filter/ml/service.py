@@ -19,6 +19,7 @@ from PIL import Image
 
 from clip_filter.core.config import Settings
 from clip_filter.core.errors import ModelUnavailableError
+from clip_filter.core.memory import release_free_memory
 from clip_filter.ml.batcher import DynamicBatcher
 from clip_filter.ml.encoder import ClipEncoder, ModelInfo, TextBatch
 from clip_filter.ml.factory import ModelLoadError, load_encoder
@@ -61,6 +62,7 @@ class ModelService:
             max_batch=self.settings.batch_size,
             max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
             max_queue=self.settings.max_queue,
+            on_idle=release_free_memory,  # activation memory kept for reuse under load, handed back when idle
         )
         self.encoder = encoder
         self.state, self.reason, self.fix = READY, None, None

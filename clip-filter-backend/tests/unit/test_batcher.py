@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -138,3 +139,37 @@ def test_items_queued_behind_a_running_batch_are_batched_together():
     batcher.close()
     assert first == [0] and rest == [[i * 10] for i in range(1, 9)]
     assert recorder.batches == [[0], list(range(1, 9))]
+
+
+def test_on_idle_runs_once_after_each_busy_spell():
+    calls: list[float] = []
+    batcher = DynamicBatcher({"image": Recorder()}, max_batch=8, max_wait_s=0.0, max_queue=100,
+                             on_idle=lambda: calls.append(time.monotonic()), idle_after_s=0.05)
+
+    def wait_for_calls(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(calls) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    time.sleep(0.3)
+    assert calls == [], "no batch ran yet: nothing to hand back"
+    asyncio.run(batcher.submit("image", [1]))
+    wait_for_calls(1)
+    time.sleep(0.3)
+    assert len(calls) == 1, "once per idle spell, not every idle_after_s"
+    asyncio.run(batcher.submit("image", [2]))
+    wait_for_calls(2)
+    batcher.close()
+    assert len(calls) == 2
+
+
+def test_a_failing_on_idle_does_not_stop_the_model_thread():
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    batcher = DynamicBatcher({"image": Recorder()}, max_batch=8, max_wait_s=0.0, max_queue=100,
+                             on_idle=broken, idle_after_s=0.01)
+    assert asyncio.run(batcher.submit("image", [1])) == [10]
+    time.sleep(0.2)  # on_idle has failed by now
+    assert asyncio.run(asyncio.wait_for(batcher.submit("image", [2]), timeout=10)) == [20]
+    batcher.close()

@@ -167,10 +167,10 @@ def smooth_images(count: int) -> list[Image.Image]:
 
 
 @pytest.mark.slow
-@pytest.mark.may_skip(reason="bf16 parity is only checked on CPUs with native bf16 (AVX512-BF16/AMX/Arm BF16)")
 def test_bf16_image_embeddings_match_fp32():
-    if not cpu_supports_bf16():
-        pytest.skip("this CPU has no native bf16")
+    # Runs on every CPU: without native bf16 instructions PyTorch emulates them (about 9x slower than
+    # fp32: ~10 s on an AVX2-only CPU). The parity checked is that of bf16 weights and activations,
+    # which both paths round alike, so a CPU without bf16 must not skip it.
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
     model.eval()
