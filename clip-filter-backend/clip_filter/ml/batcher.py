@@ -68,6 +68,7 @@ class DynamicBatcher:
         self._ran_since_idle = False  # a batch ran since on_idle last ran
         self.batches_run = 0
         self.items_run = 0
+        self.busy_s = 0.0  # time spent running batches: with items_run, the model's own rate
         self._thread = threading.Thread(target=self._run, name="clip-model", daemon=True)
         self._thread.start()
 
@@ -156,6 +157,7 @@ class DynamicBatcher:
                 except Exception:  # noqa: BLE001 - housekeeping must never stop the model thread
                     log.exception("on_idle failed")
                 continue
+            started = time.monotonic()
             try:
                 results = self._functions[batch[0].kind]([item.payload for item in batch])
                 if len(results) != len(batch):
@@ -166,6 +168,7 @@ class DynamicBatcher:
                 outcomes = [(None, exc)] * len(batch)
             with self._cond:
                 self._free_since = time.monotonic()
+                self.busy_s += self._free_since - started
                 self.batches_run += 1
                 self.items_run += len(batch)
                 self._ran_since_idle = True

@@ -113,12 +113,12 @@ class ModelService:
             )
         return out
 
-    def batching_stats(self) -> dict[str, int]:
+    def batching_stats(self) -> dict[str, int | float]:
         """Counters since start: how well concurrent requests are being coalesced."""
         if self.batcher is None:
-            return {"batches_run": 0, "items_run": 0, "queued": 0}
+            return {"batches_run": 0, "items_run": 0, "busy_s": 0.0, "queued": 0}
         return {"batches_run": self.batcher.batches_run, "items_run": self.batcher.items_run,
-                "queued": self.batcher.queued}
+                "busy_s": round(self.batcher.busy_s, 3), "queued": self.batcher.queued}
 
     # ---- model work (async, for the web layer) ---------------------------------------------------
     async def embed_images(self, images: list[Image.Image]) -> np.ndarray:

@@ -49,6 +49,12 @@ def test_info_reports_model_weights_and_limits(client):
     assert info["model"] == "clip-filter-tiny" and info["dim"] == 64 and info["context_length"] == 77
     assert info["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-5)
     assert info["limits"]["max_image_bytes"] == 25 * 1024 * 1024
+    before = info["batching"]
+    client.post("/image_text_similarity_best_match", **multipart([png_bytes(i) for i in range(3)], ["a fresh caption"]))
+    after = client.get("/info").json()["batching"]
+    assert after["items_run"] >= before["items_run"] + 4  # 3 images and 1 uncached caption went through the model
+    assert after["batches_run"] >= before["batches_run"] + 2  # images and texts never share a batch
+    assert after["busy_s"] > before["busy_s"] and after["queued"] == 0
     assert client.get("/health/live").json() == {"status": "alive"}
     assert client.get("/health/ready").status_code == 200
 

@@ -173,3 +173,16 @@ def test_a_failing_on_idle_does_not_stop_the_model_thread():
     time.sleep(0.2)  # on_idle has failed by now
     assert asyncio.run(asyncio.wait_for(batcher.submit("image", [2]), timeout=10)) == [20]
     batcher.close()
+
+
+def test_counters_record_batches_items_and_the_time_spent_running_them():
+    def slow(payloads: list) -> list:
+        time.sleep(0.1)
+        return payloads
+
+    batcher = DynamicBatcher({"image": slow}, max_batch=8, max_wait_s=0.0, max_queue=100)
+    asyncio.run(batcher.submit("image", [1, 2, 3]))
+    asyncio.run(batcher.submit("image", [4]))
+    batcher.close()
+    assert (batcher.batches_run, batcher.items_run) == (2, 4)
+    assert batcher.busy_s >= 0.2
