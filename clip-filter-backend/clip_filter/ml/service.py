@@ -57,6 +57,7 @@ class ModelService:
             log.exception("model load failed")
             self._fail(f"Loading the model failed: {exc}", "Check the server log and the CLIP_* settings.")
             return
+        release_free_memory()  # what loading and the precision cast freed (the fp32 weights, for bf16)
         self.batcher = DynamicBatcher(
             {"image": self._run_image_batch, "text": self._run_text_batch},
             max_batch=self.settings.batch_size,
