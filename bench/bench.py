@@ -88,17 +88,23 @@ def timed(fn, repeats: int) -> float:
     return best
 
 
+def service_settings(args):
+    """The service's model settings, random weights, no text cache (every caption is encoded)."""
+    from clip_filter.core.config import Settings
+
+    return Settings(CLIP_MODEL=args.model, CLIP_PRETRAINED="random", CLIP_DEVICE=args.device,
+                    CLIP_PRECISION="auto", CLIP_TEXT_CACHE_SIZE=0, CLIP_BATCH_SIZE=args.batch)
+
+
 # ---- in-process encoder figures ---------------------------------------------------------------------
 def encoder_figures(args) -> dict:
     import open_clip
     import torch
 
-    from clip_filter.core.config import Settings
     from clip_filter.ml.factory import load_encoder
 
     torch.set_num_threads(args.threads)
-    settings = Settings(CLIP_MODEL=args.model, CLIP_PRETRAINED="random", CLIP_DEVICE=args.device,
-                        CLIP_PRECISION="auto", CLIP_TEXT_CACHE_SIZE=0, CLIP_BATCH_SIZE=args.batch)
+    settings = service_settings(args)
     service_encoder = load_encoder(settings)
     eager = load_encoder(settings.model_copy(update={"precision": "fp32"})).model
     tokenizer = open_clip.get_tokenizer(args.model)
@@ -163,12 +169,9 @@ def encoder_only_again(args) -> float:
     a slow spell of a shared machine during the first measurement cannot flatter the ratios."""
     import torch
 
-    from clip_filter.core.config import Settings
     from clip_filter.ml.factory import load_encoder
 
-    settings = Settings(CLIP_MODEL=args.model, CLIP_PRETRAINED="random", CLIP_DEVICE=args.device,
-                        CLIP_PRECISION="auto", CLIP_TEXT_CACHE_SIZE=0, CLIP_BATCH_SIZE=args.batch)
-    encoder = load_encoder(settings)
+    encoder = load_encoder(service_settings(args))
     sync = torch.cuda.synchronize if encoder.device.type == "cuda" else (lambda: None)
     return encoder_only_images_s(encoder, make_images(args.batch), args.repeats, sync)
 
@@ -301,7 +304,8 @@ async def concurrent_clients(url: str, args) -> dict:
     cpu0, start = time.process_time(), time.perf_counter()
     await asyncio.gather(*(client(body, args.requests_per_client) for body in bodies))
     elapsed = time.perf_counter() - start
-    return {"clients16_model": model_use(counters, model_counters(url), elapsed),"clients16_rps": len(latencies) / elapsed, "clients16_p99": percentile(latencies, 99),
+    return {"clients16_rps": len(latencies) / elapsed, "clients16_p99": percentile(latencies, 99),
+            "clients16_model": model_use(counters, model_counters(url), elapsed),
             "clients16_errors": errors, "clients16_requests": len(latencies),
             "clients16_client_cpu_ms": (time.process_time() - cpu0) / max(len(latencies), 1) * 1e3}
 

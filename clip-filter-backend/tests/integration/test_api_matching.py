@@ -50,7 +50,8 @@ def test_info_reports_model_weights_and_limits(client):
     assert info["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-5)
     assert info["limits"]["max_image_bytes"] == 25 * 1024 * 1024
     before = info["batching"]
-    client.post("/image_text_similarity_best_match", **multipart([png_bytes(i) for i in range(3)], ["a fresh caption"]))
+    response = client.post("/image_text_similarity_best_match", **multipart([png_bytes(i) for i in range(3)], ["a fresh caption"]))
+    assert response.status_code == 200, response.text
     after = client.get("/info").json()["batching"]
     assert after["items_run"] >= before["items_run"] + 4  # 3 images and 1 uncached caption went through the model
     assert after["batches_run"] >= before["batches_run"] + 2  # images and texts never share a batch
