@@ -19,6 +19,8 @@ Rows:
   search                 p50/p95 of a text query against that collection
   RSS                    the server process: VmRSS once ready, right after the run and 2 s later (freed memory
                          is handed back once the model is idle), VmHWM (peak, at model load)
+  RSS from a checkpoint  trained weights are read from a file: a server started on a saved checkpoint
+                         (peak and ready), vs open_clip's path (random init, checkpoint copied in, cast)
 """
 
 from __future__ import annotations
@@ -183,11 +185,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(args, data_dir: str) -> tuple[subprocess.Popen, str]:
+def start_server(args, data_dir: str, pretrained: str = "random") -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
-    env = {**os.environ, "CLIP_MODEL": args.model, "CLIP_PRETRAINED": "random", "CLIP_DEVICE": args.device,
+    env = {**os.environ, "CLIP_MODEL": args.model, "CLIP_PRETRAINED": pretrained, "CLIP_DEVICE": args.device,
            "CLIP_PRECISION": "auto", "CLIP_FILTER_PORT": str(port), "CLIP_FILTER_DATA_DIR": data_dir,
            "CLIP_FILTER_LOG_LEVEL": "warning", "CLIP_BATCH_SIZE": str(args.batch),
            "CLIP_FILTER_INGEST_ROOTS": data_dir}
@@ -239,6 +241,39 @@ def server_figures(args) -> dict:
             out["end_rss_mb"] = rss_mb(process.pid, "VmRSS")
             time.sleep(2)  # the model thread hands freed memory back after 1 s idle
             out["idle_rss_mb"] = rss_mb(process.pid, "VmRSS")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+    return out
+
+
+OPEN_CLIP_LOAD = """
+import sys, torch, open_clip
+from clip_filter.ml.precision import cast_model
+model = open_clip.create_model_and_transforms(sys.argv[1], pretrained=sys.argv[2])[0]
+cast_model(model.eval().to(sys.argv[3]), getattr(torch, sys.argv[4]))
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        print(int(line.split()[1]) / 1024)
+"""
+
+
+def checkpoint_load_figures(args, dtype: str) -> dict:
+    """Trained weights come from a file (a checkpoint, or the cache a pretrained tag downloads into):
+    the server's peak and ready RSS loading one, vs open_clip's own path (random init, then the
+    checkpoint copied in, then the cast) in a process with the same imports."""
+    import torch
+    import open_clip
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = str(Path(folder) / "weights.pt")
+        torch.save(open_clip.create_model(args.model, pretrained=None).state_dict(), checkpoint)
+        run = subprocess.run([sys.executable, "-c", OPEN_CLIP_LOAD, args.model, checkpoint, args.device, dtype],
+                             cwd=ROOT / "clip-filter-backend", capture_output=True, text=True, check=True)
+        out = {"open_clip_peak_mb": float(run.stdout.split()[-1])}
+        process, _ = start_server(args, folder, pretrained=checkpoint)
+        try:
+            out["ready_rss_mb"], out["peak_rss_mb"] = rss_mb(process.pid, "VmRSS"), rss_mb(process.pid)
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
@@ -357,6 +392,7 @@ def main() -> None:
     enc = encoder_figures(args)
     srv = server_figures(args)
     encoder_runs = (enc["encoder_images_s"], encoder_only_again(args))
+    loading = checkpoint_load_figures(args, enc["dtype"])
     enc["encoder_images_s"] = max(encoder_runs)
 
     rows = []
@@ -385,6 +421,9 @@ def main() -> None:
     row("backend RSS: ready / after the run / idle 2 s later / peak", "",
         f"{srv['ready_rss_mb']:.0f} / {srv['end_rss_mb']:.0f} / {srv['idle_rss_mb']:.0f} / {srv['peak_rss_mb']:.0f} MB",
         "", "<= 1200 MB")
+    row("backend RSS from a checkpoint file: peak / ready", f"{loading['open_clip_peak_mb']:.0f} MB peak open_clip's path",
+        f"{loading['peak_rss_mb']:.0f} / {loading['ready_rss_mb']:.0f} MB",
+        f"{loading['peak_rss_mb'] / loading['open_clip_peak_mb']:.2f} of baseline peak", "<= 1200 MB")
     if "fp16_b256_images_s" in enc:
         row("GPU images/s fp16, batch 256", "", f"{enc['fp16_b256_images_s']:.0f}")
 

@@ -22,6 +22,7 @@ from clip_filter.core.config import Settings
 from clip_filter.ml.encoder import ClipEncoder, ModelInfo
 from clip_filter.ml.precision import cast_model, resolve_device, resolve_dtype
 from clip_filter.ml.text import TextEmbeddingCache
+from clip_filter.ml.weights import load_checkpoint_into, parameters_on_meta, without_random_init_notice
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,55 @@ def _check_checkpoint(path: Path, expected_sha256: str | None) -> None:
             )
 
 
+def _build_random(settings: Settings, device: torch.device, dtype: torch.dtype):
+    """open_clip's own initialisation from a fixed seed, in fp32 (so the weights are the same whatever
+    precision runs them), then cast."""
+    torch.manual_seed(settings.random_seed)  # random mode is deterministic
+    model, _, preprocess = open_clip.create_model_and_transforms(settings.model_name, pretrained=None)
+    return cast_model(model.eval().to(device), dtype), preprocess
+
+
+def _locate_weights(settings: Settings, source: WeightsSource) -> tuple[str, dict]:
+    """The checkpoint file to read, and the preprocessing a pretrained tag prescribes (mean, std, resize)."""
+    if source.kind == "checkpoint":
+        _check_checkpoint(Path(source.value), settings.checkpoint_sha256)
+        return source.value, {}
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    tag_cfg = open_clip.get_pretrained_cfg(settings.model_name, source.value)
+    try:
+        # Reads CLIP_CACHE_DIR first; downloads (Hugging Face hub or URL) only what is not there yet.
+        path = open_clip.download_pretrained(tag_cfg, cache_dir=str(settings.cache_dir))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"Could not get the {settings.model_name}/{source.value} weights: {exc}",
+            "Start the service once on a machine that can reach the model hub with the same "
+            "CLIP_CACHE_DIR (a Docker volume keeps it), or set CLIP_PRETRAINED to a local checkpoint "
+            "file, or CLIP_PRETRAINED=random for a test mode with meaningless scores.",
+        ) from exc
+    preprocessing = {
+        "image_mean": tag_cfg.get("mean"),
+        "image_std": tag_cfg.get("std"),
+        "image_interpolation": tag_cfg.get("interpolation"),
+        "image_resize_mode": tag_cfg.get("resize_mode"),
+    }
+    return path, preprocessing
+
+
+def _build_from_weights(settings: Settings, source: WeightsSource, device: torch.device, dtype: torch.dtype):
+    """Build the architecture without allocating its weights, then fill it from the checkpoint directly
+    in the target device and dtype (see ml/weights.py: about half the peak memory of open_clip's path)."""
+    path, preprocessing = _locate_weights(settings, source)
+    with parameters_on_meta() as built_buffers, without_random_init_notice():
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            settings.model_name, pretrained=None, device="meta", **preprocessing
+        )
+    built_buffers.restore(model)
+    load_checkpoint_into(model, path, device, dtype)
+    log.info("weights read from %s", path)
+    # Buffers (the causal mask) were built on the CPU in fp32: move and cast them like the parameters.
+    return cast_model(model.eval().to(device), dtype), preprocess
+
+
 def load_encoder(settings: Settings) -> ClipEncoder:
     """Build the model, its preprocessing and tokenizer, on the chosen device and precision."""
     if settings.model_name not in open_clip.list_models():
@@ -106,35 +156,19 @@ def load_encoder(settings: Settings) -> ClipEncoder:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
 
-    pretrained: str | None = None
-    if source.kind == "checkpoint":
-        _check_checkpoint(Path(source.value), settings.checkpoint_sha256)
-        pretrained = source.value
-    elif source.kind == "pretrained":
-        pretrained = source.value
-        settings.cache_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        torch.manual_seed(settings.random_seed)  # random mode is deterministic
-
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            settings.model_name, pretrained=pretrained, cache_dir=str(settings.cache_dir)
-        )
-    except Exception as exc:  # open_clip wraps download and load failures in RuntimeError and friends
-        if source.kind == "pretrained":
-            raise ModelLoadError(
-                f"Could not get the {settings.model_name}/{pretrained} weights: {exc}",
-                "Start the service once on a machine that can reach the model hub with the same "
-                "CLIP_CACHE_DIR (a Docker volume keeps it), or set CLIP_PRETRAINED to a local checkpoint "
-                "file, or CLIP_PRETRAINED=random for a test mode with meaningless scores.",
-            ) from exc
+        if source.kind == "random":
+            model, preprocess = _build_random(settings, device, dtype)
+        else:
+            model, preprocess = _build_from_weights(settings, source, device, dtype)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # open_clip and torch report load failures as RuntimeError and friends
         raise ModelLoadError(
-            f"Could not load {settings.model_name} from {pretrained or 'random init'}: {exc}",
+            f"Could not load {settings.model_name} from {source.value or 'random init'}: {exc}",
             "Check that the checkpoint matches CLIP_MODEL's architecture and is an open_clip/OpenAI checkpoint.",
         ) from exc
 
-    model.eval()
-    model = cast_model(model.to(device), dtype)
     tokenizer = open_clip.get_tokenizer(settings.model_name, cache_dir=str(settings.cache_dir))
     context_length = int(getattr(tokenizer, "context_length", None) or getattr(model, "context_length", 77))
     with torch.no_grad():

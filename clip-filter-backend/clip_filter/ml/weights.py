@@ -1,0 +1,137 @@
+"""Loading trained weights without holding the model twice.
+
+open_clip's own path builds the model with randomly initialised fp32 weights and then copies a full fp32
+state dict into it: for a moment the process holds two fp32 copies (ViT-B-32: 2 x 605 MB), and with a
+reduced precision the cast comes on top. Here the model is built with its parameters on PyTorch's
+"meta" device (no memory, no init work), and every parameter is then taken from the checkpoint,
+converted to the target device and dtype one tensor at a time, and assigned. Peak memory is about one
+copy of the checkpoint, and for fp32 on the CPU the checkpoint's tensors become the model's (no copy).
+
+Buffers are built for real: some are computed at construction and are not in checkpoints (the text
+tower's causal attention mask). This is the idea of accelerate's `init_empty_weights(include_buffers=False)`,
+done with PyTorch's own module registration hooks rather than a dependency.
+
+Random weights do not come this way: their values come from open_clip's initialisation, which needs real
+fp32 tensors, and must not depend on the precision the model then runs in.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import open_clip
+import torch
+from torch import nn
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_parameter_registration_hook,
+)
+
+# Scalars the service reads and uses in softmax: kept float32 in every precision (see precision.cast_model).
+FLOAT32_SCALARS = ("logit_scale", "logit_bias")
+
+_hooks_lock = threading.Lock()
+
+
+class BuiltBuffers:
+    """The buffers modules registered while being built, by module, with their real values."""
+
+    def __init__(self) -> None:
+        self.by_module: dict[nn.Module, dict[str, torch.Tensor]] = {}
+
+    def restore(self, model: nn.Module) -> None:
+        """Put the recorded real values back where `model.to("meta")` replaced buffers with empty ones."""
+        for module in model.modules():
+            recorded = self.by_module.get(module, {})
+            for name, buffer in module._buffers.items():
+                if buffer is not None and buffer.is_meta and name in recorded:
+                    module._buffers[name] = recorded[name]
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[BuiltBuffers]:
+    """Modules built inside this block get their parameters on the meta device (no memory, no init work).
+
+    Buffers are built for real and recorded, so that after open_clip moves the whole model to "meta"
+    (`device="meta"`, which it needs to accept meta parameters) `BuiltBuffers.restore` can put them back.
+    The hooks are PyTorch's global registration hooks: a lock keeps two loads from overlapping, and no
+    other thread should build modules meanwhile (the service builds one model, on one thread).
+    """
+    built = BuiltBuffers()
+
+    def parameter_to_meta(module: nn.Module, name: str, param: nn.Parameter | None):
+        if param is None or param.is_meta:
+            return None
+        return type(param)(param.to("meta"), requires_grad=param.requires_grad)
+
+    def record_buffer(module: nn.Module, name: str, buffer: torch.Tensor | None):
+        if buffer is not None:
+            built.by_module.setdefault(module, {})[name] = buffer
+        return None
+
+    with _hooks_lock:
+        handles = [
+            register_module_parameter_registration_hook(parameter_to_meta),
+            register_module_buffer_registration_hook(record_buffer),
+        ]
+        try:
+            yield built
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+class _DropRandomInitNotice(logging.Filter):
+    """open_clip warns "Model initialized randomly" when it is not given weights; here they come next."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextmanager
+def without_random_init_notice() -> Iterator[None]:
+    notice_filter = _DropRandomInitNotice()
+    logging.getLogger().addFilter(notice_filter)  # open_clip logs through the root logger
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(notice_filter)
+
+
+def _target_dtype(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
+    if not tensor.is_floating_point():
+        return tensor.dtype  # integer buffers (token ids and the like) keep theirs
+    if key.rsplit(".", 1)[-1] in FLOAT32_SCALARS:
+        return torch.float32
+    return dtype
+
+
+def load_checkpoint_into(model: nn.Module, path: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Fill `model` (built under `parameters_on_meta`) from the checkpoint at `path`, on `device` in `dtype`.
+
+    open_clip's `load_checkpoint` reads the file and adapts it (OpenAI / timm / big_vision layouts,
+    resized position embeddings); only its final `load_state_dict` is replaced, by one that converts each
+    tensor on its own and assigns it, so the fp32 original of a tensor is freed as soon as it is converted.
+    Raises RuntimeError (from PyTorch) on missing, unexpected or misshapen keys.
+    """
+
+    def convert_and_assign(state_dict: dict[str, torch.Tensor], strict: bool = True):
+        converted: dict[str, torch.Tensor] = {}
+        for key in list(state_dict):
+            tensor = state_dict.pop(key)
+            converted[key] = tensor.to(device=device, dtype=_target_dtype(key, tensor, dtype))
+            del tensor
+        return nn.Module.load_state_dict(model, converted, strict=strict, assign=True)
+
+    # An instance attribute shadows the method for this one call; open_clip calls model.load_state_dict.
+    model.load_state_dict = convert_and_assign  # type: ignore[method-assign]
+    try:
+        open_clip.load_checkpoint(model, path, strict=True)
+    finally:
+        del model.load_state_dict
+    still_empty = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if still_empty:
+        raise RuntimeError(f"the checkpoint has no values for {len(still_empty)} tensors, e.g. {still_empty[:3]}")
