@@ -35,7 +35,13 @@ def settings(model: str, pretrained: str, precision: str = "fp32", **extra) -> S
 
 def save_random_checkpoint(model_name: str, path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
-    torch.save(open_clip.create_model(model_name, pretrained=None).state_dict(), path)
+    state_dict = open_clip.create_model(model_name, pretrained=None).state_dict()
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({key: tensor.contiguous() for key, tensor in state_dict.items()}, path)
+    else:
+        torch.save(state_dict, path)
     return path
 
 
@@ -65,9 +71,9 @@ def assert_same_model(encoder, reference: nn.Module, reference_preprocess) -> No
     np.testing.assert_array_equal(encoder.encode_images(sample_images()), F.normalize(features, dim=-1).numpy())
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_checkpoint_gives_the_same_model_as_open_clips_path(tmp_path, precision):
-    path = str(save_random_checkpoint("clip-filter-tiny", tmp_path / "tiny.pt", seed=21))
+@pytest.mark.parametrize("precision, file_name", [("fp32", "tiny.pt"), ("bf16", "tiny.pt"), ("bf16", "tiny.safetensors")])
+def test_checkpoint_gives_the_same_model_as_open_clips_path(tmp_path, precision, file_name):
+    path = str(save_random_checkpoint("clip-filter-tiny", tmp_path / file_name, seed=21))
     encoder = load_encoder(settings("clip-filter-tiny", path, precision))
     assert encoder.info.weights == "checkpoint" and encoder.info.dtype == str(DTYPES[precision]).split(".")[1]
     assert_same_model(encoder, *open_clip_reference("clip-filter-tiny", path, DTYPES[precision]))
