@@ -12,6 +12,9 @@ Two glibc behaviours make the server's resident set grow under load and stay gro
   So the memory is kept while there is work and handed back to the system once the model has
   been idle for a moment (`release_free_memory`, called by the batcher's model thread).
 A MALLOC_ARENA_MAX the user already set wins: glibc applied it at start, and it is left alone.
+
+Loading weights from a memory-mapped checkpoint pulls the file's pages into the resident set as they are
+read; `drop_file_pages` lets the kernel take back those of a tensor that has been converted (madvise).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 from functools import lru_cache
 
 M_ARENA_MAX = -8  # mallopt parameter, from glibc's malloc.h
+MADV_DONTNEED = 4  # madvise advice, from Linux's mman.h
 ARENAS = 2
 
 
@@ -32,7 +36,7 @@ def _glibc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt, libc.malloc_trim  # musl (Alpine) has neither
+        libc.mallopt, libc.malloc_trim, libc.madvise  # musl (Alpine) has no mallopt nor malloc_trim
     except (OSError, AttributeError):
         return None
     return libc
@@ -53,3 +57,35 @@ def release_free_memory() -> bool:
     """
     libc = _glibc()
     return bool(libc is not None and libc.malloc_trim(0))
+
+
+def file_mappings(path: str) -> list[tuple[int, int]]:
+    """The address ranges where the file at `path` is mapped into this process (Linux; else none)."""
+    target = os.path.realpath(path)
+    ranges = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip("\n") == target:
+                    start, end = (int(bound, 16) for bound in fields[0].split("-"))
+                    ranges.append((start, end))
+    except OSError:
+        return []
+    return ranges
+
+
+def drop_file_pages(address: int, nbytes: int, mappings: list[tuple[int, int]]) -> bool:
+    """Let the kernel take back this process's pages of [address, address + nbytes) when the range lies
+    in one of `mappings` (see `file_mappings`): they hold the file's unmodified bytes and are read again
+    from it if touched, so nothing is lost. Whole pages only; anything else is left alone.
+    Returns whether pages were dropped.
+    """
+    libc = _glibc()
+    if libc is None or nbytes <= 0 or not any(start <= address and address + nbytes <= end for start, end in mappings):
+        return False
+    page = os.sysconf("SC_PAGE_SIZE")
+    first, last = -(-address // page) * page, (address + nbytes) // page * page
+    if last <= first:
+        return False
+    return libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_DONTNEED) == 0

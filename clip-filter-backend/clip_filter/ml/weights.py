@@ -4,8 +4,9 @@ open_clip's own path builds the model with randomly initialised fp32 weights and
 state dict into it: for a moment the process holds two fp32 copies (ViT-B-32: 2 x 605 MB), and with a
 reduced precision the cast comes on top. Here the model is built with its parameters on PyTorch's
 "meta" device (no memory, no init work), and every parameter is then taken from the checkpoint,
-converted to the target device and dtype one tensor at a time, and assigned. Peak memory is about one
-copy of the checkpoint, and for fp32 on the CPU the checkpoint's tensors become the model's (no copy).
+converted to the target device and dtype one tensor at a time, and assigned, while the file is
+memory-mapped and each tensor's pages are handed back once converted. Peak memory is about the model
+in its own dtype plus one tensor.
 
 Buffers are built for real: some are computed at construction and are not in checkpoints (the text
 tower's causal attention mask). This is the idea of accelerate's `init_empty_weights(include_buffers=False)`,
@@ -24,11 +25,14 @@ from typing import Iterator
 
 import open_clip
 import torch
+import torch.utils.serialization as torch_serialization
 from torch import nn
 from torch.nn.modules.module import (
     register_module_buffer_registration_hook,
     register_module_parameter_registration_hook,
 )
+
+from clip_filter.core.memory import drop_file_pages, file_mappings
 
 # Scalars the service reads and uses in softmax: kept float32 in every precision (see precision.cast_model).
 FLOAT32_SCALARS = ("logit_scale", "logit_bias")
@@ -114,24 +118,51 @@ def load_checkpoint_into(model: nn.Module, path: str, device: torch.device, dtyp
 
     open_clip's `load_checkpoint` reads the file and adapts it (OpenAI / timm / big_vision layouts,
     resized position embeddings); only its final `load_state_dict` is replaced, by one that converts each
-    tensor on its own and assigns it, so the fp32 original of a tensor is freed as soon as it is converted.
+    tensor on its own and assigns it. The file is memory-mapped (safetensors always is; PyTorch's zip
+    format with `mmap`), and once a tensor is converted its pages are handed back: peak memory is the
+    model in its dtype plus one tensor, not a full fp32 copy of the checkpoint.
     Raises RuntimeError (from PyTorch) on missing, unexpected or misshapen keys.
     """
 
     def convert_and_assign(state_dict: dict[str, torch.Tensor], strict: bool = True):
+        mappings = file_mappings(path)  # where the checkpoint's pages are, if it is mapped
         converted: dict[str, torch.Tensor] = {}
         for key in list(state_dict):
             tensor = state_dict.pop(key)
-            converted[key] = tensor.to(device=device, dtype=_target_dtype(key, tensor, dtype))
-            del tensor
+            storage = tensor.untyped_storage()
+            value = tensor.to(device=device, dtype=_target_dtype(key, tensor, dtype))
+            if mappings and value.untyped_storage().data_ptr() == storage.data_ptr():
+                value = value.clone()  # same device and dtype: copy, so the model never reads the file's pages
+            drop_file_pages(storage.data_ptr(), storage.nbytes(), mappings)
+            converted[key] = value
+            del tensor, storage
         return nn.Module.load_state_dict(model, converted, strict=strict, assign=True)
 
     # An instance attribute shadows the method for this one call; open_clip calls model.load_state_dict.
     model.load_state_dict = convert_and_assign  # type: ignore[method-assign]
     try:
-        open_clip.load_checkpoint(model, path, strict=True)
+        try:
+            with torch_load_mmap(True):
+                open_clip.load_checkpoint(model, path, strict=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            with torch_load_mmap(False):  # PyTorch's legacy (pre-zip) format cannot be mapped: read it whole
+                open_clip.load_checkpoint(model, path, strict=True)
     finally:
         del model.load_state_dict
     still_empty = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
     if still_empty:
         raise RuntimeError(f"the checkpoint has no values for {len(still_empty)} tensors, e.g. {still_empty[:3]}")
+
+
+@contextmanager
+def torch_load_mmap(enabled: bool) -> Iterator[None]:
+    """Make `torch.load` (called inside open_clip) memory-map the file, through PyTorch's own setting."""
+    config = torch_serialization.config.load
+    previous = config.mmap
+    config.mmap = enabled
+    try:
+        yield
+    finally:
+        config.mmap = previous

@@ -49,3 +49,48 @@ print(released, (before - rss()) // 2**20)
     released, freed_mb = run(code).split()
     assert released == "True"
     assert int(freed_mb) >= 100, f"only {freed_mb} MB of ~196 MB free heap memory was handed back"
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/maps and madvise are Linux's")
+
+
+@linux_only
+def test_pages_of_a_mapped_file_are_handed_back_and_read_again(tmp_path):
+    import mmap
+
+    import numpy as np
+
+    from clip_filter.core.memory import drop_file_pages, file_mappings
+
+    path = tmp_path / "weights.bin"
+    expected = np.random.default_rng(0).integers(0, 255, 64 * 2**20, dtype=np.uint8)
+    expected.tofile(path)
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+        view = np.frombuffer(mapped, dtype=np.uint8)
+        address = view.ctypes.data
+        ranges = file_mappings(str(path))
+        assert any(start <= address < end for start, end in ranges)
+
+        def resident_mb() -> float:
+            return sum(int(line.split()[1]) for line in open("/proc/self/smaps_rollup") if line.startswith("Rss:")) / 1024
+
+        assert int(view.sum(dtype=np.uint64)) == int(expected.sum(dtype=np.uint64))  # every page read in
+        before = resident_mb()
+        assert drop_file_pages(address, view.nbytes, ranges)
+        assert before - resident_mb() > 48  # the 64 MB of file pages left the resident set
+        np.testing.assert_array_equal(view, expected)  # and read back from the file, unchanged
+        del view
+
+
+@linux_only
+def test_memory_outside_the_file_mappings_is_left_alone(tmp_path):
+    import numpy as np
+
+    from clip_filter.core.memory import drop_file_pages, file_mappings
+
+    (tmp_path / "other.bin").write_bytes(bytes(4096))
+    anonymous = np.arange(4 * 2**20, dtype=np.uint8)
+    assert file_mappings(str(tmp_path / "other.bin")) == []  # written, never mapped
+    assert not drop_file_pages(anonymous.ctypes.data, anonymous.nbytes, file_mappings(str(tmp_path / "other.bin")))
+    assert not drop_file_pages(anonymous.ctypes.data, anonymous.nbytes, [(0, 4096)])
+    np.testing.assert_array_equal(anonymous, np.arange(4 * 2**20, dtype=np.uint8))
