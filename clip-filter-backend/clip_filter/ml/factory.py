@@ -103,7 +103,8 @@ def _build_random(settings: Settings, device: torch.device, dtype: torch.dtype):
 
 
 def _locate_weights(settings: Settings, source: WeightsSource) -> tuple[str, dict]:
-    """The checkpoint file to read, and the preprocessing a pretrained tag prescribes (mean, std, resize)."""
+    """The checkpoint file to read, and what a pretrained tag prescribes for building the model: its
+    preprocessing (mean, std, resize) and its activation."""
     if source.kind == "checkpoint":
         _check_checkpoint(Path(source.value), settings.checkpoint_sha256)
         return source.value, {}
@@ -119,22 +120,25 @@ def _locate_weights(settings: Settings, source: WeightsSource) -> tuple[str, dic
             "CLIP_CACHE_DIR (a Docker volume keeps it), or set CLIP_PRETRAINED to a local checkpoint "
             "file, or CLIP_PRETRAINED=random for a test mode with meaningless scores.",
         ) from exc
-    preprocessing = {
+    build_options = {
         "image_mean": tag_cfg.get("mean"),
         "image_std": tag_cfg.get("std"),
         "image_interpolation": tag_cfg.get("interpolation"),
         "image_resize_mode": tag_cfg.get("resize_mode"),
+        # OpenAI's weights were trained with QuickGELU; open_clip only warns when the architecture name
+        # (ViT-B-32 rather than ViT-B-32-quickgelu) says otherwise, and the embeddings come out wrong.
+        "force_quick_gelu": bool(tag_cfg.get("quick_gelu", False)),
     }
-    return path, preprocessing
+    return path, build_options
 
 
 def _build_from_weights(settings: Settings, source: WeightsSource, device: torch.device, dtype: torch.dtype):
     """Build the architecture without allocating its weights, then fill it from the checkpoint directly
     in the target device and dtype (see ml/weights.py: about half the peak memory of open_clip's path)."""
-    path, preprocessing = _locate_weights(settings, source)
+    path, build_options = _locate_weights(settings, source)
     with parameters_on_meta() as built_buffers, without_random_init_notice():
         model, _, preprocess = open_clip.create_model_and_transforms(
-            settings.model_name, pretrained=None, device="meta", **preprocessing
+            settings.model_name, pretrained=None, device="meta", **build_options
         )
     built_buffers.restore(model)
     load_checkpoint_into(model, path, device, dtype)

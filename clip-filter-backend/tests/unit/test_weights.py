@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from open_clip.transformer import QuickGELU
+
 from clip_filter.core.config import Settings
 from clip_filter.ml.factory import ModelLoadError, load_encoder
 from clip_filter.ml.precision import cast_model
@@ -105,17 +107,19 @@ def hub_cache_with(checkpoint: Path, cache: Path, repo: str) -> Path:
 
 
 @pytest.mark.slow
-def test_pretrained_tag_is_read_from_the_cache_with_its_preprocessing(vit_b_32_checkpoint, tmp_path, monkeypatch):
+def test_the_default_openai_tag_is_read_from_the_cache_as_open_clip_builds_it(vit_b_32_checkpoint, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 does
-    tag = "laion2b_s34b_b79k"
-    repo = open_clip.get_pretrained_cfg("ViT-B-32", tag)["hf_hub"].rstrip("/")
+    repo = open_clip.get_pretrained_cfg("ViT-B-32", "openai")["hf_hub"].rstrip("/")
     cache = hub_cache_with(vit_b_32_checkpoint, tmp_path / "cache", repo)
-    encoder = load_encoder(settings("ViT-B-32", tag, CLIP_CACHE_DIR=str(cache)))
-    assert (encoder.info.weights, encoder.info.pretrained) == ("pretrained", tag)
-    # The reference is open_clip's tag path on the same cache: same weights and the tag's preprocessing.
-    assert_same_model(encoder, *open_clip_reference("ViT-B-32", tag, torch.float32, cache_dir=str(cache)))
+    encoder = load_encoder(settings("ViT-B-32", "openai", CLIP_CACHE_DIR=str(cache)))
+    assert (encoder.info.weights, encoder.info.pretrained) == ("pretrained", "openai")
+    # OpenAI's weights need QuickGELU: the reference is open_clip's ViT-B-32-quickgelu on the same cache
+    # (plain ViT-B-32 would build nn.GELU and only warn).
+    assert isinstance(encoder.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    reference = open_clip_reference("ViT-B-32-quickgelu", "openai", torch.float32, cache_dir=str(cache))
+    assert_same_model(encoder, *reference)
 
 
 def test_a_tags_preprocessing_comes_with_its_weights(tmp_path, monkeypatch):
