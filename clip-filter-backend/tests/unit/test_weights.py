@@ -95,6 +95,15 @@ def test_vit_b_32_checkpoint_gives_the_same_model(vit_b_32_checkpoint):
     assert_same_model(encoder, *open_clip_reference("ViT-B-32", str(vit_b_32_checkpoint), torch.bfloat16))
 
 
+@pytest.mark.slow
+def test_resnet_checkpoint_keeps_its_batch_norm_buffers(tmp_path):
+    """RN50: persistent buffers (BatchNorm statistics, an integer batch counter) come from the checkpoint."""
+    path = save_random_checkpoint("RN50", tmp_path / "rn50.pt", seed=4)
+    encoder = load_encoder(settings("RN50", str(path), "bf16"))
+    assert encoder.model.visual.bn1.num_batches_tracked.dtype == torch.int64
+    assert_same_model(encoder, *open_clip_reference("RN50", str(path), torch.bfloat16))
+
+
 def hub_cache_with(checkpoint: Path, cache: Path, repo: str) -> Path:
     """A Hugging Face hub cache holding `checkpoint` as the repo's open_clip weights, as a download leaves it."""
     repo_dir = cache / ("models--" + repo.replace("/", "--"))
