@@ -30,6 +30,8 @@ from clip_filter.core.errors import ClipFilterError
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Scalars the service reads and uses in softmax: float32 in every precision (see cast_model).
+FLOAT32_SCALARS = ("logit_scale", "logit_bias")
 
 
 def _device_unavailable(setting: str, why: str) -> ClipFilterError:
@@ -146,7 +148,7 @@ def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """
     kept = {
         name: tensor.detach().clone()
-        for name in ("logit_scale", "logit_bias")
+        for name in FLOAT32_SCALARS
         if isinstance(tensor := getattr(model, name, None), torch.Tensor)
     }
     model.to(dtype)

@@ -33,9 +33,7 @@ from torch.nn.modules.module import (
 )
 
 from clip_filter.core.memory import drop_file_pages, file_mappings
-
-# Scalars the service reads and uses in softmax: kept float32 in every precision (see precision.cast_model).
-FLOAT32_SCALARS = ("logit_scale", "logit_bias")
+from clip_filter.ml.precision import FLOAT32_SCALARS
 
 _hooks_lock = threading.Lock()
 
