@@ -13,17 +13,18 @@ for tool in ruff mypy; do
 done
 
 if [ "${1:-}" = "--fix" ]; then
-    "$VENV/bin/ruff" check --fix . || true
-    "$VENV/bin/ruff" format .
+    "$VENV/bin/ruff" check --config pyproject.toml --fix . ../scripts || true
+    "$VENV/bin/ruff" format --config pyproject.toml . ../scripts
 fi
 
 failed=()
+# The package, its tests and the repository's Python scripts, all under the backend's configuration.
 log "ruff check"
-"$VENV/bin/ruff" check . || failed+=("ruff check")
+"$VENV/bin/ruff" check --config pyproject.toml . ../scripts || failed+=("ruff check")
 log "ruff format --check"
-"$VENV/bin/ruff" format --check . || failed+=("ruff format")
+"$VENV/bin/ruff" format --check --config pyproject.toml . ../scripts || failed+=("ruff format")
 log "mypy clip_filter"
-"$VENV/bin/mypy" clip_filter || failed+=("mypy")
+"$VENV/bin/mypy" clip_filter ../scripts/gen_api_docs.py || failed+=("mypy")
 
 if [ "${#failed[@]}" -gt 0 ]; then
     log "lint findings from: ${failed[*]}"
