@@ -1,7 +1,7 @@
 """All configuration, read once from the environment (and an optional `.env` file).
 
 Every setting has exactly one environment variable, named in `validation_alias`.
-The README's settings table is generated from this class by hand: keep them in step.
+The README's settings table lists every field (env name, default): tests/unit/test_readme.py keeps them in step.
 """
 
 from __future__ import annotations
