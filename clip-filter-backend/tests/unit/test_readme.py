@@ -102,3 +102,30 @@ def test_the_table_parser_reads_the_documented_format() -> None:
     assert field.default == 5.0 and shown_default(field) == "`5`"
     assert shown_default(Settings.model_fields["checkpoint_sha256"]) == "unset"
     assert shown_default(Settings.model_fields["cache_dir"]) == "`~/.cache/clip-filter/models`"
+
+
+def anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors (lower case, punctuation dropped, spaces to hyphens) and explicit <a id>s."""
+    found = set(re.findall(r'<a id="([^"]+)"', markdown))
+    for heading in re.findall(r"^#{1,6} (.+)$", markdown, flags=re.MULTILINE):
+        found.add(re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-"))
+    return found
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/api.md", "docs/architecture.md", "docs/benchmarks.md"])
+def test_relative_links_resolve(doc: str) -> None:
+    """Every relative link of the user-facing docs reaches a file, and its #anchor a heading there."""
+    source = ROOT / doc
+    text = source.read_text(encoding="utf-8")
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto: not checked here
+        path, _, anchor = target.partition("#")
+        file = (source.parent / path).resolve() if path else source
+        reaches = file.exists() and (
+            not anchor or file.suffix != ".md" or anchor in anchors(file.read_text(encoding="utf-8"))
+        )
+        if not reaches:
+            broken.append(target)
+    assert not broken, f"{doc}: broken links {broken}"
