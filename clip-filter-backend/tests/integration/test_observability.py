@@ -73,7 +73,7 @@ def test_model_routes_share_one_budget_then_answer_429_with_retry_after(rate_lim
             response = http.post(path, json=texts_body())
             assert response.status_code == 200, response.text
         assert_rate_limited(http.post("/embeddings/texts", json=texts_body()), "model", MODEL_BUDGET)
-        # Another model route, by its /api alias too: the same budget, refused before its body is read.
+        # Another model route, by its /api alias too: the same budget, refused before it decodes anything.
         assert_rate_limited(http.post("/api/similarity", json={"texts": ["a"], "images": []}), "model", MODEL_BUDGET)
         assert_rate_limited(http.post("/collections/nope/search", json={"text": "a"}), "model", MODEL_BUDGET)
 
