@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from clip_filter import __version__
 from clip_filter.core.config import Settings
+from clip_filter.core.logging import configure_logging, logging_config
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -27,7 +27,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # One worker process: the model lives in it once; concurrency comes from the batcher.
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=5, log_config=logging_config(settings.log_format),
     )
     return 0
 
@@ -48,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return int(args.handler(args, Settings()) or 0)
+    settings = Settings()
+    configure_logging(settings.log_format)  # CLIP_FILTER_LOG_FORMAT=text|json, with request ids (core/logging.py)
+    return int(args.handler(args, settings) or 0)
 
 
 if __name__ == "__main__":

@@ -7,20 +7,23 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from clip_filter import __version__
+from clip_filter.api import metrics
 from clip_filter.api.errors import install_error_handlers
 from clip_filter.api.limits import BodySizeLimit
+from clip_filter.api.ratelimit import RequestRateLimiter, enforce_rate_limit
+from clip_filter.api.request_id import RequestIdMiddleware
 from clip_filter.api.routes import embeddings, health, match
 from clip_filter.core.config import Settings, get_settings
 from clip_filter.ml.service import ModelService
 
 log = logging.getLogger(__name__)
 
-API_ROUTERS = [health.router, match.router, embeddings.router]
+API_ROUTERS = [health.router, metrics.router, match.router, embeddings.router]
 
 
 def _collection_routers() -> list:
@@ -40,9 +43,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.model = model
         model.start()  # loads in the background: liveness answers at once, readiness once loaded
         app.state.collections = open_collections(settings, model)
+        metrics.watch(model, app.state.collections, settings.max_queue)
         try:
             yield
         finally:
+            metrics.unwatch()
             app.state.collections.close()
             model.close()
 
@@ -51,12 +56,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Image-text matching, embeddings and collection search on OpenCLIP.",
         lifespan=lifespan,
+        # App-wide, so every route (also those added later) is checked; it must come after the auth dependency,
+        # which sets request.state.principal.
+        dependencies=[Depends(enforce_rate_limit)],
     )
     app.state.settings = settings
+    app.state.rate_limiter = RequestRateLimiter(settings)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
+    # Added last, so outermost: they see every request and answer, also those refused by the middlewares above.
+    app.add_middleware(metrics.MetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)
 
     for router in API_ROUTERS + _collection_routers():
         app.include_router(router)

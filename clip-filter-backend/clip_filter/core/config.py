@@ -69,6 +69,31 @@ class Settings(BaseSettings):
     ann_min_items: int = Field(50_000, ge=1, validation_alias="CLIP_FILTER_ANN_MIN_ITEMS")
     thumbnail_size: int = Field(256, ge=16, le=2048, validation_alias="CLIP_FILTER_THUMBNAIL_SIZE")
 
+    # --- abuse controls and observability (issue 11: rate limits, logs) -------------------------
+    # Rate limits per API key (per client address without one), in the `limits` notation: "600/minute",
+    # several joined by ";" ("20/second;600/minute"); empty turns that limit off. Model routes: matching,
+    # similarity, embeddings, collection search and projection, the protocol adapters. Writes: every other
+    # POST/PUT/PATCH/DELETE.
+    rate_limit_model: str = Field("", validation_alias="CLIP_FILTER_RATE_LIMIT_MODEL")
+    rate_limit_write: str = Field("", validation_alias="CLIP_FILTER_RATE_LIMIT_WRITE")
+    rate_limit_strategy: Literal["moving-window", "fixed-window"] = Field(
+        "moving-window", validation_alias="CLIP_FILTER_RATE_LIMIT_STRATEGY"
+    )
+    log_format: Literal["text", "json"] = Field("text", validation_alias="CLIP_FILTER_LOG_FORMAT")
+
+    @field_validator("rate_limit_model", "rate_limit_write")
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        from limits import parse_many
+
+        value = value.strip()
+        if value:
+            try:
+                parse_many(value)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a rate limit such as '600/minute' or '10/second;600/hour'") from exc
+        return value
+
     @field_validator("device")
     @classmethod
     def _device_known(cls, value: str) -> str:
