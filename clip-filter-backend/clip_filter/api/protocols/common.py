@@ -44,7 +44,11 @@ def _failure(request: Request, exc: Exception) -> Failure:
         param = exc.details.get("param")
         if param is None and "index" in exc.details:
             param = f"input[{exc.details['index']}]"
-        failure = Failure(exc.status, exc.code, exc.message, param)
+        # The protocols' shapes have no room for details: the reason and the fix go into the message.
+        message = " ".join([exc.message, *(str(exc.details[k]) for k in ("reason",) if exc.details.get(k))])
+        if exc.details.get("fix"):
+            message += f" Fix: {exc.details['fix']}"
+        failure = Failure(exc.status, exc.code, message, param)
         if isinstance(exc, OverloadedError):
             failure.headers["Retry-After"] = str(exc.retry_after)
         if exc.code == "model_unavailable":
