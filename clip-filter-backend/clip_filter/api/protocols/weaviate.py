@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -44,8 +44,10 @@ async def live() -> Response:
 
 
 @router.get("/.well-known/ready", response_class=Response, summary="Weaviate readiness: 204 once the model is loaded")
-async def ready(service: ModelDep) -> Response:
-    return Response(status_code=204 if service.ready else 503)
+async def ready(request: Request) -> Response:
+    # app.state read directly: ModelDep is a sync dependency, run on the thread pool that image decoding
+    # may be keeping busy, and this answer must never wait for it.
+    return Response(status_code=204 if request.app.state.model.ready else 503)
 
 
 @router.get("/meta", summary="Weaviate module meta: the served model")
