@@ -370,7 +370,7 @@ async def protocol_clients(url: str, args, pid: int) -> dict:
     /proc) is the steadier figure where other work shares the cores."""
     import httpx
 
-    model = httpx.get(url + "/v1/models", timeout=60).json()["data"][0]["id"]
+    model = (await asyncio.to_thread(httpx.get, url + "/v1/models", timeout=60)).json()["data"][0]["id"]
     photos = [jpeg_b64(im) for im in make_images(16, seed=13)]
     routes = {
         "native": ("/embeddings/images", [json.dumps({"images": [p]}).encode() for p in photos]),
@@ -461,7 +461,8 @@ def main() -> None:
     if args.quick:
         args.repeats, args.latency_requests, args.requests_per_client, args.ingest_images = 1, 5, 1, 32
     if args.protocols_only:
-        args.rounds_note = f"{args.protocol_rounds} alternating rounds of {args.requests_per_client} requests per client"
+        args.rounds_note = (f"{args.protocol_rounds} alternating rounds of {args.requests_per_client} requests "
+                            "per client")
         protocols_only(args)
         return
 

@@ -6,13 +6,17 @@ import base64
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import numpy as np
 import openai
 import pytest
 
 from .images_for_tests import b64, png_bytes
-from .protocol_helpers import assert_same_vectors, native_images, native_texts, served_model
+from .protocol_helpers import (
+    assert_same_vectors,
+    native_images,
+    native_texts,
+    served_model,
+)
 
 TEXTS = ["a photo of a cat", "a red bicycle", "a photo of a cat"]
 
@@ -100,7 +104,8 @@ def test_dimensions_equal_to_the_model_dim_is_accepted(server, model):
          "url_not_allowed", "input[0]"),
         ({"input": ["%%% not base64"], "extra_body": {"modality": "image"}}, openai.BadRequestError, 400,
          "invalid_base64", "input[0]"),
-        ({"input": "x", "extra_body": {"modality": "audio"}}, openai.BadRequestError, 400, "invalid_request", "modality"),
+        ({"input": "x", "extra_body": {"modality": "audio"}}, openai.BadRequestError, 400, "invalid_request",
+         "modality"),
     ],
 )
 def test_bad_requests_get_openai_errors_and_no_retry(server, client, model, kwargs, error_class, status, code, param):
@@ -148,7 +153,7 @@ def test_the_request_counter_does_see_retries_of_a_retryable_error():
     hits: list[str] = []
 
     class Unavailable(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             hits.append(self.path)
             self.rfile.read(int(self.headers["content-length"]))
             body = b'{"error": {"message": "busy", "type": "server_error", "param": null, "code": null}}'

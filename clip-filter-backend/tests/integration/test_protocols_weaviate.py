@@ -17,7 +17,12 @@ import pytest
 from PIL import Image
 
 from .images_for_tests import b64, png_bytes
-from .protocol_helpers import assert_same_vectors, native_images, native_texts, served_model
+from .protocol_helpers import (
+    assert_same_vectors,
+    native_images,
+    native_texts,
+    served_model,
+)
 
 
 def jpeg_b64(seed: int) -> str:

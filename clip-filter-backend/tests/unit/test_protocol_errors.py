@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from clip_filter.api.protocols.common import Failure
 from clip_filter.api.protocols.immich import render_immich_error
 from clip_filter.api.protocols.openai import render_openai_error

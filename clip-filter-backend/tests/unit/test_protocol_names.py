@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from clip_filter.api.protocols.common import model_aliases, model_id, names_served_model
 from clip_filter.core.config import Settings
 from clip_filter.ml.encoder import ModelInfo

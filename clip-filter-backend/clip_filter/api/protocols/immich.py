@@ -18,7 +18,13 @@ from starlette.datastructures import UploadFile
 
 from clip_filter.api.deps import ModelDep, SettingsDep
 from clip_filter.api.inputs import read_form
-from clip_filter.api.protocols.common import Failure, decode_all, model_id, names_served_model, protocol_route
+from clip_filter.api.protocols.common import (
+    Failure,
+    decode_all,
+    model_id,
+    names_served_model,
+    protocol_route,
+)
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.core.validation import check_text
 
@@ -87,7 +93,8 @@ async def ping() -> PlainTextResponse:
     return PlainTextResponse("pong")
 
 
-@router.post("/predict", response_model_exclude_none=True, summary="immich ML: a CLIP embedding of one image or one text (multipart)")
+@router.post("/predict", response_model_exclude_none=True,
+             summary="immich ML: a CLIP embedding of one image or one text (multipart)")
 async def predict(request: Request, service: ModelDep, settings: SettingsDep) -> ClipResponse:
     form = await read_form(request, max_files=2, max_fields=8)
     kind, entry = parse_entries(form.get("entries"))

@@ -18,7 +18,14 @@ from pydantic import BaseModel, Field
 
 from clip_filter.api.deps import ModelDep, SettingsDep
 from clip_filter.api.protocols.common import (
-    Failure, check_count, decode_all, model_aliases, model_id, names_served_model, protocol_route, weights_note,
+    Failure,
+    check_count,
+    decode_all,
+    model_aliases,
+    model_id,
+    names_served_model,
+    protocol_route,
+    weights_note,
 )
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.core.validation import check_text

@@ -15,7 +15,13 @@ from pydantic import BaseModel, Field
 
 from clip_filter import __version__
 from clip_filter.api.deps import ModelDep, SettingsDep
-from clip_filter.api.protocols.common import Failure, check_count, decode_all, model_id, protocol_route
+from clip_filter.api.protocols.common import (
+    Failure,
+    check_count,
+    decode_all,
+    model_id,
+    protocol_route,
+)
 from clip_filter.core.validation import check_text
 
 
