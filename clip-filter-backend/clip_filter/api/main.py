@@ -17,6 +17,7 @@ from clip_filter.api.errors import install_error_handlers
 from clip_filter.api.limits import BodySizeLimit
 from clip_filter.api.ratelimit import RequestRateLimiter, enforce_rate_limit
 from clip_filter.api.request_id import RequestIdMiddleware
+from clip_filter.api.protocols import enabled_routers
 from clip_filter.api.routes import embeddings, health, match
 from clip_filter.core.config import Settings, get_settings
 from clip_filter.ml.service import ModelService
@@ -74,6 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
         # The UI calls the API under /api (nginx strips the prefix in Docker; here both work).
         app.include_router(router, prefix="/api", include_in_schema=False)
+    # Other ecosystems' wire protocols (CLIP_FILTER_PROTOCOLS), at their own paths only; before the UI's mount at "/".
+    for router in enabled_routers(settings):
+        app.include_router(router)
 
     ui_dir = settings.ui_dir
     if ui_dir is not None and Path(ui_dir, "index.html").is_file():
@@ -82,8 +86,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if ui_dir is not None:
             log.warning("CLIP_FILTER_UI_DIR=%s has no index.html; the UI is not served", ui_dir)
 
+        # immich's server expects {"message": "Immich ML"} here; with the UI mounted at "/" it cannot have it
+        # (immich points at the backend's port, not the UI's): see docs/protocols.md.
+        immich = {"message": "Immich ML"} if "immich" in settings.protocol_set else {}
+
         @app.get("/", include_in_schema=False)
         async def root() -> dict[str, str]:
-            return {"service": "clip-filter", "version": __version__, "docs": "/docs", "info": "/info"}
+            return {**immich, "service": "clip-filter", "version": __version__, "docs": "/docs", "info": "/info"}
 
     return app

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MB = 1024 * 1024
+PROTOCOLS = ("openai", "weaviate", "immich")  # the wire protocols CLIP_FILTER_PROTOCOLS may name
 
 
 def _default_data_dir() -> Path:
@@ -93,6 +94,9 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"{value!r} is not a rate limit such as '600/minute' or '10/second;600/hour'") from exc
         return value
+    # --- protocol adapters (OpenAI embeddings, Weaviate multi2vec-clip, immich ML; docs/protocols.md) ----
+    # Comma list of the wire protocols to serve beside the native API; empty or "none" turns all off.
+    protocols: str = Field("openai,weaviate,immich", validation_alias="CLIP_FILTER_PROTOCOLS")
 
     @field_validator("device")
     @classmethod
@@ -101,6 +105,21 @@ class Settings(BaseSettings):
         if value not in {"auto", "cpu", "mps"} and not value.startswith("cuda"):
             raise ValueError("CLIP_DEVICE must be auto, cpu, mps, cuda or cuda:N")
         return value
+
+    @field_validator("protocols")
+    @classmethod
+    def _protocols_known(cls, value: str) -> str:
+        names = [n.strip().lower() for n in value.split(",") if n.strip()]
+        if names == ["none"]:
+            return ""
+        unknown = sorted(set(names) - set(PROTOCOLS))
+        if unknown:
+            raise ValueError(f"CLIP_FILTER_PROTOCOLS: unknown {', '.join(unknown)}; use {','.join(PROTOCOLS)} or none")
+        return ",".join(n for n in PROTOCOLS if n in names)
+
+    @property
+    def protocol_set(self) -> frozenset[str]:
+        return frozenset(n for n in self.protocols.split(",") if n)
 
     @property
     def ingest_root_paths(self) -> list[Path]:
