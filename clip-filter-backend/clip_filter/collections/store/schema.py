@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 SCHEMA_VERSION = 1
 
 SCHEMA = """
@@ -71,3 +73,33 @@ ITEM_COLUMNS = (
     "id, collection_id, kind, filename, mimetype, size, sha256, metadata, truncated, text, original_path, "
     "width, height, created_at"
 )
+
+
+def metadata_filter_sql(filters: dict[str, Any]) -> tuple[str, list[Any]]:
+    """A WHERE clause (and its parameters) for metadata equality filters on SQLite's JSON functions.
+
+    A string value also matches a number or boolean written the same way, since form fields and
+    query strings only carry strings ("year": "2023" finds {"year": 2023}). Keys are validated
+    (no quotes or backslashes) before they become JSON paths.
+    """
+    clauses: list[str] = []
+    params: list[Any] = []
+    for key, value in filters.items():
+        path = '$."' + key + '"'
+        if value is None:
+            clauses.append("json_type(metadata, ?) = 'null'")
+            params.append(path)
+        elif isinstance(value, bool):
+            clauses.append("json_type(metadata, ?) = ?")
+            params += [path, "true" if value else "false"]
+        elif isinstance(value, (int, float)):
+            clauses.append("(json_type(metadata, ?) IN ('integer', 'real') AND json_extract(metadata, ?) = ?)")
+            params += [path, path, value]
+        else:
+            clauses.append(
+                "((json_type(metadata, ?) = 'text' AND json_extract(metadata, ?) = ?) OR "
+                "(json_type(metadata, ?) IN ('integer', 'real') AND CAST(json_extract(metadata, ?) AS TEXT) = ?) OR "
+                "(json_type(metadata, ?) IN ('true', 'false') AND json_type(metadata, ?) = ?))"
+            )
+            params += [path, path, value, path, path, value, path, path, value]
+    return " AND ".join(clauses) or "1", params

@@ -36,7 +36,7 @@ from clip_filter.collections.store.records import (
     MAX_STORED_FAILURES, Change, CollectionRecord, FileReferences, ItemRecord, JobFile, JobProgress, JobRecord, NewItem,
     VectorSet, utc_now,
 )
-from clip_filter.collections.store.schema import ITEM_COLUMNS, SCHEMA, SCHEMA_VERSION
+from clip_filter.collections.store.schema import ITEM_COLUMNS, SCHEMA, SCHEMA_VERSION, metadata_filter_sql
 from clip_filter.collections.validation import validate_filters, validate_name
 from clip_filter.core.errors import ClipFilterError
 
@@ -471,27 +471,7 @@ class SqliteCollectionStore:
         A string value also matches a number or boolean written the same way, since form fields and
         query strings only carry strings ("year": "2023" finds {"year": 2023}).
         """
-        validate_filters(filters)
-        clauses, params = [], []
-        for key, value in filters.items():
-            path = '$."' + key + '"'
-            if value is None:
-                clauses.append("json_type(metadata, ?) = 'null'")
-                params.append(path)
-            elif isinstance(value, bool):
-                clauses.append("json_type(metadata, ?) = ?")
-                params += [path, "true" if value else "false"]
-            elif isinstance(value, (int, float)):
-                clauses.append("(json_type(metadata, ?) IN ('integer', 'real') AND json_extract(metadata, ?) = ?)")
-                params += [path, path, value]
-            else:
-                clauses.append(
-                    "((json_type(metadata, ?) = 'text' AND json_extract(metadata, ?) = ?) OR "
-                    "(json_type(metadata, ?) IN ('integer', 'real') AND CAST(json_extract(metadata, ?) AS TEXT) = ?) OR "
-                    "(json_type(metadata, ?) IN ('true', 'false') AND json_type(metadata, ?) = ?))"
-                )
-                params += [path, path, value, path, path, value, path, path, value]
-        where = " AND ".join(clauses) or "1"
+        where, params = metadata_filter_sql(validate_filters(filters))
         rows = self._reader().execute(
             f"SELECT id FROM items WHERE collection_id = ? AND {where} ORDER BY id", (collection_id, *params)
         ).fetchall()
