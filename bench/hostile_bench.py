@@ -119,7 +119,6 @@ class HealthPoller(threading.Thread):
                     if status != 200:
                         self.failures[str(status)] += 1
                 except httpx.HTTPError as exc:
-                    status = 0
                     self.failures[type(exc).__name__] += 1
                 self._in_flight_since = None
                 self.connected.set()
