@@ -82,10 +82,11 @@ def test_lone_surrogates_in_captions_are_refused(client, url, body):
     assert "index" in error
 
 
-def test_a_30_million_element_array_is_refused_with_bounded_memory(server_factory):
+def test_an_18_million_element_array_is_refused_with_bounded_memory(server_factory):
     server = server_factory()
     pid = server.process.pid
-    body = b"[" + b"0," * 30_000_000 + b"0]"  # 60 MB; json.loads of it took 3.3 GB
+    # 90 MB (under the 100 MB body limit) of distinct int objects once parsed: 650 MB and a stalled event loop.
+    body = b"[" + b"1000," * 18_000_000 + b"1]"
     with server.client() as http:
         http.post("/embeddings/texts", json={"texts": ["warm up"]})
         idle = rss_kib(pid)
@@ -101,8 +102,8 @@ def test_a_30_million_element_array_is_refused_with_bounded_memory(server_factor
         assert assert_error(refused, 413, "json_too_large")["limit"] == 1_000_000
         assert [p.status_code for p in probes] == [200] * 3
         peak = rss_kib(pid, "VmHWM")
-        # The body itself (and Starlette's copy of it) is most of what remains; nothing is built from it.
-        assert peak - idle <= max(idle // 2, 256 * 1024), (idle, peak)
+        # The body itself (and Starlette's copy of it) is most of the growth; nothing is built from it.
+        assert peak - idle <= idle // 2, (idle, peak)
         assert http.post("/embeddings/texts", json={"texts": ["still serving"]}).status_code == 200
 
 
