@@ -84,8 +84,13 @@ def scan(raw: bytes, max_elements: int, max_depth: int) -> None:
             depth = int(running[-1])
 
 
-def parse(raw: bytes, max_elements: int, max_depth: int) -> Any:
-    """scan() then json.loads, every failure a 4xx ClipFilterError."""
+def parse(raw: bytes | str, max_elements: int, max_depth: int) -> Any:
+    """scan() then json.loads, every failure a 4xx ClipFilterError.
+
+    Also for JSON inside other bodies (a multipart `metadata` or `filters` field): call it directly there.
+    """
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")  # a lone surrogate then fails the UTF-8 decode below: 400
     if not raw.strip():
         raise invalid("The request body is empty; send a JSON object.", "invalid_json", 400)
     scan(raw, max_elements, max_depth)

@@ -6,8 +6,8 @@ One thread (the batcher's model thread, or the CLI) calls the encode methods; `p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np

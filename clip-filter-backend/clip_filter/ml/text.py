@@ -200,11 +200,11 @@ def _pieces_to_ids(tokenizer: SimpleTokenizer, pieces: Sequence[str]) -> list[in
 def _word_ids(tokenizer: SimpleTokenizer, cache: BpeCache, word: str, budget: int) -> Sequence[int]:
     """The BPE ids of one word (byte-encoded symbols); for a long word, at least the first `budget` of them."""
     if len(word) <= CACHED_WORD_SYMBOLS:
-        ids = cache.get(word)
-        if ids is None:
-            ids = tuple(_pieces_to_ids(tokenizer, tokenizer.bpe(word).split(" ")))
-            cache.put(word, ids)
-        return ids
+        known = cache.get(word)
+        if known is None:
+            known = tuple(_pieces_to_ids(tokenizer, tokenizer.bpe(word).split(" ")))
+            cache.put(word, known)
+        return known
     ids: list[int] = []
     start = 0
     while len(ids) < budget:

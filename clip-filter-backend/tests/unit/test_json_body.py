@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-import clip_filter.api.json_body as json_body
+from clip_filter.api import json_body
 from clip_filter.api.json_body import parse, scan
 from clip_filter.core.errors import ClipFilterError
 
@@ -82,3 +83,10 @@ def test_parse_accepts_what_fits():
     assert value == []
     assert parse(b'{"a": ' + b"1" * 4300 + b"}", 1000, 64)["a"] == int("1" * 4300)
     assert parse(b'{"t": "\\ud800"}', 10, 4) == {"t": "\ud800"}  # lone surrogates are the fields' business
+
+
+def test_parse_takes_form_field_text_too():
+    assert parse('{"k": "v\u00e9"}', 10, 4) == {"k": "v\u00e9"}
+    with pytest.raises(ClipFilterError) as caught:
+        parse('{"k": ' + "7" * 5000 + "}", 10, 4)
+    assert caught.value.code == "invalid_json"
