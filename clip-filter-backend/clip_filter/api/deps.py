@@ -11,15 +11,17 @@ from clip_filter.core.config import Settings
 from clip_filter.ml.service import ModelService
 
 
-def get_settings_dep(request: Request) -> Settings:
+# `async def` on purpose: FastAPI runs a plain `def` dependency on a worker thread, so with every worker
+# busy (uploads waiting for the model) even /health/ready would wait for one.
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_model_service(request: Request) -> ModelService:
+async def get_model_service(request: Request) -> ModelService:
     return request.app.state.model
 
 
-def get_collections(request: Request) -> Collections:
+async def get_collections(request: Request) -> Collections:
     return request.app.state.collections
 
 

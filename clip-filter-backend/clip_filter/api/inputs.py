@@ -8,7 +8,6 @@ one undecodable image becomes an error in its own slot, the rest go on.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +18,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from clip_filter.api.metrics import count_image_refusal
+from clip_filter.api.json_body import read_json_object
 from clip_filter.core.config import Settings
 from clip_filter.core.errors import ClipFilterError
+from clip_filter.core.validation import check_image_count, check_texts, invalid
 from clip_filter.images import ImageLimits, decode_base64_image, decode_image
+
+__all__ = ["ImageSlot", "ParsedRequest", "read_form", "read_images_and_texts", "read_json_object", "read_texts",
+           "request_kind", "validate_texts"]
 
 
 @dataclass
@@ -37,27 +41,6 @@ class ParsedRequest:
     images: list[ImageSlot] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     legacy: bool = False  # the original {"image_base64", "text_input1", "text_input2"} request
-
-
-def image_limits(settings: Settings) -> ImageLimits:
-    return ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-
-
-def _invalid(message: str, code: str = "invalid_request", status: int = 422, **details: Any) -> ClipFilterError:
-    return ClipFilterError(code, message, status, **details)
-
-
-async def read_json_object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        raise _invalid("The request body is empty; send a JSON object.", "invalid_json", 400)
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _invalid(f"The request body is not valid JSON: {exc}", "invalid_json", 400) from exc
-    if not isinstance(body, dict):
-        raise _invalid("The JSON body must be an object.", "invalid_json", 400)
-    return body
 
 
 async def read_form(request: Request, max_files: int, max_fields: int) -> FormData:
@@ -93,34 +76,7 @@ def request_kind(request: Request) -> str:
 
 
 def validate_texts(texts: Any, settings: Settings, field_name: str = "texts") -> list[str]:
-    if not isinstance(texts, list) or not texts:
-        raise _invalid(f"`{field_name}` must be a non-empty list of captions.")
-    if len(texts) > settings.max_texts_per_request:
-        raise _invalid(
-            f"Too many captions: {len(texts)}; at most {settings.max_texts_per_request} per request.",
-            "too_many_texts", 413, limit=settings.max_texts_per_request,
-        )
-    for position, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise _invalid(f"Caption {position} is not a string.", index=position)
-        if not text.strip():
-            raise _invalid(f"Caption {position} is empty.", "empty_caption", index=position)
-        if len(text) > settings.max_text_chars:
-            raise _invalid(
-                f"Caption {position} has {len(text)} characters; at most {settings.max_text_chars} are accepted.",
-                "caption_too_long", 413, index=position, limit=settings.max_text_chars,
-            )
-    return list(texts)
-
-
-def _check_image_count(count: int, settings: Settings) -> None:
-    if count == 0:
-        raise _invalid("No images: send at least one in `images`.", "no_images")
-    if count > settings.max_images_per_request:
-        raise _invalid(
-            f"Too many images: {count}; at most {settings.max_images_per_request} per request.",
-            "too_many_images", 413, limit=settings.max_images_per_request,
-        )
+    return check_texts(texts, field_name, settings.max_text_chars, settings.max_texts_per_request)
 
 
 async def _decode_slot(slot: ImageSlot, data: bytes | str, limits: ImageLimits) -> ImageSlot:
@@ -135,12 +91,12 @@ async def _decode_slot(slot: ImageSlot, data: bytes | str, limits: ImageLimits) 
 
 async def read_images_and_texts(request: Request, settings: Settings, want_texts: bool) -> ParsedRequest:
     """Parse a matching/embedding request; captions are required when `want_texts`."""
-    limits = image_limits(settings)
+    limits = settings.image_limits()
     parsed = ParsedRequest()
     raw_images: list[tuple[str | None, bytes | str]] = []
 
     if request_kind(request) == "json":
-        body = await read_json_object(request)
+        body = await read_json_object(request, settings)
         if "image_base64" in body and ("text_input1" in body or "text_input2" in body) and "texts" not in body:
             parsed.legacy = True
             texts: Any = [body.get("text_input1"), body.get("text_input2")]
@@ -149,28 +105,28 @@ async def read_images_and_texts(request: Request, settings: Settings, want_texts
         if "images" in body:
             images = body["images"]
             if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
-                raise _invalid("`images` must be a list of base64 strings or data URIs.")
+                raise invalid("`images` must be a list of base64 strings or data URIs.")
         elif "image_base64" in body:
             if not isinstance(body["image_base64"], str):
-                raise _invalid("`image_base64` must be a base64 string or a data URI.")
+                raise invalid("`image_base64` must be a base64 string or a data URI.")
             images = [body["image_base64"]]
         else:
             images = []
-        _check_image_count(len(images), settings)
+        check_image_count(len(images), settings.max_images_per_request)
         raw_images = [(None, item) for item in images]
     else:
         form = await read_form(
             request, max_files=settings.max_images_per_request + 1, max_fields=settings.max_texts_per_request + 16
         )
         files = form.getlist("images")
-        _check_image_count(len(files), settings)
+        check_image_count(len(files), settings.max_images_per_request)
         for item in files:
             if not isinstance(item, UploadFile):
-                raise _invalid("Every `images` part must be a file upload.")
+                raise invalid("Every `images` part must be a file upload.")
             raw_images.append((item.filename, await item.read()))
         texts = [value for value in form.getlist("texts")]
         if any(not isinstance(value, str) for value in texts):
-            raise _invalid("Every `texts` part must be a plain form field, not a file.")
+            raise invalid("Every `texts` part must be a plain form field, not a file.")
 
     if want_texts:
         parsed.texts = validate_texts(texts, settings)
@@ -183,7 +139,7 @@ async def read_images_and_texts(request: Request, settings: Settings, want_texts
 
 async def read_texts(request: Request, settings: Settings) -> list[str]:
     if request_kind(request) == "json":
-        body = await read_json_object(request)
+        body = await read_json_object(request, settings)
         return validate_texts(body.get("texts"), settings)
     form = await read_form(request, max_files=0, max_fields=settings.max_texts_per_request + 16)
     return validate_texts(list(form.getlist("texts")), settings)

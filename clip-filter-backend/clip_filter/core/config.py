@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from clip_filter.images import ImageLimits
 
 MB = 1024 * 1024
 PROTOCOLS = ("openai", "weaviate", "immich")  # the wire protocols CLIP_FILTER_PROTOCOLS may name
@@ -40,6 +43,8 @@ class Settings(BaseSettings):
     random_seed: int = Field(0, validation_alias="CLIP_RANDOM_SEED")
     torch_threads: int = Field(0, ge=0, validation_alias="CLIP_TORCH_THREADS")  # 0: torch's default
     text_cache_size: int = Field(4096, ge=0, validation_alias="CLIP_TEXT_CACHE_SIZE")
+    # Words whose BPE the tokenizer remembers (open_clip's own memo grows without bound; this one is an LRU).
+    tokenizer_cache_size: int = Field(20_000, ge=0, validation_alias="CLIP_TOKENIZER_CACHE_SIZE")
 
     # --- dynamic batching --------------------------------------------------------------------
     max_batch_wait_ms: float = Field(5.0, ge=0, le=1000, validation_alias="CLIP_MAX_BATCH_WAIT_MS")
@@ -61,6 +66,12 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, ge=1, validation_alias="CLIP_FILTER_MAX_IMAGES")
     max_texts_per_request: int = Field(256, ge=1, validation_alias="CLIP_FILTER_MAX_TEXTS")
     max_text_chars: int = Field(10_000, ge=1, validation_alias="CLIP_FILTER_MAX_TEXT_CHARS")
+
+    # --- request parsing (api area: JSON bodies are pre-scanned and parsed within these budgets) -------
+    # Values in one JSON body (array items + object members, counted from its separators): 413 beyond.
+    max_json_elements: int = Field(1_000_000, ge=16, validation_alias="CLIP_FILTER_MAX_JSON_ELEMENTS")
+    # Nesting depth of arrays/objects in one JSON body: 400 beyond (Python's parser would hit its recursion limit).
+    max_json_depth: int = Field(64, ge=2, le=10_000, validation_alias="CLIP_FILTER_MAX_JSON_DEPTH")
 
     # --- collections --------------------------------------------------------------------------
     data_dir: Path = Field(default_factory=_default_data_dir, validation_alias="CLIP_FILTER_DATA_DIR")
@@ -124,6 +135,17 @@ class Settings(BaseSettings):
     @property
     def ingest_root_paths(self) -> list[Path]:
         return [Path(p).resolve() for p in self.ingest_roots.split(":") if p.strip()]
+
+    def image_limits(self, accepted_bytes: int = 0, accepted_pixels: int = 0) -> ImageLimits:
+        """The one place ImageLimits is built from settings.
+
+        `accepted_*`: an original stored under earlier (possibly higher) limits is let through when it is
+        read back (thumbnails, reindex), so lowering a limit never makes stored items unreadable.
+        """
+        from clip_filter.images import ImageLimits  # here, not at the top: config stays free of PIL
+
+        return ImageLimits(max_bytes=max(self.max_image_bytes, accepted_bytes),
+                           max_pixels=max(self.max_image_pixels, accepted_pixels))
 
     @property
     def is_random(self) -> bool:

@@ -1,11 +1,12 @@
 """A small synchronous wrapper around one open_clip model: preprocess, encode images, encode texts.
 
 One thread (the batcher's model thread, or the CLI) calls the encode methods; `preprocess` and
-`cached_texts` are safe to call from other threads so that decoding overlaps model work.
+`lookup_texts` are safe to call from other threads so that decoding overlaps model work.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clip_filter.ml.preprocess import ImagePreprocessor
-from clip_filter.ml.text import TextEmbeddingCache, encode_text_trimmed, tokenize
+from clip_filter.ml.text import BpeCache, TextEmbeddingCache, bound_memo, encode_text_trimmed, tokenize
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,34 @@ class TextBatch:
     truncated: list[bool]
 
 
+class TextLookup:
+    """The text-cache flow, written once for every caller (model thread, event loop, worker threads):
+
+        lookup = encoder.lookup_texts(texts)      # what the cache already has
+        lookup.add(dict(zip(lookup.missing, rows)))  # rows computed however the caller computes them
+        return lookup.batch()                     # stacked in the callers' order
+    """
+
+    def __init__(self, texts: list[str], known: dict[str, tuple[np.ndarray, bool]], dim: int) -> None:
+        self.texts = texts
+        self.known = known
+        self.dim = dim
+        # Each missing caption once, however often it is repeated.
+        self.missing = list(dict.fromkeys(t for t in texts if t not in known))
+
+    def add(self, rows: Mapping[str, tuple[np.ndarray, bool]]) -> None:
+        """Computed (embedding, truncated) per caption."""
+        self.known.update(rows)
+
+    def batch(self) -> TextBatch:
+        if not self.texts:
+            return TextBatch(np.zeros((0, self.dim), np.float32), [])
+        return TextBatch(
+            embeddings=np.stack([self.known[t][0] for t in self.texts]).astype(np.float32, copy=False),
+            truncated=[bool(self.known[t][1]) for t in self.texts],
+        )
+
+
 class ClipEncoder:
     def __init__(
         self,
@@ -53,6 +82,7 @@ class ClipEncoder:
         info: ModelInfo,
         batch_size: int,
         text_cache: TextEmbeddingCache,
+        tokenizer_cache_size: int = 20_000,
     ) -> None:
         self.model = model
         self.preprocessor = ImagePreprocessor(preprocess)
@@ -60,6 +90,9 @@ class ClipEncoder:
         self.info = info
         self.batch_size = batch_size
         self.text_cache = text_cache
+        self.bpe_cache = BpeCache(tokenizer_cache_size)
+        if hasattr(tokenizer, "bpe") and hasattr(tokenizer, "cache"):  # CLIP's BPE: its memo never shrinks
+            bound_memo(tokenizer)
         first_param = next(model.parameters())
         self.device = first_param.device
         self.dtype = first_param.dtype
@@ -93,30 +126,24 @@ class ClipEncoder:
             return np.zeros((0, self.info.dim), np.float32)
         return self.encode_pixels(torch.stack([self.preprocess(image) for image in images]))
 
-    # ---- texts -------------------------------------------------------------------------------
+    # ---- texts ----------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, list[bool]]:
-        return tokenize(self.tokenizer, texts, self.info.context_length)
+        return tokenize(self.tokenizer, texts, self.info.context_length, self.bpe_cache)
 
-    def cached_texts(self, texts: list[str]) -> dict[str, tuple[np.ndarray, bool]]:
-        """The captions already in the text cache (thread-safe): text -> (embedding, truncated)."""
-        return self.text_cache.get_many(self.info.identity, texts)
+    def lookup_texts(self, texts: list[str]) -> TextLookup:
+        """The captions' cached embeddings (thread-safe) and the ones still to compute; see TextLookup."""
+        return TextLookup(list(texts), self.text_cache.get_many(self.info.identity, texts), self.info.dim)
 
     def encode_texts(self, texts: list[str]) -> TextBatch:
         """Captions -> L2-normalised embeddings, reusing cached ones; truncated flags per caption."""
-        if not texts:
-            return TextBatch(np.zeros((0, self.info.dim), np.float32), [])
-        known = self.cached_texts(texts)
-        missing = list(dict.fromkeys(t for t in texts if t not in known))
-        for start in range(0, len(missing), self.batch_size):
-            chunk = missing[start : start + self.batch_size]
+        lookup = self.lookup_texts(texts)
+        for start in range(0, len(lookup.missing), self.batch_size):
+            chunk = lookup.missing[start : start + self.batch_size]
             tokens, truncated = self.tokenize(chunk)
             with torch.inference_mode():
                 features = encode_text_trimmed(self.model, tokens.to(self.device)).float()
                 embeddings = F.normalize(features, dim=-1).cpu().numpy().astype(np.float32)
             fresh = {text: (embeddings[i], truncated[i]) for i, text in enumerate(chunk)}
             self.text_cache.put_many(self.info.identity, fresh)
-            known.update(fresh)
-        return TextBatch(
-            embeddings=np.stack([known[t][0] for t in texts]).astype(np.float32, copy=False),
-            truncated=[bool(known[t][1]) for t in texts],
-        )
+            lookup.add(fresh)
+        return lookup.batch()

@@ -198,5 +198,6 @@ def load_encoder(settings: Settings) -> ClipEncoder:
         info=info,
         batch_size=settings.batch_size,
         text_cache=TextEmbeddingCache(settings.text_cache_size),
+        tokenizer_cache_size=settings.tokenizer_cache_size,
     )
 

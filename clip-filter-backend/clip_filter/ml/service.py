@@ -128,24 +128,37 @@ class ModelService:
             return np.zeros((0, encoder.info.dim), np.float32)
         loop = asyncio.get_running_loop()
         pixels = await asyncio.gather(*(loop.run_in_executor(self._pool, encoder.preprocess, im) for im in images))
-        rows = await self.batcher.submit("image", pixels)
+        rows = await self._batcher().submit("image", pixels)
         return np.stack(rows).astype(np.float32, copy=False)
 
     async def embed_texts(self, texts: list[str]) -> TextBatch:
-        encoder = self.require_ready()
-        if not texts:
-            return TextBatch(np.zeros((0, encoder.info.dim), np.float32), [])
         # Cached captions skip the queue entirely: repeated captions cost no model time.
-        known = encoder.cached_texts(texts)
-        missing = list(dict.fromkeys(t for t in texts if t not in known))
-        if missing:
-            for text, row in zip(missing, await self.batcher.submit("text", missing)):
-                known[text] = row
-        return _text_batch(texts, known)
+        lookup = self.require_ready().lookup_texts(texts)
+        if lookup.missing:
+            lookup.add(dict(zip(lookup.missing, await self._batcher().submit("text", lookup.missing))))
+        return lookup.batch()
 
     # ---- model work (blocking, for worker threads such as bulk ingest jobs) ----------------------
+    def embed_images_blocking(self, images: list[Image.Image]) -> np.ndarray:
+        """embed_images for a worker thread: the same preprocessing pool and batcher, waiting for room."""
+        encoder = self.require_ready()
+        if not images:
+            return np.zeros((0, encoder.info.dim), np.float32)
+        pixels = list(self._pool.map(encoder.preprocess, images))
+        return np.stack(self._batcher().submit_blocking("image", pixels)).astype(np.float32, copy=False)
+
+    def embed_texts_blocking(self, texts: list[str]) -> TextBatch:
+        lookup = self.require_ready().lookup_texts(texts)
+        if lookup.missing:
+            lookup.add(dict(zip(lookup.missing, self._batcher().submit_blocking("text", lookup.missing))))
+        return lookup.batch()
+
     def blocking_embedder(self) -> "BlockingEmbedder":
         return BlockingEmbedder(self)
+
+    def _batcher(self) -> DynamicBatcher:
+        assert self.batcher is not None  # set before the state turns ready, which require_ready checked
+        return self.batcher
 
     # ---- run on the model thread -----------------------------------------------------------------
     def _run_image_batch(self, pixels: list[torch.Tensor]) -> list[np.ndarray]:
@@ -154,13 +167,6 @@ class ModelService:
     def _run_text_batch(self, texts: list[str]) -> list[tuple[np.ndarray, bool]]:
         batch = self.encoder.encode_texts(texts)
         return list(zip(batch.embeddings, batch.truncated))
-
-
-def _text_batch(texts: list[str], known: dict[str, tuple[np.ndarray, bool]]) -> TextBatch:
-    return TextBatch(
-        embeddings=np.stack([known[t][0] for t in texts]).astype(np.float32, copy=False),
-        truncated=[bool(known[t][1]) for t in texts],
-    )
 
 
 class BlockingEmbedder:
@@ -174,19 +180,7 @@ class BlockingEmbedder:
         return self._service.info
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
-        encoder = self._service.require_ready()
-        if not images:
-            return np.zeros((0, encoder.info.dim), np.float32)
-        pixels = list(self._service._pool.map(encoder.preprocess, images))
-        return np.stack(self._service.batcher.submit_blocking("image", pixels)).astype(np.float32, copy=False)
+        return self._service.embed_images_blocking(images)
 
     def encode_texts(self, texts: list[str]) -> TextBatch:
-        encoder = self._service.require_ready()
-        if not texts:
-            return TextBatch(np.zeros((0, encoder.info.dim), np.float32), [])
-        known = encoder.cached_texts(texts)
-        missing = list(dict.fromkeys(t for t in texts if t not in known))
-        if missing:
-            for text, row in zip(missing, self._service.batcher.submit_blocking("text", missing)):
-                known[text] = row
-        return _text_batch(texts, known)
+        return self._service.embed_texts_blocking(texts)

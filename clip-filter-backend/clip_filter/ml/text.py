@@ -136,31 +136,132 @@ def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 
 # ---- tokenising with truncation flags ----------------------------------------------------------------
-def tokenize(tokenizer: Any, texts: Sequence[str], context_length: int) -> tuple[torch.Tensor, list[bool]]:
+# CLIP's BPE is pure Python and quadratic in a word's length, and open_clip BPEs the whole caption before it
+# truncates: 256 captions of 10,000 characters kept the model thread busy for a minute, and its memo
+# (`SimpleTokenizer.cache`) grew by every unique word, forever. Here only what the context can hold is
+# encoded: the caption is cleaned as open_clip cleans it, split into words by its own pattern, and words are
+# BPE'd one at a time until one token more than the context holds is known (enough for the truncation flag).
+# A long word is BPE'd in windows of WORD_WINDOW symbols, keeping only the tokens that end WORD_MARGIN
+# symbols before the window's cut (a merge near the cut can change once more of the word is seen; CLIP's
+# longest token is 32 symbols). The ids equal `tokenizer(texts)`'s; tests/unit/test_text_trimmed.py checks
+# that against open_clip on long texts.
+PRECLEAN_CHARS_PER_TOKEN = 256  # a caption is cut to context_length x this before cleaning (19,712 at 77)
+WORD_WINDOW = 128
+WORD_MARGIN = 48
+CACHED_WORD_SYMBOLS = 64  # longer words are not worth remembering (natural words are far shorter)
+
+
+class BpeCache:
+    """Thread-safe LRU of word -> BPE ids, in front of open_clip's BPE (whose own memo is switched off)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, word: str) -> tuple[int, ...] | None:
+        with self._lock:
+            ids = self._items.get(word)
+            if ids is not None:
+                self._items.move_to_end(word)
+            return ids
+
+    def put(self, word: str, ids: tuple[int, ...]) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._items[word] = ids
+            self._items.move_to_end(word)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+
+class _SpecialTokensOnly(dict):
+    """open_clip's BPE memo, kept to its special tokens: it reads them from here, and writes are dropped."""
+
+    def __setitem__(self, key: str, value: str) -> None:
+        pass
+
+
+def bound_memo(tokenizer: SimpleTokenizer) -> None:
+    """Stop open_clip's BPE memo from growing (idempotent); BpeCache does the remembering instead."""
+    if not isinstance(tokenizer.cache, _SpecialTokensOnly):
+        specials = {token: token for token in tokenizer.cache if tokenizer.encoder.get(token) in tokenizer.all_special_ids}
+        tokenizer.cache = _SpecialTokensOnly(specials)
+
+
+def _pieces_to_ids(tokenizer: SimpleTokenizer, pieces: Sequence[str]) -> list[int]:
+    return [tokenizer.encoder[piece] for piece in pieces]
+
+
+def _word_ids(tokenizer: SimpleTokenizer, cache: BpeCache, word: str, budget: int) -> Sequence[int]:
+    """The BPE ids of one word (byte-encoded symbols); for a long word, at least the first `budget` of them."""
+    if len(word) <= CACHED_WORD_SYMBOLS:
+        known = cache.get(word)
+        if known is None:
+            known = tuple(_pieces_to_ids(tokenizer, tokenizer.bpe(word).split(" ")))
+            cache.put(word, known)
+        return known
+    ids: list[int] = []
+    start = 0
+    while len(ids) < budget:
+        pieces = tokenizer.bpe(word[start : start + WORD_WINDOW]).split(" ")
+        if start + WORD_WINDOW >= len(word):  # the rest of the word: its tokens are final
+            ids.extend(_pieces_to_ids(tokenizer, pieces))
+            break
+        used = 0
+        for piece in pieces:  # no piece here ends the word, so none carries "</w>"
+            if used + len(piece) > WORD_WINDOW - WORD_MARGIN or len(ids) >= budget:
+                break
+            ids.append(tokenizer.encoder[piece])
+            used += len(piece)
+        start += used
+    return ids
+
+
+def encode_prefix(tokenizer: SimpleTokenizer, text: str, max_tokens: int, cache: BpeCache) -> tuple[list[int], bool]:
+    """The first `max_tokens` BPE ids of `text` as `tokenizer.encode` gives them, and whether there are more."""
+    cleaned = tokenizer.clean_fn(text[: max(max_tokens, 1) * PRECLEAN_CHARS_PER_TOKEN])
+    byte_encoder = tokenizer.byte_encoder
+    ids: list[int] = []
+    for match in tokenizer.pat.finditer(cleaned):
+        word = "".join(byte_encoder[b] for b in match.group().encode("utf-8"))
+        ids.extend(_word_ids(tokenizer, cache, word, max_tokens + 1 - len(ids)))
+        if len(ids) > max_tokens:
+            return ids[:max_tokens], True
+    return ids, False
+
+
+def tokenize(
+    tokenizer: Any, texts: Sequence[str], context_length: int, cache: BpeCache | None = None
+) -> tuple[torch.Tensor, list[bool]]:
     """Token ids (n, context_length) as `tokenizer(texts, context_length)` makes them, plus truncation flags.
 
     A caption is "truncated" when the tokenizer had to drop some of its tokens to fit the context: for
     CLIP's BPE tokenizer, when its BPE token count + 2 (start/end of text) exceeds context_length, i.e.
     more than 75 BPE tokens at the usual 77. The model then only sees the first part of the caption.
     For HF / SigLIP tokenizers the count is taken the same way from the wrapped tokenizer; a tokenizer
-    we do not know reports False.
+    we do not know reports False. `cache`: the word cache to use (the encoder keeps one; None: this call's).
     """
     texts = list(texts)
-    if isinstance(tokenizer, SimpleTokenizer):
-        # encode() applies the tokenizer's own clean_fn, so the counts match what __call__ keeps.
-        rows = [[tokenizer.sot_token_id, *tokenizer.encode(text), tokenizer.eot_token_id] for text in texts]
-        truncated = [len(row) > context_length for row in rows]
-        if tokenizer.reduction_fn is not None:  # a training-time reduction strategy: let it build the ids
-            return tokenizer(texts, context_length=context_length), truncated
-        # Build the ids from the rows already encoded (the same steps as SimpleTokenizer.__call__),
-        # so each caption is cleaned and BPE-encoded once.
-        tokens = torch.zeros(len(rows), context_length, dtype=torch.long)
-        for i, row in enumerate(rows):
-            if len(row) > context_length:
-                row = row[:context_length]
-                row[-1] = tokenizer.eot_token_id
+    if isinstance(tokenizer, SimpleTokenizer) and tokenizer.reduction_fn is None:
+        bound_memo(tokenizer)
+        cache = cache if cache is not None else BpeCache(4096)
+        tokens = torch.zeros(len(texts), context_length, dtype=torch.long)
+        truncated = []
+        for i, text in enumerate(texts):
+            # The same steps as SimpleTokenizer.__call__: SOT, ids, EOT, cut to the context with EOT last.
+            ids, cut = encode_prefix(tokenizer, text, context_length - 2, cache)
+            row = [tokenizer.sot_token_id, *ids, tokenizer.eot_token_id]
             tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            truncated.append(cut)
         return tokens, truncated
+    if isinstance(tokenizer, SimpleTokenizer):  # a training-time reduction strategy: let it build the ids
+        rows = [[tokenizer.sot_token_id, *tokenizer.encode(text), tokenizer.eot_token_id] for text in texts]
+        return tokenizer(texts, context_length=context_length), [len(row) > context_length for row in rows]
     tokens = tokenizer(texts, context_length=context_length)
     return tokens, [_hf_truncated(tokenizer, text, context_length) for text in texts]
 

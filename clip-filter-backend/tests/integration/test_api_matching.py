@@ -144,3 +144,35 @@ def test_permuting_images_or_captions_permutes_the_results(client, image_order, 
     np.testing.assert_allclose(permuted["matrix"], expected, atol=1e-6)
     expected_p = np.array(base["probabilities"])[np.ix_(list(image_order), list(caption_order))]
     np.testing.assert_allclose(permuted["probabilities"], expected_p, atol=1e-6)
+
+
+def test_openapi_describes_every_body_and_response_of_these_routes(client):
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    bodies = {
+        "/image_text_similarity_best_match": ({"OriginalMatchRequest", "MatchRequest"}, "MatchForm", {"images", "texts"}),
+        "/similarity": ({"OriginalMatchRequest", "MatchRequest"}, "MatchForm", {"images", "texts"}),
+        "/embeddings/images": ({"ImagesRequest"}, "ImagesForm", {"images"}),
+        "/embeddings/texts": ({"TextsRequest"}, "TextsForm", {"texts"}),
+    }
+    for path, (json_titles, form_title, form_fields) in bodies.items():
+        operation = spec["paths"][path]["post"]
+        content = operation["requestBody"]["content"]
+        json_schema = content["application/json"]["schema"]
+        assert {s["title"] for s in json_schema.get("anyOf", [json_schema])} == json_titles, path
+        form = content["multipart/form-data"]["schema"]
+        assert form["title"] == form_title and set(form["properties"]) == form_fields, path
+        for status in ("200", "413", "422", "503"):
+            ref = operation["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.split("/")[-1] in schemas, (path, status)
+    original = content_of(spec, "/image_text_similarity_best_match")["anyOf"][0]
+    assert original["required"] == ["image_base64", "text_input1", "text_input2"]
+    for path in ("/health/live", "/health/ready", "/info"):
+        ref = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.split("/")[-1] in schemas
+    assert schemas["InfoResponse"]["properties"]["limits"]["$ref"].endswith("/Limits")
+    assert "max_json_elements" in schemas["Limits"]["properties"]
+
+
+def content_of(spec: dict, path: str) -> dict:
+    return spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
+import string
 
 import httpx
 import pytest
@@ -99,3 +101,39 @@ def test_a_full_queue_answers_429_with_retry_after(server_factory):
     assert statuses <= {200, 429} and 429 in statuses and 200 in statuses
     refused = next(r for r in responses if r.status_code == 429)
     assert refused.headers["retry-after"] == "1" and refused.json()["error"]["code"] == "overloaded"
+
+
+def test_health_answers_while_the_model_and_the_worker_threads_are_busy(server_factory):
+    # With every worker thread waiting for the model (collection adds embed on worker threads), a readiness
+    # check that needed a thread took 19-23 s and the compose healthcheck would restart a healthy server.
+    server = server_factory()
+    rng = random.Random(0)
+
+    def captions(count: int) -> list[str]:
+        return [" ".join("".join(rng.choices(string.ascii_lowercase, k=6)) for _ in range(80)) for _ in range(count)]
+
+    with server.client() as http:
+        assert http.post("/collections", json={"name": "busy"}).status_code == 201
+
+    async def main():
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as http:
+            work = [asyncio.create_task(http.post("/collections/busy/items", json={"texts": captions(64)}))
+                    for _ in range(48)]
+            work += [asyncio.create_task(http.post("/embeddings/texts", json={"texts": captions(64)}))
+                     for _ in range(4)]
+            for _ in range(200):  # until the model has work queued (or everything is done already)
+                queued = (await http.get("/info")).json()["batching"]["queued"]
+                if queued or all(task.done() for task in work):
+                    break
+            ready = await http.get("/health/ready")
+            live = await http.get("/health/live")
+            pending = sum(not task.done() for task in work)
+            return ready, live, pending, await asyncio.gather(*work)
+
+    ready, live, pending, done = asyncio.run(main())
+    assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
+    assert live.status_code == 200 and live.json() == {"status": "alive"}
+    assert pending > 0  # answered while the work was still in flight
+    adds, embeddings = done[:48], done[48:]
+    assert {r.status_code for r in adds} <= {200, 201}, [r.text for r in adds if r.status_code >= 300][:2]
+    assert {r.status_code for r in embeddings} <= {200, 429}  # a full queue refuses async requests, as it should

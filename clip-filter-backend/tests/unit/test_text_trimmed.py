@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import random
+import string
 import threading
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch.nn.functional as F
 from open_clip.tokenizer import HFTokenizer, get_clean_fn
 
 from clip_filter.ml.precision import cast_model
-from clip_filter.ml.text import TextEmbeddingCache, can_trim, encode_text_trimmed, tokenize
+from clip_filter.ml.text import WORD_WINDOW, BpeCache, TextEmbeddingCache, can_trim, encode_text_trimmed, tokenize
 
 SHORT = ["a dog", "a photo of a cat sitting on a red mat", "x", "two people riding bicycles at dusk"]
 LONG = ["a very long caption about " + "many small things and " * 30, "word " * 200]
@@ -199,6 +201,66 @@ def test_truncation_flag_boundary(clip_tokenizer):
     # A shorter context moves the boundary.
     _, flags = tokenize(clip_tokenizer, [" ".join(["a"] * 14), " ".join(["a"] * 15)], 16)
     assert flags == [False, True]
+
+
+def long_texts(seed: int, count: int) -> list[str]:
+    """Long captions of every shape that stresses the prefix encoding: words, one long word, emoji, CJK,
+    whitespace runs and html entities (which cleaning collapses), special tokens, punctuation runs."""
+    rng = random.Random(seed)
+    words = ["photograph", "international", "a", "dog", "riding", "skateboards", "qu", "zz", "the", "x"]
+    makers = [
+        lambda n: " ".join(rng.choice(words) for _ in range(n // 5)),
+        lambda n: "".join(rng.choice(words) for _ in range(n // 5)),  # one long word of real sub-words
+        lambda n: "".join(rng.choices(string.ascii_lowercase, k=n)),  # one long word of random letters
+        lambda n: "".join(rng.choices("\U0001F602\U0001F60D\U0001F1FA\U0001F1F8\U0001F44D\U0001F3FD ab", k=n)),
+        lambda n: "".join(rng.choices("\u6f22\u5b57\u304b\u306a\u30ab\u30ca\ud55c\uad6d\uc5b4", k=n)),
+        lambda n: " " * n + " a dog &amp;amp; a cat " * 40,
+        lambda n: "&amp; " * (n // 6) + "<start_of_text> the end",
+        lambda n: "".join(rng.choices("!?.-~*#@", k=n)),
+        lambda n: "".join(rng.choices(string.printable, k=n)),
+    ]
+    return [makers[i % len(makers)](rng.choice([60, 400, 1500])) for i in range(count)]
+
+
+def test_long_texts_give_open_clips_tokens_exactly():
+    # A fresh tokenizer as the reference: open_clip's own __call__ BPE-encodes every word of every caption.
+    reference, ours = open_clip.get_tokenizer("ViT-B-32"), open_clip.get_tokenizer("ViT-B-32")
+    texts = long_texts(0, 90) + [" ".join(["word"] * 2000), "a " * 5000 + "dog"]
+    tokens, truncated = tokenize(ours, texts, 77, BpeCache(1000))
+    expected = reference(texts)
+    for i, text in enumerate(texts):
+        assert torch.equal(tokens[i], expected[i]), f"text {i}: {text[:60]!r}"
+        assert truncated[i] == (len(reference.encode(text)) > 75), i
+
+
+def test_only_what_the_context_holds_is_bpe_encoded(clip_tokenizer):
+    encoded: list[int] = []
+    tokenizer = copy.copy(clip_tokenizer)
+    real_bpe = tokenizer.bpe
+    tokenizer.bpe = lambda word: encoded.append(len(word)) or real_bpe(word)
+    rng = random.Random(3)
+    captions = [" ".join("".join(rng.choices(string.ascii_lowercase, k=7)) for _ in range(1400)),  # 10k chars
+                "".join(rng.choices(string.ascii_lowercase, k=10_000))]  # one 10,000-letter word
+    for caption in captions:
+        encoded.clear()
+        _, truncated = tokenize(tokenizer, [caption], 77, BpeCache(0))
+        assert truncated == [True]
+        # At most one word per kept token (plus the one that shows the caption is cut), each BPE'd once;
+        # a long word only in windows that together cover what 76 tokens can span.
+        assert len(encoded) <= 77 and sum(encoded) <= 76 * 32 + 2 * WORD_WINDOW, (len(encoded), sum(encoded))
+
+
+def test_the_word_cache_stays_within_its_bound_and_open_clips_memo_does_not_grow():
+    reference, ours = open_clip.get_tokenizer("ViT-B-32"), open_clip.get_tokenizer("ViT-B-32")
+    rng = random.Random(5)
+    captions = [" ".join("".join(rng.choices(string.ascii_lowercase, k=6)) for _ in range(300)) for _ in range(60)]
+    cache = BpeCache(500)
+    for start in range(0, len(captions), 10):
+        tokenize(ours, captions[start : start + 10], 77, cache)
+        assert len(cache) <= 500
+    assert len(ours.cache) == 2  # open_clip's memo keeps its two special tokens and nothing else
+    reference(captions)  # what open_clip alone does: every word of every caption, remembered for ever
+    assert len(reference.cache) > 10_000
 
 
 class _FakeEncoding(dict):

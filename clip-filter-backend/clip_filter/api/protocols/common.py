@@ -18,7 +18,6 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clip_filter.api.inputs import image_limits
 from clip_filter.core.config import Settings
 from clip_filter.core.errors import ClipFilterError, OverloadedError
 from clip_filter.images import decode_base64_image, decode_image
@@ -125,7 +124,7 @@ URL_PATTERN = re.compile(r"^[a-z][a-z0-9+.\-]*://", re.IGNORECASE)
 
 async def decode_all(items: list[str | bytes], settings: Settings, field_name: str) -> list[Image.Image]:
     """Decode every image (base64/data URI strings or raw bytes); the first bad one fails the request."""
-    limits = image_limits(settings)
+    limits = settings.image_limits()
 
     async def one(index: int, item: str | bytes) -> Image.Image:
         if isinstance(item, str) and URL_PATTERN.match(item.strip()):

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
-from clip_filter.api.deps import get_model_service, get_settings_dep
+from clip_filter.api.deps import ModelDep, SettingsDep
 from clip_filter.api.inputs import read_images_and_texts, read_texts
-from clip_filter.core.config import Settings
-from clip_filter.ml.service import ModelService
+from clip_filter.api.schemas.common import error_responses, request_body
+from clip_filter.api.schemas.matching import (
+    ImageEmbeddingsResponse,
+    ImagesForm,
+    ImagesRequest,
+    TextEmbeddingsResponse,
+    TextsForm,
+    TextsRequest,
+)
 
 router = APIRouter(tags=["embeddings"])
 
@@ -17,12 +24,11 @@ router = APIRouter(tags=["embeddings"])
 @router.post(
     "/embeddings/images",
     summary="Image embeddings (multipart `images` files or JSON `{\"images\": [base64]}`)",
+    response_model=ImageEmbeddingsResponse,
+    responses=error_responses(400, 413, 415, 422, 429, 503),
+    openapi_extra=request_body(ImagesRequest, multipart=ImagesForm),
 )
-async def image_embeddings(
-    request: Request,
-    service: ModelService = Depends(get_model_service),
-    settings: Settings = Depends(get_settings_dep),
-) -> dict[str, Any]:
+async def image_embeddings(request: Request, service: ModelDep, settings: SettingsDep) -> dict[str, Any]:
     """An undecodable image gets `null` in `embeddings` and its error in `errors`, same index."""
     parsed = await read_images_and_texts(request, settings, want_texts=False)
     service.require_ready()
@@ -38,12 +44,14 @@ async def image_embeddings(
     }
 
 
-@router.post("/embeddings/texts", summary="Caption embeddings (JSON `{\"texts\": [...]}`)")
-async def text_embeddings(
-    request: Request,
-    service: ModelService = Depends(get_model_service),
-    settings: Settings = Depends(get_settings_dep),
-) -> dict[str, Any]:
+@router.post(
+    "/embeddings/texts",
+    summary="Caption embeddings (JSON `{\"texts\": [...]}` or multipart `texts` fields)",
+    response_model=TextEmbeddingsResponse,
+    responses=error_responses(400, 413, 415, 422, 429, 503),
+    openapi_extra=request_body(TextsRequest, multipart=TextsForm),
+)
+async def text_embeddings(request: Request, service: ModelDep, settings: SettingsDep) -> dict[str, Any]:
     texts = await read_texts(request, settings)
     batch = await service.embed_texts(texts)
     return {

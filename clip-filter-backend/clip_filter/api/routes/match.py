@@ -7,59 +7,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
-from clip_filter.api.deps import get_model_service, get_settings_dep
+from clip_filter.api.deps import ModelDep, SettingsDep
 from clip_filter.api.inputs import ParsedRequest, read_images_and_texts
-from clip_filter.core.config import Settings
+from clip_filter.api.schemas.common import error_responses, request_body
+from clip_filter.api.schemas.matching import (
+    BestMatchResponse,
+    MatchForm,
+    MatchRequest,
+    OriginalMatchRequest,
+    SimilarityResponse,
+)
 from clip_filter.ml.service import ModelService
 from clip_filter.scoring import best_indices, clip_score, cosine_matrix, softmax_probabilities
 
 router = APIRouter(tags=["matching"])
 
-_IMAGES_AND_TEXTS = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "oneOf": [
-                        {
-                            "title": "Original request (one image, two captions)",
-                            "type": "object",
-                            "required": ["image_base64", "text_input1", "text_input2"],
-                            "properties": {
-                                "image_base64": {"type": "string"},
-                                "text_input1": {"type": "string"},
-                                "text_input2": {"type": "string"},
-                            },
-                        },
-                        {
-                            "title": "Many images, many captions",
-                            "type": "object",
-                            "required": ["texts"],
-                            "properties": {
-                                "images": {"type": "array", "items": {"type": "string"},
-                                           "description": "base64 or data: URIs"},
-                                "image_base64": {"type": "string"},
-                                "texts": {"type": "array", "items": {"type": "string"}},
-                            },
-                        },
-                    ]
-                }
-            },
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "texts": {"type": "array", "items": {"type": "string"}},
-                    },
-                }
-            },
-        },
-    }
-}
+_IMAGES_AND_TEXTS = request_body(OriginalMatchRequest, MatchRequest, multipart=MatchForm)
+_ERRORS = error_responses(400, 413, 415, 422, 429, 503)
 
 
 @dataclass
@@ -97,14 +63,14 @@ def _envelope(parsed: ParsedRequest, scores: _Scores, service: ModelService) -> 
 @router.post(
     "/image_text_similarity_best_match",
     summary="Best caption per image, with cosine scores, probabilities and CLIPScore",
+    response_model=BestMatchResponse,
+    response_model_exclude_unset=True,  # `best_match` and per-image fields appear only where they apply
+    responses=_ERRORS,
     openapi_extra=_IMAGES_AND_TEXTS,
 )
-async def best_match(
-    request: Request,
-    service: ModelService = Depends(get_model_service),
-    settings: Settings = Depends(get_settings_dep),
-) -> dict[str, Any]:
-    """Ties between captions go to the lowest caption index."""
+async def best_match(request: Request, service: ModelDep, settings: SettingsDep) -> dict[str, Any]:
+    """Three request shapes: the original JSON (one image, `text_input1`/`text_input2`), JSON with `images` and
+    `texts`, and multipart. Ties between captions go to the lowest caption index."""
     parsed = await read_images_and_texts(request, settings, want_texts=True)
     scores = await _score(parsed, service)
     best = best_indices(scores.cosines) if scores.row_of else []
@@ -135,13 +101,11 @@ async def best_match(
 @router.post(
     "/similarity",
     summary="Cosine matrix (images x captions) and per-image probabilities",
+    response_model=SimilarityResponse,
+    responses=_ERRORS,
     openapi_extra=_IMAGES_AND_TEXTS,
 )
-async def similarity(
-    request: Request,
-    service: ModelService = Depends(get_model_service),
-    settings: Settings = Depends(get_settings_dep),
-) -> dict[str, Any]:
+async def similarity(request: Request, service: ModelDep, settings: SettingsDep) -> dict[str, Any]:
     parsed = await read_images_and_texts(request, settings, want_texts=True)
     scores = await _score(parsed, service)
     rows = [scores.row_of.get(slot.index) if slot.error is None else None for slot in parsed.images]
