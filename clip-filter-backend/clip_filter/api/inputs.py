@@ -1,7 +1,8 @@
 """Reading images and captions out of a request, in each shape the API accepts.
 
 JSON bodies carry base64 images (raw or data URIs); multipart bodies carry files in the repeated
-`images` field and captions in the repeated `texts` field. Images are decoded on worker threads;
+`images` field and captions in the repeated `texts` field. Images are decoded by the model service's
+decode pipeline (ml/decode_pool.py: bounded, straight to model pixels, on threads or worker processes);
 one undecodable image becomes an error in its own slot, the rest go on.
 """
 
@@ -12,22 +13,22 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from clip_filter.core.config import Settings
 from clip_filter.core.errors import ClipFilterError
-from clip_filter.images import ImageLimits, decode_base64_image, decode_image
+from clip_filter.images import ImageLimits
 
 
 @dataclass
 class ImageSlot:
     index: int
     filename: str | None
-    image: Image.Image | None = None
+    image: Image.Image | np.ndarray | None = None  # model pixels once decoded (ml/decode_pool.py)
     error: ClipFilterError | None = None
 
 
@@ -122,18 +123,8 @@ def _check_image_count(count: int, settings: Settings) -> None:
         )
 
 
-async def _decode_slot(slot: ImageSlot, data: bytes | str, limits: ImageLimits) -> ImageSlot:
-    decode = decode_base64_image if isinstance(data, str) else decode_image
-    try:
-        slot.image = await run_in_threadpool(decode, data, limits)
-    except ClipFilterError as exc:
-        slot.error = exc
-    return slot
-
-
 async def read_images_and_texts(request: Request, settings: Settings, want_texts: bool) -> ParsedRequest:
     """Parse a matching/embedding request; captions are required when `want_texts`."""
-    limits = image_limits(settings)
     parsed = ParsedRequest()
     raw_images: list[tuple[str | None, bytes | str]] = []
 
@@ -173,7 +164,13 @@ async def read_images_and_texts(request: Request, settings: Settings, want_texts
     if want_texts:
         parsed.texts = validate_texts(texts, settings)
     parsed.images = [ImageSlot(index, name) for index, (name, _) in enumerate(raw_images)]
-    await asyncio.gather(*(_decode_slot(slot, data, limits) for slot, (_, data) in zip(parsed.images, raw_images)))
+    # Bounded decoding straight to model pixels (413/429 for the whole request before any decode).
+    decoded = await request.app.state.model.decode_images([data for _, data in raw_images])
+    for slot, result in zip(parsed.images, decoded):
+        if isinstance(result, ClipFilterError):
+            slot.error = result
+        else:
+            slot.image = result
     if parsed.legacy and parsed.images[0].error is not None:
         raise parsed.images[0].error  # the original contract has one image: its failure is the request's
     return parsed
