@@ -122,9 +122,12 @@ class DecodePipeline:
             self._processes.close()
 
     def _process_pool(self, plan: PixelPlan) -> ProcessPixelPool:
+        slot_bytes = 3 * plan.crop[0] * plan.crop[1]
         with self._lock:
-            if self._processes is None:
-                self._processes = ProcessPixelPool(self._n_processes, 3 * plan.crop[0] * plan.crop[1])
+            if self._processes is None or self._processes.slot_bytes < slot_bytes:  # one plan per server
+                old, self._processes = self._processes, ProcessPixelPool(self._n_processes, slot_bytes)
+                if old is not None:
+                    old.close()
             return self._processes
 
     async def prepare(self, items: Sequence[bytes | str], plan: PixelPlan | None) -> list[Prepared]:
