@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import os
 import threading
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -284,8 +283,3 @@ def _work(data: bytes, limits: ImageLimits, plan: PixelPlan, name: str, offset: 
         segment.close()
     return ("ok", pixels.shape)
 
-
-def default_processes() -> int:
-    """The documented rule for CLIP_FILTER_DECODE_PROCESSES on a machine whose model runs elsewhere
-    (a GPU): every core but one for decoding."""
-    return max(1, (os.cpu_count() or 2) - 1)

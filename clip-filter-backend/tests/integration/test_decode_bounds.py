@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -139,3 +140,21 @@ def test_decode_worker_processes_serve_the_same_embeddings_as_threads(server_fac
             vectors.append(body["embeddings"][:3])
         server.stop()
     assert vectors[0] == vectors[1]
+
+
+def test_instant_test_encoder_is_refused_unless_allowed_and_flagged_in_info(server_factory):
+    refused = server_factory({"CLIP_PRETRAINED": "instant-test"}, wait="live")
+    with refused.client() as http:
+        for _ in range(600):
+            ready = http.get("/health/ready")
+            if ready.json().get("error", {}).get("state") == "failed":
+                break
+            time.sleep(0.1)
+        assert ready.status_code == 503
+        assert "CLIP_FILTER_ALLOW_TEST_ENCODER=1" in ready.json()["error"]["fix"]
+    allowed = server_factory({"CLIP_PRETRAINED": "instant-test", "CLIP_FILTER_ALLOW_TEST_ENCODER": "1"})
+    with allowed.client() as http:
+        info = http.get("/info").json()
+        assert info["weights"] == "instant-test" and info["pretrained"] == "instant-test"
+        body = {"image_base64": b64(png_bytes(3)), "text_input1": "a", "text_input2": "b"}
+        assert http.post("/image_text_similarity_best_match", json=body).status_code == 200
