@@ -141,7 +141,8 @@ def main() -> int:
         inputs = {label: pre.normalise_batch(p) for label, p in pixels.items()}
         difference = (inputs["full"] - inputs["reduced"]).abs()
         with torch.inference_mode():
-            embeddings = {label: torch.nn.functional.normalize(model.encode_image(x), dim=-1) for label, x in inputs.items()}
+            embeddings = {label: torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+                          for label, x in inputs.items()}
         cosine = (embeddings["full"] * embeddings["reduced"]).sum(-1)
         rows.append({
             "images": name, "n": len(files),
@@ -156,7 +157,8 @@ def main() -> int:
           f"{'ms full':>8} {'ms red.':>8}")
     for r in rows:
         print(f"{r['images']:44} {r['n']:3d} {r['input_mean_abs_diff']:8.4f} {r['input_max_abs_diff']:7.3f} "
-              f"{r['cosine_min']:8.5f} {r['cosine_mean']:9.5f} {r['decode_ms_full']:8.1f} {r['decode_ms_reduced']:8.1f}")
+              f"{r['cosine_min']:8.5f} {r['cosine_mean']:9.5f} {r['decode_ms_full']:8.1f} "
+              f"{r['decode_ms_reduced']:8.1f}")
     worst = min(r["cosine_min"] for r in rows)
     verdict = "within" if worst >= 0.995 else "NOT within"
     print(f"worst cosine {worst:.5f}: {verdict} the 0.995 bound for making reduced-scale decoding the default")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The pipeline ceiling: what HTTP + decoding + batching carry when the model costs nothing.
 
-    .venv/bin/python bench/pipeline_ceiling.py             # prints the table, writes bench/results/pipeline_ceiling.json
+    .venv/bin/python bench/pipeline_ceiling.py             # the table; also bench/results/pipeline_ceiling.json
     .venv/bin/python bench/pipeline_ceiling.py --quick     # fewer requests
     .venv/bin/python bench/pipeline_ceiling.py --modes threads processes:2
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import io
 import json
 import os
 import signal
@@ -32,8 +31,6 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "clip-filter-backend"))
@@ -67,7 +64,8 @@ def start_server(model: str, data_dir: str, extra_env: dict[str, str]) -> tuple[
            "CLIP_FILTER_PORT": str(port), "CLIP_FILTER_DATA_DIR": data_dir, "CLIP_FILTER_LOG_LEVEL": "warning",
            "CLIP_TEXT_CACHE_SIZE": "0",
            # this checkout's package, whatever is installed in the environment
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "clip-filter-backend"), os.environ.get("PYTHONPATH")])),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "clip-filter-backend"),
+                                                       os.environ.get("PYTHONPATH")])),
            **extra_env}
     process = subprocess.Popen([sys.executable, "-m", "clip_filter", "serve"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -112,8 +110,8 @@ def multipart_body(images: list[bytes], n: int) -> tuple[str, bytes]:
     for i, image in enumerate(images):
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{i}.img"\r\n'
                      f"Content-Type: application/octet-stream\r\n\r\n".encode() + image + b"\r\n")
-    for text in (f"a photo of thing {n}", f"a picture of item {n}"):
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="texts"\r\n\r\n{text}\r\n'.encode())
+    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="texts"\r\n\r\n{text}\r\n'.encode()
+              for text in (f"a photo of thing {n}", f"a picture of item {n}")]
     parts.append(f"--{boundary}--\r\n".encode())
     return f"multipart/form-data; boundary={boundary}", b"".join(parts)
 
@@ -184,7 +182,8 @@ def model_only_rate(model: str, batch: int = 32) -> float:
 
 
 def run(args) -> dict:
-    sets = {name: files for name, files in image_sets(CLIENTS).items() if not args.sets or any(k in name for k in args.sets)}
+    sets = {name: files for name, files in image_sets(CLIENTS).items()
+            if not args.sets or any(key in name for key in args.sets)}
     modes = {}
     for mode in args.modes:
         env = {"CLIP_FILTER_DECODE_PROCESSES": mode.split(":")[1] if mode.startswith("processes") else "0"}
@@ -262,7 +261,8 @@ def print_table(result: dict, model_rate: float | None, cpu: str) -> list[str]:
                 f"{result['bare'][name]['cpu_ms_per_image']:5.1f}"
                 + (f"  ({errors} errors)" if errors else "")
             )
-        lines.append(f"{'':26} {mode:12} server RSS after the run {data['rss_mb']:.0f} MB, peak {data['peak_rss_mb']:.0f} MB")
+        lines.append(f"{'':26} {mode:12} server RSS after the run {data['rss_mb']:.0f} MB, "
+                     f"peak {data['peak_rss_mb']:.0f} MB")
     if model_rate:
         best = max(max(r["json_images_s"], r["multipart_images_s"]) for d in result["modes"].values()
                    for r in d["rows"].values())
@@ -292,8 +292,9 @@ def main() -> int:
     lines = print_table(result, model_rate, cpu)
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"cpu": cpu, "cpus": os.cpu_count(), "args": {k: str(v) for k, v in vars(args).items()},
-                                    "model_images_s": model_rate, **result, "table": lines}, indent=2) + "\n")
+    summary = {"cpu": cpu, "cpus": os.cpu_count(), "args": {k: str(v) for k, v in vars(args).items()},
+               "model_images_s": model_rate, **result, "table": lines}
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 
 

@@ -8,7 +8,6 @@ one undecodable image becomes an error in its own slot, the rest go on.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,7 +165,7 @@ async def read_images_and_texts(request: Request, settings: Settings, want_texts
     parsed.images = [ImageSlot(index, name) for index, (name, _) in enumerate(raw_images)]
     # Bounded decoding straight to model pixels (413/429 for the whole request before any decode).
     decoded = await request.app.state.model.decode_images([data for _, data in raw_images])
-    for slot, result in zip(parsed.images, decoded):
+    for slot, result in zip(parsed.images, decoded, strict=True):
         if isinstance(result, ClipFilterError):
             slot.error = result
         else:

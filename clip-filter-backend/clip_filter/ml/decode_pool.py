@@ -23,14 +23,16 @@ This module imports no torch (worker processes import it to find `_work`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -193,10 +195,8 @@ class ProcessPixelPool:
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._arena.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._arena.unlink()
-        except FileNotFoundError:
-            pass
 
     def _take_slot(self) -> tuple[str, int, shared_memory.SharedMemory | None]:
         """(segment name, byte offset, a one-off segment to remove after use or None)."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from clip_filter.images import DecodeTarget, ImageLimits, decode_image, probe_image, ImageHeader
+from clip_filter.images import DecodeTarget, ImageHeader, ImageLimits, decode_image, probe_image
 
 # How far above the resize target a reduced decode stops (each side): >= 2 keeps the bicubic
 # resize's antialiasing meaningful (Pillow's own `reducing_gap` advice).
@@ -87,8 +87,8 @@ def center_crop(image: Image.Image, crop: tuple[int, int]) -> Image.Image:
         image, (width, height) = padded, padded.size
         if (crop_w, crop_h) == (width, height):
             return image
-    top = int(round((height - crop_h) / 2.0))
-    left = int(round((width - crop_w) / 2.0))
+    top = round((height - crop_h) / 2.0)  # torchvision: int(round(...)), the same for a float
+    left = round((width - crop_w) / 2.0)
     return image.crop((left, top, left + crop_w, top + crop_h))
 
 

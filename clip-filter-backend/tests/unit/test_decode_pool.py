@@ -19,7 +19,7 @@ import clip_filter.ml.factory  # noqa: F401 - registers the clip-filter-tiny con
 from clip_filter.core.errors import ClipFilterError, OverloadedError
 from clip_filter.images import ImageLimits, decode_image
 from clip_filter.ml.decode_pool import DecodeBusyError, DecodePipeline
-from clip_filter.ml.pixels import PixelPlan, decode_to_pixels
+from clip_filter.ml.pixels import decode_to_pixels
 from clip_filter.ml.preprocess import ImagePreprocessor
 
 from .image_factory import encode, noise, png_header_only
@@ -28,8 +28,8 @@ LIMITS = ImageLimits(max_bytes=25 * 1024 * 1024, max_pixels=50_000_000)
 
 
 def settings(**overrides) -> SimpleNamespace:
-    values = dict(max_image_bytes=LIMITS.max_bytes, max_image_pixels=LIMITS.max_pixels,
-                  max_request_pixels=256_000_000, max_decoding_pixels=512_000_000, decode_processes=0)
+    values = {"max_image_bytes": LIMITS.max_bytes, "max_image_pixels": LIMITS.max_pixels,
+              "max_request_pixels": 256_000_000, "max_decoding_pixels": 512_000_000, "decode_processes": 0}
     values.update(overrides)
     return SimpleNamespace(**values)
 
@@ -123,7 +123,7 @@ def test_processes_give_the_thread_path_pixels_bit_for_bit(threads, process_pipe
     files = sample_files()
     in_threads = prepare(DecodePipeline(settings(), threads), files, plan)
     in_processes = prepare(process_pipeline, files, plan)
-    for a, b in zip(in_threads, in_processes):
+    for a, b in zip(in_threads, in_processes, strict=True):
         assert isinstance(a, np.ndarray) and a.flags.writeable
         assert np.array_equal(a, b)
 
@@ -147,7 +147,7 @@ def test_base64_items_decode_like_bytes(threads, vit_preprocessor):
     pipeline = DecodePipeline(settings(), threads)
     as_text = prepare(pipeline, [base64.b64encode(f).decode() for f in files], plan)
     as_bytes = prepare(pipeline, files, plan)
-    assert all(np.array_equal(a, b) for a, b in zip(as_text, as_bytes))
+    assert all(np.array_equal(a, b) for a, b in zip(as_text, as_bytes, strict=True))
 
 
 def test_without_a_plan_images_are_decoded_at_full_size(threads):
@@ -231,10 +231,11 @@ def test_pool_survives_its_workers_being_killed(threads, vit_preprocessor):
             return await asyncio.wait_for(task, 120)  # a hang guard, not a speed check
 
         results = run(in_flight())
-        for got, want in zip(results, expected * 3):
-            assert isinstance(got, ClipFilterError) and got.code == "image_decoder_crashed" or np.array_equal(got, want)
+        for got, want in zip(results, expected * 3, strict=True):
+            crashed = isinstance(got, ClipFilterError) and got.code == "image_decoder_crashed"
+            assert crashed or np.array_equal(got, want)
         assert pool.restarts >= 1
         after = prepare(pipeline, files, plan)  # a fresh pool serves normally
-        assert all(np.array_equal(a, b) for a, b in zip(after, expected))
+        assert all(np.array_equal(a, b) for a, b in zip(after, expected, strict=True))
     finally:
         pipeline.close()
