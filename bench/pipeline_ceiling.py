@@ -212,13 +212,15 @@ def run(args) -> dict:
                         "json_errors": original["errors"],
                         "multipart_images_s": MULTIPART_IMAGES * multipart["rps"],
                         "multipart_captions_s": 2 * multipart["rps"], "multipart_errors": multipart["errors"],
+                        # measured right after, with the server idle: the ratio's two sides are minutes
+                        # apart at most on a machine whose load moves
+                        "bare": bare_rate(files, args.bare_repeats, not args.no_reduce),
                     }
                 modes[mode] = {"rows": rows, "rss_mb": rss_mb(process.pid), "peak_rss_mb": rss_mb(process.pid, "VmHWM")}
             finally:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=30)
-    bare = {name: bare_rate(files, args.bare_repeats, not args.no_reduce) for name, files in sets.items()}
-    return {"modes": modes, "bare": bare}
+    return {"modes": modes}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -251,14 +253,14 @@ def print_table(result: dict, model_rate: float | None, cpu: str) -> list[str]:
     lines += [header, "-" * len(header)]
     for mode, data in result["modes"].items():
         for name, row in data["rows"].items():
-            bare = result["bare"][name]["images_s"]
+            bare = row["bare"]["images_s"]
             errors = row["json_errors"] + row["multipart_errors"]
             lines.append(
                 f"{name:26} {mode:12} {row['json_images_s']:10.1f} {row['json_captions_s']:6.1f} "
                 f"{row['multipart_images_s']:8.1f} {row['multipart_captions_s']:6.1f} {bare:10.1f} "
                 f"{row['json_images_s'] / bare:9.0%} {row['multipart_images_s'] / bare:7.0%}   "
                 f"{row['json_cpu_ms_per_image']:16.1f} {row['multipart_cpu_ms_per_image']:5.1f} "
-                f"{result['bare'][name]['cpu_ms_per_image']:5.1f}"
+                f"{row['bare']['cpu_ms_per_image']:5.1f}"
                 + (f"  ({errors} errors)" if errors else "")
             )
         lines.append(f"{'':26} {mode:12} server RSS after the run {data['rss_mb']:.0f} MB, "
