@@ -24,6 +24,10 @@ Rows:
                          is handed back once the model is idle), VmHWM (peak, at model load)
   RSS from a checkpoint  trained weights are read from a file: a server started on a saved checkpoint
                          (peak and ready), vs open_clip's path (random init, checkpoint copied in, cast)
+  pipeline ceiling       bench/pipeline_ceiling.py: the same server with the test-only instant encoder,
+                         16 clients, original JSON and multipart, 640x480 / 1920x1080 JPEG and PNG
+                         screenshots, beside the bare decode + preprocess rate (every core, one process)
+                         and the model's own images/s above (--ceiling-only: just this table)
 """
 
 from __future__ import annotations
@@ -457,6 +461,9 @@ def main() -> None:
     parser.add_argument("--protocol-rounds", type=int, default=2, help="alternating native/OpenAI rounds")
     parser.add_argument("--protocols-only", action="store_true", help="only the native vs OpenAI-route rows")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the pipeline-ceiling table")
+    parser.add_argument("--ceiling-only", action="store_true", help="only the pipeline-ceiling table")
+    parser.add_argument("--ceiling-modes", nargs="+", default=["threads", f"processes:{os.cpu_count() or 1}"])
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.latency_requests, args.requests_per_client, args.ingest_images = 1, 5, 1, 32
@@ -464,6 +471,9 @@ def main() -> None:
         args.rounds_note = (f"{args.protocol_rounds} alternating rounds of {args.requests_per_client} requests "
                             "per client")
         protocols_only(args)
+        return
+    if args.ceiling_only:
+        pipeline_ceiling(args, model_rate=None)
         return
 
     enc = encoder_figures(args)
@@ -521,6 +531,23 @@ def main() -> None:
     print()
     for note in footnotes:
         print(note)
+    if not args.no_ceiling:
+        pipeline_ceiling(args, model_rate=enc["service_images_s"])
+
+
+def pipeline_ceiling(args, model_rate: float | None) -> None:
+    """What HTTP + decoding + batching carry without model cost: the ceiling a GPU deployment sees."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import pipeline_ceiling as ceiling
+
+    options = argparse.Namespace(model=args.model, modes=args.ceiling_modes, sets=None, no_reduce=False,
+                                 json_requests=3 if args.quick else 8, multipart_requests=1 if args.quick else 2,
+                                 bare_repeats=1 if args.quick else 3)
+    result = ceiling.run(options)
+    if model_rate is None:
+        model_rate = ceiling.model_only_rate(args.model)
+    print()
+    print("\n".join(ceiling.print_table(result, model_rate, ceiling.cpu_name())))
 
 
 if __name__ == "__main__":

@@ -110,6 +110,39 @@ class ImageLimits:
             raise ValueError("ImageLimits.max_bytes and max_pixels must be positive")
 
 
+@dataclass(frozen=True)
+class DecodeTarget:
+    """The smallest image the caller needs: decoding may go down to (at least) `min_width` x `min_height`.
+
+    JPEG is then decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling (`jpeg_draft`), other formats
+    are box-reduced by an integer factor right after decoding (`reduce`), before any copy or mode
+    conversion; both keep every side at or above the minimum, so an exact resize follows.
+    """
+
+    min_width: int
+    min_height: int
+    jpeg_draft: bool = True
+    reduce: bool = True
+
+    def reduce_factor(self, size: tuple[int, int]) -> int:
+        if not self.reduce:
+            return 1
+        return max(1, min(size[0] // max(self.min_width, 1), size[1] // max(self.min_height, 1)))
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header says, before any pixel is decoded: `decoded_size` is what decoding will allocate."""
+
+    mimetype: str
+    size: tuple[int, int]
+    decoded_size: tuple[int, int]
+
+    @property
+    def decoded_pixels(self) -> int:
+        return self.decoded_size[0] * self.decoded_size[1]
+
+
 class ImageDecodeError(ClipFilterError):
     """Why some bytes are not an acceptable image; the HTTP status follows from the code."""
 
@@ -312,12 +345,8 @@ def _iso_bmff_truncated(data: bytes) -> bool:
 # --- decoding ----------------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
-    """Decode untrusted bytes into a new 8-bit RGB image (EXIF orientation applied, first frame).
-
-    Raises ImageDecodeError for anything that is not an acceptable image within `limits`.
-    """
-    data = bytes(data)
+def _checked_format(data: bytes, limits: ImageLimits) -> tuple[str, str, tuple[str, ...]]:
+    """(mimetype, name, plugins) of acceptable data; the byte limit and the sniffing, nothing decoded."""
     if not data:
         raise ImageDecodeError("empty_image", f"The image is empty (0 bytes); {_accepted_sentence()}")
     if len(data) > limits.max_bytes:
@@ -339,17 +368,69 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
             f"{name} images are not supported on this server; {_accepted_sentence()}",
             format=name,
         )
+    return mimetype, name, plugins
 
+
+def _open(data: bytes, plugins: tuple[str, ...], limits: ImageLimits) -> Image.Image:
+    """Image.open restricted to the sniffed format's plugins; reads the header only."""
+    opened = Image.open(io.BytesIO(data), formats=list(plugins))
+    if opened.format not in _ALLOWED_PIL_FORMATS:  # belt and braces: the plugin list decides
+        opened.close()
+        raise ImageDecodeError(
+            "unsupported_image_format",
+            f"{opened.format} images are not supported; {_accepted_sentence()}",
+            format=opened.format,
+        )
     try:
-        with Image.open(io.BytesIO(data), formats=list(plugins)) as opened:
-            if opened.format not in _ALLOWED_PIL_FORMATS:  # belt and braces: the plugin list decides
-                raise ImageDecodeError(
-                    "unsupported_image_format",
-                    f"{opened.format} images are not supported; {_accepted_sentence()}",
-                    format=opened.format,
-                )
-            _check_pixels(opened.size, len(data), limits)  # header only: no pixel data decoded yet
+        _check_pixels(opened.size, len(data), limits)  # header only: no pixel data decoded yet
+    except ImageDecodeError:
+        opened.close()
+        raise
+    return opened
+
+
+def _draft(opened: Image.Image, target: DecodeTarget | None) -> None:
+    """Ask libjpeg for the smallest DCT scale (1/2, 1/4, 1/8) that keeps the target; no-op for other formats."""
+    if target is not None and target.jpeg_draft and opened.format in ("JPEG", "MPO"):
+        opened.draft(opened.mode, (target.min_width, target.min_height))
+
+
+def probe_image(data: bytes, limits: ImageLimits, target: DecodeTarget | None = None) -> ImageHeader:
+    """Check `data` as decode_image would, from its header alone, and say how large its decode will be.
+
+    Raises the same ImageDecodeError as decode_image for everything the header can tell (format, byte
+    and pixel limits); corrupt pixel data is only found by decoding.
+    """
+    mimetype, name, plugins = _checked_format(data, limits)
+    try:
+        with _open(data, plugins, limits) as opened:
+            size = opened.size
+            _draft(opened, target)
+            return ImageHeader(mimetype, size, opened.size)
+    except ImageDecodeError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise _decode_failure(exc, data, mimetype, name, limits) from exc
+
+
+def decode_image(data: bytes, limits: ImageLimits, target: DecodeTarget | None = None) -> Image.Image:
+    """Decode untrusted bytes into a new 8-bit RGB image (EXIF orientation applied, first frame).
+
+    With a `target`, large images come out smaller (JPEG DCT scaling, integer box reduction), never
+    below the target; without one, at full size. Raises ImageDecodeError for anything that is not an
+    acceptable image within `limits`.
+    """
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    mimetype, name, plugins = _checked_format(data, limits)
+    try:
+        with _open(data, plugins, limits) as opened:
+            _draft(opened, target)
             opened.load()  # frame 0 only; with LOAD_TRUNCATED_IMAGES False short data is an error
+            factor = target.reduce_factor(opened.size) if target is not None else 1
+            if factor > 1:
+                orientation = _orientation(opened)
+                return _transpose(_to_rgb(_reduce(opened, factor)), orientation)
             image = _apply_orientation(opened)
         return _to_rgb(image)
     except ImageDecodeError:
@@ -416,6 +497,49 @@ def _apply_orientation(image: Image.Image) -> Image.Image:
         return image.copy()
 
 
+_TRANSPOSE_FOR_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 when absent or unreadable), read before the image is reduced: a reduced
+    copy no longer carries a TIFF's tags."""
+    try:
+        return int(image.getexif().get(0x0112, 1) or 1)
+    except _DECODE_ERRORS:
+        return 1
+
+
+def _transpose(image: Image.Image, orientation: int) -> Image.Image:
+    method = _TRANSPOSE_FOR_ORIENTATION.get(orientation)
+    return image.transpose(method) if method is not None else image
+
+
+def _reduce(image: Image.Image, factor: int) -> Image.Image:
+    """A `factor` times smaller copy, made before the full-size image is converted or copied.
+
+    Modes Image.reduce lacks, and colour-keyed transparency (which averaging would break), go to RGB first.
+    """
+    mode = image.mode
+    if mode == "1":
+        image = image.convert("L")
+    elif mode.startswith("I;16"):
+        image = Image.fromarray(_high_depth_to_uint8(image, mode), "L")
+    elif mode == "P" or "transparency" in image.info or mode in _PREMULTIPLIED:
+        image = _to_rgb(image)
+    try:
+        return image.reduce(factor)
+    except ValueError:  # "image has wrong mode": anything else reduces as RGB
+        return _to_rgb(image).reduce(factor)
+
+
 _PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}
 
 
@@ -437,20 +561,26 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _high_depth_to_uint8(image: Image.Image, mode: str) -> np.ndarray:
-    """16-bit, 32-bit integer and float greyscale -> 0..255, scaled (never wrapped or clipped)."""
-    values = np.asarray(image)
+    """16-bit, 32-bit integer and float greyscale -> 0..255, scaled (never wrapped or clipped).
+
+    One float64 working copy, changed in place (a 50-megapixel float TIFF would otherwise make five).
+    """
     if mode.startswith("I;16"):
-        return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        return ((np.asarray(image).astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    values = np.array(image, dtype=np.float64)
+    np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     if mode == "I" and low >= 0 and high <= 65535:
         scale = 65535.0  # Pillow's usual container for 16-bit data
     elif mode == "F" and low >= 0 and high <= 1:
         scale = 1.0  # the usual range of float images
     else:  # unknown range: stretch what is there
-        values = values - low
+        values -= low
         scale = (high - low) or 1.0
-    return np.rint(values * (255.0 / scale)).clip(0, 255).astype(np.uint8)
+    values *= 255.0 / scale
+    np.rint(values, out=values)
+    np.clip(values, 0, 255, out=values)
+    return values.astype(np.uint8)
 
 
 # --- base64 ------------------------------------------------------------------------------------------
@@ -460,8 +590,18 @@ _WHITESPACE = re.compile(r"\s+")
 _URL_SAFE = str.maketrans("-_", "+/")
 
 
-def decode_base64_image(text: str, limits: ImageLimits) -> Image.Image:
+def decode_base64_image(text: str, limits: ImageLimits, target: DecodeTarget | None = None) -> Image.Image:
     """Decode base64 (standard or URL-safe, padding optional, whitespace ignored) or a base64 `data:` URI."""
+    return decode_image(base64_image_bytes(text, limits), limits, target)
+
+
+def base64_image_bytes(text: str, limits: ImageLimits) -> bytes:
+    """The bytes of a base64 image (as decode_base64_image accepts it), checked against the byte limit.
+
+    Plain padded standard base64, the usual case, is decoded straight from the string (one output
+    buffer, no intermediate copies); anything else (whitespace, URL-safe letters, missing padding)
+    goes through the tolerant path.
+    """
     if isinstance(text, (bytes, bytearray)):
         try:
             text = bytes(text).decode("ascii")
@@ -469,34 +609,53 @@ def decode_base64_image(text: str, limits: ImageLimits) -> Image.Image:
             raise _invalid_base64("it contains non-ASCII characters") from None
     if not isinstance(text, str):
         raise _invalid_base64(f"expected a string, got {type(text).__name__}")
-    payload = text.strip()
-    match = _DATA_URI.match(payload)
-    if match:
-        if ";base64" not in match.group("params").lower():
-            raise _invalid_base64("the data URI is not base64-encoded (it needs ';base64,')")
-        payload = payload[match.end() :]
-    payload = _WHITESPACE.sub("", payload).translate(_URL_SAFE)
+    payload = text
+    if payload[:5].lower() == "data:" or payload[:1].isspace():
+        payload = payload.strip()
+        match = _DATA_URI.match(payload)
+        if match:
+            if ";base64" not in match.group("params").lower():
+                raise _invalid_base64("the data URI is not base64-encoded (it needs ';base64,')")
+            payload = payload[match.end() :]
+    estimated = len(payload) * 3 // 4
+    if estimated > limits.max_bytes + 3 and len(payload.rstrip("=")) * 3 // 4 > limits.max_bytes:
+        _refuse_too_large(len(payload.rstrip("=")) * 3 // 4, limits)
+    if payload and len(payload) % 4 == 0 and payload.isascii():
+        try:  # the fast path: strict mode refuses whitespace, other alphabets and bad padding
+            data = binascii.a2b_base64(payload, strict_mode=True)
+        except (binascii.Error, ValueError):
+            pass
+        else:
+            if len(data) > limits.max_bytes:
+                _refuse_too_large(len(data), limits)
+            return data
+    return _tolerant_base64(payload, limits)
+
+
+def _refuse_too_large(estimated: int, limits: ImageLimits) -> None:
+    raise ImageDecodeError(
+        "image_too_large",
+        f"The image is about {estimated:,} bytes, over the limit of {limits.max_bytes:,} bytes; send a smaller file.",
+        limit=limits.max_bytes,
+        actual=estimated,
+    )
+
+
+def _tolerant_base64(payload: str, limits: ImageLimits) -> bytes:
+    payload = _WHITESPACE.sub("", payload.strip()).translate(_URL_SAFE)
     if not payload:
         raise ImageDecodeError("empty_image", f"The image is empty (no base64 data); {_accepted_sentence()}")
-
     # Refuse oversized input before allocating the decoded bytes.
     estimated = len(payload.rstrip("=")) * 3 // 4
     if estimated > limits.max_bytes:
-        raise ImageDecodeError(
-            "image_too_large",
-            f"The image is about {estimated:,} bytes, over the limit of {limits.max_bytes:,} bytes; "
-            "send a smaller file.",
-            limit=limits.max_bytes,
-            actual=estimated,
-        )
+        _refuse_too_large(estimated, limits)
     stripped = payload.rstrip("=")
     if len(stripped) % 4 == 1 or "=" in stripped:
         raise _invalid_base64("its length or padding is wrong")
     try:
-        data = base64.b64decode(stripped + "=" * (-len(stripped) % 4), validate=True)
+        return base64.b64decode(stripped + "=" * (-len(stripped) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise _invalid_base64("it contains characters outside the base64 alphabet") from None
-    return decode_image(data, limits)
 
 
 def _invalid_base64(reason: str) -> ImageDecodeError:

@@ -1,18 +1,18 @@
 """Reading images and captions out of a request, in each shape the API accepts.
 
 JSON bodies carry base64 images (raw or data URIs); multipart bodies carry files in the repeated
-`images` field and captions in the repeated `texts` field. Images are decoded on worker threads;
+`images` field and captions in the repeated `texts` field. Images are decoded by the model service's
+decode pipeline (ml/decode_pool.py: bounded, straight to model pixels, on threads or worker processes);
 one undecodable image becomes an error in its own slot, the rest go on.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -22,7 +22,6 @@ from clip_filter.api.json_body import read_json_object
 from clip_filter.core.config import Settings
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.core.validation import check_image_count, check_texts, invalid
-from clip_filter.images import ImageLimits, decode_base64_image, decode_image
 
 __all__ = ["ImageSlot", "ParsedRequest", "read_form", "read_images_and_texts", "read_json_object", "read_texts",
            "request_kind", "validate_texts"]
@@ -32,7 +31,7 @@ __all__ = ["ImageSlot", "ParsedRequest", "read_form", "read_images_and_texts", "
 class ImageSlot:
     index: int
     filename: str | None
-    image: Image.Image | None = None
+    image: Image.Image | np.ndarray | None = None  # model pixels once decoded (ml/decode_pool.py)
     error: ClipFilterError | None = None
 
 
@@ -79,19 +78,8 @@ def validate_texts(texts: Any, settings: Settings, field_name: str = "texts") ->
     return check_texts(texts, field_name, settings.max_text_chars, settings.max_texts_per_request)
 
 
-async def _decode_slot(slot: ImageSlot, data: bytes | str, limits: ImageLimits) -> ImageSlot:
-    decode = decode_base64_image if isinstance(data, str) else decode_image
-    try:
-        slot.image = await run_in_threadpool(decode, data, limits)
-    except ClipFilterError as exc:
-        slot.error = exc
-        count_image_refusal(exc.code)
-    return slot
-
-
 async def read_images_and_texts(request: Request, settings: Settings, want_texts: bool) -> ParsedRequest:
     """Parse a matching/embedding request; captions are required when `want_texts`."""
-    limits = settings.image_limits()
     parsed = ParsedRequest()
     raw_images: list[tuple[str | None, bytes | str]] = []
 
@@ -131,7 +119,14 @@ async def read_images_and_texts(request: Request, settings: Settings, want_texts
     if want_texts:
         parsed.texts = validate_texts(texts, settings)
     parsed.images = [ImageSlot(index, name) for index, (name, _) in enumerate(raw_images)]
-    await asyncio.gather(*(_decode_slot(slot, data, limits) for slot, (_, data) in zip(parsed.images, raw_images)))
+    # Bounded decoding straight to model pixels (413/429 for the whole request before any decode).
+    decoded = await request.app.state.model.decode_images([data for _, data in raw_images])
+    for slot, result in zip(parsed.images, decoded, strict=True):
+        if isinstance(result, ClipFilterError):
+            slot.error = result
+            count_image_refusal(result.code)
+        else:
+            slot.image = result
     if parsed.legacy and parsed.images[0].error is not None:
         raise parsed.images[0].error  # the original contract has one image: its failure is the request's
     return parsed

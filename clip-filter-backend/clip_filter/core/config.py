@@ -72,6 +72,20 @@ class Settings(BaseSettings):
     max_json_elements: int = Field(1_000_000, ge=16, validation_alias="CLIP_FILTER_MAX_JSON_ELEMENTS")
     # Nesting depth of arrays/objects in one JSON body: 400 beyond (Python's parser would hit its recursion limit).
     max_json_depth: int = Field(64, ge=2, le=10_000, validation_alias="CLIP_FILTER_MAX_JSON_DEPTH")
+    # --- decoding pipeline: bounded, reduced-scale decoding; decode worker processes (ml/decode_pool.py) ----
+    # Decoded pixels one request may need (summed over its images, from their headers, before decoding).
+    max_request_pixels: int = Field(256_000_000, ge=1, validation_alias="CLIP_FILTER_MAX_REQUEST_PIXELS")
+    # Decoded pixels admitted for decoding at once, process-wide; a request beyond gets 429 + Retry-After.
+    max_decoding_pixels: int = Field(512_000_000, ge=1, validation_alias="CLIP_FILTER_MAX_DECODING_PIXELS")
+    # JPEG decoded at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) down to twice the model's input, then resized.
+    jpeg_draft: bool = Field(True, validation_alias="CLIP_FILTER_JPEG_DRAFT")
+    # Other formats box-reduced by an integer factor right after decoding, down to twice the model's input.
+    reduce_large_images: bool = Field(True, validation_alias="CLIP_FILTER_REDUCE_LARGE_IMAGES")
+    # 0: request images are decoded on the CLIP_DECODE_WORKERS threads; N: in N worker processes.
+    decode_processes: int = Field(0, ge=0, le=64, validation_alias="CLIP_FILTER_DECODE_PROCESSES")
+    # CLIP_PRETRAINED=instant-test (a test-only encoder returning fixed vectors, for pipeline benchmarks)
+    # is refused unless this is set.
+    allow_test_encoder: bool = Field(False, validation_alias="CLIP_FILTER_ALLOW_TEST_ENCODER")
 
     # --- collections --------------------------------------------------------------------------
     data_dir: Path = Field(default_factory=_default_data_dir, validation_alias="CLIP_FILTER_DATA_DIR")

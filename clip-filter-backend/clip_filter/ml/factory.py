@@ -154,6 +154,16 @@ def load_encoder(settings: Settings) -> ClipEncoder:
             f"Unknown model architecture CLIP_MODEL={settings.model_name!r}.",
             "Use an open_clip architecture name such as ViT-B-32 (see open_clip.list_models()).",
         )
+    from clip_filter.ml.instant import INSTANT_TAG, InstantEncoder, is_instant
+
+    if is_instant(settings):  # the pipeline benchmark's model stand-in: never by accident
+        if not settings.allow_test_encoder:
+            raise ModelLoadError(
+                f"CLIP_PRETRAINED={INSTANT_TAG} is a test-only encoder (fixed vectors, meaningless scores).",
+                "Set CLIP_FILTER_ALLOW_TEST_ENCODER=1 to use it for a benchmark, or choose real weights.",
+            )
+        log.warning("CLIP_PRETRAINED=%s: a test-only encoder returning fixed vectors", INSTANT_TAG)
+        return InstantEncoder(settings)
     source = resolve_weights_source(settings)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.precision, device)

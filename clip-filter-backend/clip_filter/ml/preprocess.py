@@ -7,6 +7,9 @@ the preprocessing time in a profile of 16 concurrent clients). Here the worker t
 tensor (4x smaller in the queue) and the model thread normalises the whole batch at once, with the same
 float32 operations in the same order, so the result is bit-identical to open_clip's transform (a unit
 test checks it). Any transform that does not have that shape is used unchanged.
+
+The per-image geometry itself is ml/pixels.py's PixelPlan (Pillow only, so decode worker processes
+can run it without torch); `plan()` describes this transform's geometry as one.
 """
 
 from __future__ import annotations
@@ -17,22 +20,35 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
+from torchvision.transforms.functional import pil_modes_mapping
+
+from clip_filter.ml.pixels import PixelPlan
 
 
 class ImagePreprocessor:
     def __init__(self, transform: Callable[[Image.Image], torch.Tensor]) -> None:
         self.transform = transform
         self._geometry, self._mean, self._std = _split(transform)
+        self._plan = _plan_of(self._geometry) if self._geometry is not None else None
 
     @property
     def split(self) -> bool:
         """Whether images go through the fast split path (uint8 per image, normalised per batch)."""
         return self._geometry is not None
 
+    def plan(self, jpeg_draft: bool = False, reduce: bool = False) -> PixelPlan | None:
+        """The geometry as a PixelPlan (with the given reduced-decoding options), or None when the
+        transform is not the usual Resize + CenterCrop (such images go through image_to_tensor)."""
+        if self._plan is None:
+            return None
+        return PixelPlan(**{**self._plan.__dict__, "jpeg_draft": jpeg_draft, "reduce": reduce})
+
     def image_to_tensor(self, image: Image.Image) -> torch.Tensor:
         """One image -> (3, H, W) tensor: uint8 on the split path, else the transform's float32 output."""
         if self._geometry is None:
             return self.transform(image)
+        if self._plan is not None:
+            return torch.from_numpy(self._plan.pixels(image))  # geometry in the image's own mode, then RGB
         for step in self._geometry:
             image = step(image)
         if image.mode != "RGB":
@@ -66,3 +82,18 @@ def _split(transform: Any) -> tuple[list | None, torch.Tensor | None, torch.Tens
 def _is_rgb_conversion(step: Any) -> bool:
     name = getattr(step, "__name__", type(step).__name__)
     return name in ("MaybeConvertMode", "_convert_to_rgb") and getattr(step, "mode", "RGB") == "RGB"
+
+
+def _plan_of(geometry: list) -> PixelPlan | None:
+    """[Resize, CenterCrop] as a PixelPlan; None for any other geometry (run by torchvision's steps)."""
+    if len(geometry) != 2 or not isinstance(geometry[0], T.Resize) or not isinstance(geometry[1], T.CenterCrop):
+        return None
+    resize, crop = geometry
+    size = (resize.size,) if isinstance(resize.size, int) else tuple(int(v) for v in resize.size)
+    if len(size) not in (1, 2) or resize.interpolation not in pil_modes_mapping:
+        return None
+    crop_size = tuple(int(v) for v in crop.size)
+    crop_hw = (crop_size[0], crop_size[0]) if len(crop_size) == 1 else (crop_size[0], crop_size[1])
+    return PixelPlan(
+        resize=size, max_size=resize.max_size, resample=int(pil_modes_mapping[resize.interpolation]), crop=crop_hw
+    )

@@ -21,6 +21,7 @@ from clip_filter.core.config import Settings
 from clip_filter.core.errors import ModelUnavailableError
 from clip_filter.core.memory import release_free_memory
 from clip_filter.ml.batcher import DynamicBatcher
+from clip_filter.ml.decode_pool import DecodePipeline, Prepared
 from clip_filter.ml.encoder import ClipEncoder, ModelInfo, TextBatch
 from clip_filter.ml.factory import ModelLoadError, load_encoder
 
@@ -38,6 +39,7 @@ class ModelService:
         self.encoder: ClipEncoder | None = None
         self.batcher: DynamicBatcher | None = None
         self._pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="clip-preprocess")
+        self.decoder = DecodePipeline(settings, self._pool)  # request images -> model pixels (ml/decode_pool.py)
         self._loader: threading.Thread | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -76,6 +78,7 @@ class ModelService:
         if self.batcher is not None:
             self.batcher.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.decoder.close()
 
     # ---- state ----------------------------------------------------------------------------------
     @property
@@ -122,12 +125,19 @@ class ModelService:
                 "busy_s": round(self.batcher.busy_s, 3), "queued": self.batcher.queued}
 
     # ---- model work (async, for the web layer) ---------------------------------------------------
-    async def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+    async def decode_images(self, items: list[bytes | str]) -> list[Prepared]:
+        """Request images (bytes or base64) -> model pixels per slot, or an error in place (ml/decode_pool.py)."""
+        plan = None
+        if self.encoder is not None:
+            plan = self.encoder.preprocessor.plan(self.settings.jpeg_draft, self.settings.reduce_large_images)
+        return await self.decoder.prepare(items, plan)
+
+    async def embed_images(self, images: list[Image.Image | np.ndarray]) -> np.ndarray:
         encoder = self.require_ready()
         if not images:
             return np.zeros((0, encoder.info.dim), np.float32)
         loop = asyncio.get_running_loop()
-        pixels = await asyncio.gather(*(loop.run_in_executor(self._pool, encoder.preprocess, im) for im in images))
+        pixels = await asyncio.gather(*(self._pixels(loop, encoder, im) for im in images))
         rows = await self._batcher().submit("image", pixels)
         return np.stack(rows).astype(np.float32, copy=False)
 
@@ -137,6 +147,11 @@ class ModelService:
         if lookup.missing:
             lookup.add(dict(zip(lookup.missing, await self._batcher().submit("text", lookup.missing))))
         return lookup.batch()
+
+    async def _pixels(self, loop: asyncio.AbstractEventLoop, encoder: ClipEncoder, image: Any) -> torch.Tensor:
+        if isinstance(image, np.ndarray):  # already the model's uint8 input (decode_images)
+            return torch.from_numpy(image)
+        return await loop.run_in_executor(self._pool, encoder.preprocess, image)
 
     # ---- model work (blocking, for worker threads such as bulk ingest jobs) ----------------------
     def embed_images_blocking(self, images: list[Image.Image]) -> np.ndarray:

@@ -17,11 +17,13 @@ from clip_filter import images
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.images import (
     ERROR_STATUS,
+    DecodeTarget,
     ImageDecodeError,
     ImageLimits,
     decode_base64_image,
     decode_image,
     make_thumbnail,
+    probe_image,
     sniff_image_mimetype,
 )
 
@@ -558,3 +560,104 @@ def test_fuzz_base64_text_only_raises_image_errors(text):
         decode_base64_image(text, FUZZ_LIMITS)
     except ImageDecodeError as error:
         assert error.code in ERROR_STATUS
+
+
+# --- reduced-scale decoding and header probes (issue 11: bounded decoding) -----------------------------
+
+TARGET = DecodeTarget(448, 448)
+
+
+def big(mode: str, size=(3000, 2000)) -> Image.Image:
+    """A smooth image (reductions of it stay close to a resize of the full one) with a red top-left block."""
+    image = Image.linear_gradient("L").resize(size).convert("RGB")
+    image.paste(RED, (0, 0, size[0] // 4, size[1] // 4))
+    return image.convert(mode) if mode != "RGB" else image
+
+
+def test_probe_reads_the_size_without_decoding_the_pixels():
+    # A header claiming 5000x5000 followed by a tiny IDAT: decoding it would fail, the probe does not.
+    header = probe_image(png_header_only(5000, 5000), LIMITS)
+    assert header.mimetype == "image/png" and header.size == header.decoded_size == (5000, 5000)
+    assert header.decoded_pixels == 25_000_000
+
+
+def test_probe_refuses_what_decode_refuses():
+    with pytest.raises(ImageDecodeError) as caught:
+        probe_image(png_header_only(5000, 5000), ImageLimits(10**7, 1_000_000))
+    assert caught.value.code == "decompression_bomb"  # 25 M pixels in 100 bytes
+    with pytest.raises(ImageDecodeError) as caught:
+        probe_image(b"%PDF-1.7 hello", LIMITS)
+    assert caught.value.code == "not_an_image"
+
+
+def test_jpeg_probe_reports_the_dct_scaled_size_and_decode_matches_it():
+    data = encode(big("RGB"), "JPEG", quality=90)
+    header = probe_image(data, LIMITS, TARGET)
+    # 2000 // 448 = 4: libjpeg decodes at 1/4 scale, both sides still >= 448.
+    assert header.size == (3000, 2000) and header.decoded_size == (750, 500)
+    image = decode_image(data, LIMITS, TARGET)
+    assert image.size == (750, 500) and image.mode == "RGB"
+    assert close(image.getpixel((10, 10)), RED)
+    assert decode_image(data, LIMITS).size == (3000, 2000)  # no target: full size, as before
+
+
+def test_jpeg_draft_can_be_turned_off_and_small_jpegs_are_untouched():
+    data = encode(big("RGB"), "JPEG", quality=90)
+    assert probe_image(data, LIMITS, DecodeTarget(448, 448, jpeg_draft=False)).decoded_size == (3000, 2000)
+    small = encode(big("RGB", (800, 600)), "JPEG", quality=90)  # 600 // 448 = 1: full size
+    assert decode_image(small, LIMITS, TARGET).size == (800, 600)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "1", "P", "I;16", "I", "F"])
+def test_large_non_jpeg_is_reduced_but_never_below_the_target(mode):
+    fmt = "TIFF" if mode in ("I", "F") else "PNG"
+    source = big(mode)
+    data = encode(source, fmt)
+    assert probe_image(data, LIMITS, TARGET).decoded_size == (3000, 2000)  # decoded at full size, then reduced
+    image = decode_image(data, LIMITS, TARGET)
+    assert image.mode == "RGB" and image.size == (750, 500)  # factor min(3000 // 448, 2000 // 448) = 4
+    full = decode_image(data, LIMITS).resize((750, 500), Image.Resampling.BOX)
+    difference = np.abs(np.asarray(image, np.int16) - np.asarray(full, np.int16))
+    assert difference.mean() < 2.0, (mode, difference.mean())
+
+
+def test_reduction_can_be_turned_off():
+    data = encode(big("RGB"), "PNG")
+    assert decode_image(data, LIMITS, DecodeTarget(448, 448, reduce=False)).size == (3000, 2000)
+
+
+def test_reduction_keeps_the_aspect_and_the_shorter_side_limit():
+    data = encode(big("RGB", (5000, 900)), "PNG")
+    assert decode_image(data, LIMITS, TARGET).size == (2500, 450)  # 900 // 448 = 2 decides
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])
+def test_reduced_images_keep_their_exif_orientation(fmt):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    options = {"quality": 95} if fmt == "JPEG" else {}
+    data = encode(big("RGB", (2000, 1000)), fmt, exif=exif, **options)
+    image = decode_image(data, LIMITS, TARGET)
+    assert image.size == (500, 1000)  # reduced 1/2 (JPEG: DCT, others: box), then turned upright
+    # Red (top-left) went to the top-right; the gradient's white bottom-left to the top-left.
+    assert close(image.getpixel((490, 10)), RED) and close(image.getpixel((10, 10)), (255, 255, 255), 60)
+
+
+def test_transparent_palette_image_is_composited_before_the_reduction():
+    image = Image.new("P", (2000, 2000), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0])
+    image.paste(1, (0, 0, 1000, 2000))
+    data = encode(image, "PNG", transparency=0)
+    reduced = decode_image(data, LIMITS, TARGET)
+    assert reduced.size == (500, 500)
+    assert reduced.getpixel((10, 10)) == (255, 0, 0) and reduced.getpixel((490, 10)) == (255, 255, 255)
+
+
+def test_base64_fast_and_tolerant_paths_give_the_same_bytes():
+    data = encode(noise((40, 30)), "PNG")
+    plain = base64.b64encode(data).decode()
+    expected = decode_image(data, LIMITS).tobytes()
+    for text in (plain, plain.rstrip("="), " " + plain + "\n", plain[:10] + "\n" + plain[10:],
+                 base64.urlsafe_b64encode(data).decode(), "data:image/png;base64," + plain):
+        assert decode_base64_image(text, LIMITS).tobytes() == expected
+    assert images.base64_image_bytes(plain, LIMITS) == data
