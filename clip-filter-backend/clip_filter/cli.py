@@ -7,6 +7,7 @@ import logging
 import sys
 
 from clip_filter import __version__
+from clip_filter.auth.cli import add_subparsers as add_key_commands
 from clip_filter.core.config import Settings
 
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     from clip_filter.collections.cli_commands import add_subparsers
 
     add_subparsers(commands)
+    add_key_commands(commands)  # keys create|list|revoke (clip_filter/auth/cli.py)
     return parser
 
 

@@ -7,14 +7,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
-from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from clip_filter import __version__
 from clip_filter.api.errors import install_error_handlers
 from clip_filter.api.limits import BodySizeLimit
 from clip_filter.api.routes import embeddings, health, match
+from clip_filter.api.security import install_security, require_access
 from clip_filter.core.config import Settings, get_settings
 from clip_filter.ml.service import ModelService
 
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.collections.close()
             model.close()
+            app.state.access.close()
 
     app = FastAPI(
         title="clip-filter",
@@ -55,13 +56,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
-    app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
+    # Keys, CORS (off unless CLIP_FILTER_CORS_ORIGINS), Host/cross-site/content-type checks and security headers;
+    # refuses to start when keys are needed and none exist (docs/security.md).
+    install_security(app, settings)
 
+    # Every route checks its key and scope (health, /.well-known and /ping stay public, see api/security.py).
+    access = [Depends(require_access)]
     for router in API_ROUTERS + _collection_routers():
-        app.include_router(router)
+        app.include_router(router, dependencies=access)
         # The UI calls the API under /api (nginx strips the prefix in Docker; here both work).
-        app.include_router(router, prefix="/api", include_in_schema=False)
+        app.include_router(router, prefix="/api", include_in_schema=False, dependencies=access)
 
     ui_dir = settings.ui_dir
     if ui_dir is not None and Path(ui_dir, "index.html").is_file():
