@@ -36,7 +36,7 @@ CREATE_KEY_HINT = (
 
 # ---- which routes need what ----------------------------------------------------------------------------------
 PUBLIC_PREFIXES = ("/health/", "/.well-known/")
-PUBLIC_PATHS = frozenset({"/ping"})
+PUBLIC_PATHS = frozenset({"/ping", "/"})  # "/": the UI's page, or the service's name card
 # POST routes that only compute or read: a read key may call them.
 READ_ONLY_POSTS = frozenset({
     "/image_text_similarity_best_match", "/similarity", "/embeddings/images", "/embeddings/texts",
