@@ -19,12 +19,23 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope as AsgiScope, Send
+from starlette.types import ASGIApp, Message, Receive, Send
+from starlette.types import Scope as AsgiScope
 
-from clip_filter.auth.keys import MIN_BOOTSTRAP_CHARS, ApiKey, KeyStore, Scope, scope_allows
+from clip_filter.auth.keys import (
+    MIN_BOOTSTRAP_CHARS,
+    ApiKey,
+    KeyStore,
+    Scope,
+    scope_allows,
+)
 from clip_filter.core.config import Settings
 from clip_filter.core.errors import ClipFilterError
-from clip_filter.core.netaddr import LOOPBACK_NAMES, WILDCARD_ADDRESSES, is_loopback_host, split_host_port
+from clip_filter.core.netaddr import (
+    LOOPBACK_NAMES,
+    WILDCARD_ADDRESSES,
+    split_host_port,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +179,8 @@ def open_access_control(settings: Settings) -> AccessControl:
                 log.warning("the configured bootstrap key %s was revoked; it stays revoked", key.id)
         access = AccessControl(settings, store)
         if access.required and store.count_active() == 0:
-            why = "CLIP_FILTER_AUTH=keys" if settings.auth == "keys" else f"the server binds {settings.host!r}, not loopback"
+            why = ("CLIP_FILTER_AUTH=keys" if settings.auth == "keys"
+                   else f"the server binds {settings.host!r}, not loopback")
             raise StartupRefused(
                 f"error: API keys are required ({why}) but none exists.\n"
                 f"fix: {CREATE_KEY_HINT}; or bind 127.0.0.1; or set CLIP_FILTER_AUTH=off to serve everyone "
@@ -203,7 +215,8 @@ async def require_access(request: Request) -> Principal:
         return ANONYMOUS_FULL
     key = access.authenticate(secret)  # one indexed SQLite read: microseconds, fine on the loop
     if key is None:
-        raise AuthError(401, "The API key is unknown or revoked.", "Check the key; `clip-filter keys list` shows the active ones.")
+        raise AuthError(401, "The API key is unknown or revoked.",
+                        "Check the key; `clip-filter keys list` shows the active ones.")
     principal = Principal.from_key(key)
     request.state.principal = principal
     if not scope_allows(principal.scope, needed):
@@ -292,7 +305,8 @@ class SecurityMiddleware:
         # 421 Misdirected Request (RFC 9110 15.5.20): this server is not configured to answer for that authority,
         # which is exactly the case; 400 would say the request itself is malformed.
         return _error_body(421, "invalid_host", f"This server does not answer for the host {host!r}.",
-                           "Use the address the server is configured for, or add the name to CLIP_FILTER_ALLOWED_HOSTS.")
+                           "Use the address the server is configured for, or add the name to "
+                           "CLIP_FILTER_ALLOWED_HOSTS.")
 
     def _check_cross_site(self, headers: dict[bytes, bytes], host: str) -> tuple[int, bytes] | None:
         origin = headers.get(b"origin", b"").decode("latin-1").strip().rstrip("/")
@@ -309,7 +323,8 @@ class SecurityMiddleware:
 
     @staticmethod
     def _check_body_type(headers: dict[bytes, bytes]) -> tuple[int, bytes] | None:
-        has_body = headers.get(b"transfer-encoding") is not None or headers.get(b"content-length", b"0").strip() not in (b"0", b"")
+        length = headers.get(b"content-length", b"0").strip()
+        has_body = headers.get(b"transfer-encoding") is not None or length not in (b"0", b"")
         if not has_body:
             return None
         media = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
@@ -406,7 +421,7 @@ class SecurityMiddleware:
     async def _flush(self, send: Send, scope: AsgiScope, start: Message | None, body: bytes, rewrite) -> None:
         assert start is not None
         headers = [(k, v) for k, v in start.get("headers") or [] if k.lower() != b"content-length"]
-        content_type = dict((k.lower(), v) for k, v in headers).get(b"content-type", b"")
+        content_type = {k.lower(): v for k, v in headers}.get(b"content-type", b"")
         if start["status"] == 200 and content_type.startswith(b"application/json"):
             try:
                 body = json.dumps(rewrite(json.loads(body), scope), separators=(",", ":")).encode()

@@ -66,7 +66,8 @@ def _list(args: argparse.Namespace, settings: Any) -> int:
     print(f"{'ID':<12}  {'NAME':<20}  {'SCOPE':<5}  {'COLLECTIONS':<24}  {'CREATED':<25}  REVOKED")
     for key in keys:
         limit = ",".join(key.collections) if key.collections else "*"
-        print(f"{key.id:<12}  {key.name:<20}  {key.scope:<5}  {limit:<24}  {key.created_at:<25}  {key.revoked_at or '-'}")
+        revoked = key.revoked_at or "-"
+        print(f"{key.id:<12}  {key.name:<20}  {key.scope:<5}  {limit:<24}  {key.created_at:<25}  {revoked}")
     return 0
 
 

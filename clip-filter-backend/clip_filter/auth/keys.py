@@ -71,7 +71,9 @@ class ApiKey:
                 "created_at": self.created_at, "revoked_at": self.revoked_at}
 
 
-def validate_new_key(name: str, scope: str, collections: Sequence[str] | None) -> tuple[str, Scope, tuple[str, ...] | None]:
+def validate_new_key(
+    name: str, scope: str, collections: Sequence[str] | None
+) -> tuple[str, Scope, tuple[str, ...] | None]:
     if not NAME_PATTERN.fullmatch(name):
         raise ClipFilterError("invalid_key_name", f"Invalid key name {name!r}.", 422,
                               fix="Use 1-64 letters, digits, '_', '.', '@' or '-'.")

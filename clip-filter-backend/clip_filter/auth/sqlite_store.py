@@ -12,7 +12,15 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from clip_filter.auth.keys import ApiKey, Scope, hash_secret, new_key_id, new_secret, now_iso, validate_new_key
+from clip_filter.auth.keys import (
+    ApiKey,
+    Scope,
+    hash_secret,
+    new_key_id,
+    new_secret,
+    now_iso,
+    validate_new_key,
+)
 from clip_filter.core.errors import ClipFilterError
 
 FILENAME = "keys.sqlite3"

@@ -499,7 +499,7 @@ def test_backend_gets_its_bootstrap_key_from_a_secret_file(compose: dict, raw_co
     backend = compose["services"]["backend"]
     env = env_dict(backend)
     assert env["CLIP_FILTER_HOST"] == "0.0.0.0" and env.get("CLIP_FILTER_AUTH", "auto") == "auto"
-    settings = Settings(**{"CLIP_FILTER_HOST": env["CLIP_FILTER_HOST"], "CLIP_FILTER_AUTH": env.get("CLIP_FILTER_AUTH", "auto")})
+    settings = Settings(CLIP_FILTER_HOST=env["CLIP_FILTER_HOST"], CLIP_FILTER_AUTH=env.get("CLIP_FILTER_AUTH", "auto"))
     assert settings.auth_required, "the containerised backend must require keys (it binds every address)"
     assert "CLIP_FILTER_BOOTSTRAP_KEY" not in env, "no key in the environment: a secret file"
     secret = env["CLIP_FILTER_BOOTSTRAP_KEY_FILE"]
