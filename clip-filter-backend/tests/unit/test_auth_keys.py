@@ -44,7 +44,8 @@ def test_keys_are_random_shown_once_and_stored_as_sha256_only(tmp_path: Path):
 
 @pytest.mark.parametrize("name, scope, collections, code", [
     ("bad name", "read", None, "invalid_key_name"), ("", "read", None, "invalid_key_name"),
-    ("ok", "root", None, "invalid_scope"), ("ok", "read", ["c\n"], "invalid_name"), ("ok", "read", [".."], "invalid_name"),
+    ("ok", "root", None, "invalid_scope"), ("ok", "read", ["c\n"], "invalid_name"),
+    ("ok", "read", [".."], "invalid_name"),
 ])
 def test_bad_new_keys_are_refused(tmp_path: Path, name, scope, collections, code):
     store = SqliteKeyStore(tmp_path)
@@ -76,7 +77,8 @@ def test_startup_refusals(tmp_path: Path):
     with pytest.raises(StartupRefused, match="cannot be read"):
         open_access_control(Settings(CLIP_FILTER_DATA_DIR=tmp_path, CLIP_FILTER_BOOTSTRAP_KEY_FILE=tmp_path / "none"))
     for host, auth in (("127.0.0.1", "auto"), ("::1", "auto"), ("0.0.0.0", "off")):
-        open_access_control(Settings(CLIP_FILTER_DATA_DIR=tmp_path, CLIP_FILTER_HOST=host, CLIP_FILTER_AUTH=auth)).close()
+        settings = Settings(CLIP_FILTER_DATA_DIR=tmp_path, CLIP_FILTER_HOST=host, CLIP_FILTER_AUTH=auth)
+        open_access_control(settings).close()
 
 
 @pytest.mark.parametrize("host, auth, required", [
