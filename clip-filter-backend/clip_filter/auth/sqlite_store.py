@@ -100,7 +100,7 @@ class SqliteKeyStore:
     def list(self, include_revoked: bool = False) -> list[ApiKey]:
         where = "" if include_revoked else " WHERE revoked_at IS NULL"
         with self._lock:
-            rows = self._conn.execute(f"SELECT {_COLUMNS} FROM api_keys{where} ORDER BY created_at, id").fetchall()
+            rows = self._conn.execute(f"SELECT {_COLUMNS} FROM api_keys{where} ORDER BY created_at, rowid").fetchall()
         return [_row_to_key(row) for row in rows]
 
     def revoke(self, id_or_name: str) -> list[ApiKey]:
