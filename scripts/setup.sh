@@ -36,7 +36,11 @@ setup_python() {
 }
 
 setup_frontend() {
-    command -v npm >/dev/null || die "npm not found: install Node.js 20+ (Debian: apt-get install nodejs npm)"
+    command -v npm >/dev/null || die "npm not found: install Node.js 20.19+ (Debian 13: apt-get install nodejs npm)"
+    # Vite needs ^20.19 or >= 22.12 (package-lock.json's engines); npm only warns, the build then fails obscurely.
+    node -e 'const [a, b] = process.versions.node.split(".").map(Number);
+             process.exit((a === 20 && b >= 19) || (a === 22 && b >= 12) || a > 22 ? 0 : 1)' \
+        || die "Node.js 20.19+ (or 22.12+) is needed, found $(node --version): Debian 12 ships 18, take Node.js from NodeSource (deb.nodesource.com) or Debian 13"
     local stamp="$FRONTEND/node_modules/.clip-filter-installed"
     local want
     want="$(sha256sum "$FRONTEND/package-lock.json" | cut -d' ' -f1)"

@@ -11,8 +11,12 @@ from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from clip_filter import __version__
+from clip_filter.api import metrics
 from clip_filter.api.errors import install_error_handlers
 from clip_filter.api.limits import BodySizeLimit
+from clip_filter.api.ratelimit import RequestRateLimiter, enforce_rate_limit
+from clip_filter.api.request_id import RequestIdMiddleware
+from clip_filter.api.protocols import enabled_routers
 from clip_filter.api.routes import embeddings, health, match
 from clip_filter.api.security import install_security, require_access
 from clip_filter.core.config import Settings, get_settings
@@ -20,7 +24,7 @@ from clip_filter.ml.service import ModelService
 
 log = logging.getLogger(__name__)
 
-API_ROUTERS = [health.router, match.router, embeddings.router]
+API_ROUTERS = [health.router, metrics.router, match.router, embeddings.router]
 
 
 def _collection_routers() -> list:
@@ -40,9 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.model = model
         model.start()  # loads in the background: liveness answers at once, readiness once loaded
         app.state.collections = open_collections(settings, model)
+        metrics.watch(model, app.state.collections, settings.max_queue)
         try:
             yield
         finally:
+            metrics.unwatch()
             app.state.collections.close()
             model.close()
             app.state.access.close()
@@ -52,20 +58,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Image-text matching, embeddings and collection search on OpenCLIP.",
         lifespan=lifespan,
+        # App-wide, so every route (also those added later, the protocol adapters) is checked. Access first: it
+        # finds the key and scope (health, /.well-known, /ping and / stay public, see api/security.py) and sets
+        # request.state.principal, which the rate limit keys on.
+        dependencies=[Depends(require_access), Depends(enforce_rate_limit)],
     )
     app.state.settings = settings
+    app.state.rate_limiter = RequestRateLimiter(settings)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     # Keys, CORS (off unless CLIP_FILTER_CORS_ORIGINS), Host/cross-site/content-type checks and security headers;
     # refuses to start when keys are needed and none exist (docs/security.md).
     install_security(app, settings)
+    # Added last, so outermost: they see every request and answer, also those refused by the middlewares above.
+    app.add_middleware(metrics.MetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)
 
-    # Every route checks its key and scope (health, /.well-known and /ping stay public, see api/security.py).
-    access = [Depends(require_access)]
     for router in API_ROUTERS + _collection_routers():
-        app.include_router(router, dependencies=access)
+        app.include_router(router)
         # The UI calls the API under /api (nginx strips the prefix in Docker; here both work).
-        app.include_router(router, prefix="/api", include_in_schema=False, dependencies=access)
+        app.include_router(router, prefix="/api", include_in_schema=False)
+    # Other ecosystems' wire protocols (CLIP_FILTER_PROTOCOLS), at their own paths only; before the UI's mount at "/".
+    for router in enabled_routers(settings):
+        app.include_router(router)
 
     ui_dir = settings.ui_dir
     if ui_dir is not None and Path(ui_dir, "index.html").is_file():
@@ -74,8 +89,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if ui_dir is not None:
             log.warning("CLIP_FILTER_UI_DIR=%s has no index.html; the UI is not served", ui_dir)
 
+        # immich's server expects {"message": "Immich ML"} here; with the UI mounted at "/" it cannot have it
+        # (immich points at the backend's port, not the UI's): see docs/protocols.md.
+        immich = {"message": "Immich ML"} if "immich" in settings.protocol_set else {}
+
         @app.get("/", include_in_schema=False)
         async def root() -> dict[str, str]:
-            return {"service": "clip-filter", "version": __version__, "docs": "/docs", "info": "/info"}
+            return {**immich, "service": "clip-filter", "version": __version__, "docs": "/docs", "info": "/info"}
 
     return app

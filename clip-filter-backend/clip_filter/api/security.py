@@ -133,20 +133,20 @@ def read_key(request_headers: Any) -> str | None:
 class AccessControl:
     def __init__(self, settings: Settings, store: KeyStore) -> None:
         self.settings = settings
-        self.store = store
+        self.keys = store
         self.mode = settings.auth
         self.required = settings.auth_required
 
     def authenticate(self, secret: str) -> ApiKey | None:
         if len(secret) > 512:  # no key is that long; do not hash megabytes
             return None
-        return self.store.lookup(secret)
+        return self.keys.lookup(secret)
 
     def info(self) -> dict[str, Any]:
         return {"mode": self.mode, "keys_required": self.required, "cors_origins": cors_origins(self.settings)}
 
     def close(self) -> None:
-        self.store.close()
+        self.keys.close()
 
 
 def _bootstrap_secret(settings: Settings) -> str | None:

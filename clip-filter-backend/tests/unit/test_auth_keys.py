@@ -62,8 +62,8 @@ def test_bootstrap_key_registration_is_idempotent_and_respects_revocation(tmp_pa
     assert key is not None and key.scope == "admin" and key.name == "bootstrap"
     first.close()
     again = open_access_control(settings)
-    assert again.authenticate(secret) == key and again.store.count_active() == 1
-    again.store.revoke(key.id)
+    assert again.authenticate(secret) == key and again.keys.count_active() == 1
+    again.keys.revoke(key.id)
     again.close()
     with pytest.raises(StartupRefused):  # revoked stays revoked, and then no key is left
         open_access_control(settings)
