@@ -56,6 +56,7 @@ READ_ONLY_POSTS = frozenset({
 })
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+WWW_AUTHENTICATE = 'Bearer realm="clip-filter"'
 
 
 def api_path(path: str) -> str:
@@ -205,14 +206,16 @@ async def require_access(request: Request) -> Principal:
     if needed is None:
         request.state.principal = ANONYMOUS_PUBLIC if access.required else ANONYMOUS_FULL
         return request.state.principal
-    secret = read_key(request.headers)
-    if secret is None:
-        if access.required:
-            raise AuthError(401, "This API needs a key.",
-                            "Send 'Authorization: Bearer <key>' (or 'X-API-Key'); an admin makes one with "
-                            "`clip-filter keys create NAME --scope read`.")
+    if not access.required:
+        # Keys are not checked at all: clients that always send one (the OpenAI SDK needs an api_key) keep working,
+        # and a limit on a key would mean nothing when leaving the key out lifts it.
         request.state.principal = ANONYMOUS_FULL
         return ANONYMOUS_FULL
+    secret = read_key(request.headers)
+    if secret is None:
+        raise AuthError(401, "This API needs a key.",
+                        "Send 'Authorization: Bearer <key>' (or 'X-API-Key'); an admin makes one with "
+                        "`clip-filter keys create NAME --scope read`.")
     key = access.authenticate(secret)  # one indexed SQLite read: microseconds, fine on the loop
     if key is None:
         raise AuthError(401, "The API key is unknown or revoked.",
@@ -400,6 +403,9 @@ class SecurityMiddleware:
         names = {name.lower().encode("latin-1") for name in extra}
         kept = [(k, v) for k, v in raw if k.lower() not in names]  # ours replace the route's (e.g. inline disposition)
         kept += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in extra.items()]
+        if message.get("status") == 401 and b"www-authenticate" not in existing:
+            # Other protocols render their own errors (OpenAI on /v1): every 401 says how to authenticate.
+            kept.append((b"www-authenticate", WWW_AUTHENTICATE.encode("latin-1")))
         return {**message, "headers": kept}
 
     # -- answers other modules own, adjusted ----------------------------------------------------------------
@@ -478,7 +484,7 @@ def install_security(app: FastAPI, settings: Settings) -> AccessControl:
 
     @app.exception_handler(AuthError)
     async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
-        headers = {"WWW-Authenticate": 'Bearer realm="clip-filter"'} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": WWW_AUTHENTICATE} if exc.status == 401 else None
         return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
 
     origins = cors_origins(settings)

@@ -75,11 +75,18 @@ def create_key(server, name: str, scope: str, *collections: str) -> str:
     return key
 
 
-def assert_error(response: httpx.Response, status: int, code: str) -> dict:
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    """The status and the stable code, in the native envelope or in a protocol adapter's own error shape."""
     assert response.status_code == status, (response.request.method, response.request.url, response.text)
-    error = response.json()["error"]
-    assert error["code"] == code and error["message"] and error["fix"], error
-    return error
+    body = response.json()
+    error = body.get("error")
+    if isinstance(error, dict):  # native {"error": {code, message, fix}}, or OpenAI's {message, type, param, code}
+        assert error["code"] == code and error["message"], (response.request.url, error)
+        assert error.get("fix") or error.get("type"), (response.request.url, error)
+    elif isinstance(error, str):  # Weaviate's inference container: {"error": "message (code)"}
+        assert error.endswith(f"({code})"), (response.request.url, body)
+    else:  # immich: {"detail": message, "code": code}
+        assert body.get("code") == code and body.get("detail"), (response.request.url, body)
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -230,10 +237,11 @@ def local(server):
         yield http
 
 
-def test_loopback_default_needs_no_key_but_checks_one_that_is_sent(local):
+def test_loopback_default_needs_no_key_and_ignores_one_that_is_sent(local):
     assert local.get("/info").json()["auth"] == {"mode": "auto", "keys_required": False, "cors_origins": []}
     assert local.get("/collections").status_code == 200
-    assert_error(local.get("/collections", headers=bearer("cfk_wrong")), 401, "unauthorized")
+    # Clients that always send a key (the OpenAI SDK) keep working when keys are off.
+    assert local.get("/collections", headers=bearer("anything")).status_code == 200
 
 
 def test_a_body_without_json_content_type_is_refused_and_nothing_is_created(local):
