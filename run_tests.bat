@@ -179,6 +179,11 @@ set "CLIP_MODEL=clip-filter-tiny"
 set "CLIP_PRETRAINED=random"
 set "CLIP_FILTER_START_PERIOD=3m"
 set "COMPOSE=docker compose -f "%ROOT%\docker-compose.yml" -p clip-filter-test --profile test"
+rem The backend requires API keys inside its container: a throwaway bootstrap key for this test stack.
+if not defined CLIP_FILTER_API_KEY_FILE (
+    set "CLIP_FILTER_API_KEY_FILE=%TEMP%\clip-filter-test-api-key"
+    call python -c "import secrets; print(secrets.token_hex(32))" > "%TEMP%\clip-filter-test-api-key"
+)
 set "CODE=0"
 call %COMPOSE% build
 set "CODE=%ERRORLEVEL%"

@@ -15,6 +15,14 @@ if [ "${1:-}" = "--docker" ]; then
     # The tiny random model, and a project of its own so the tests never touch a real stack's volumes.
     export CLIP_MODEL=clip-filter-tiny CLIP_PRETRAINED=random CLIP_FILTER_START_PERIOD=3m
     compose=(docker compose -f docker-compose.yml -p clip-filter-test --profile test)
+    # The backend requires API keys inside its container: a throwaway bootstrap key for this test stack
+    # (readable by the container's user; docs/security.md).
+    if [ -z "${CLIP_FILTER_API_KEY_FILE:-}" ]; then
+        CLIP_FILTER_API_KEY_FILE="$(mktemp)"
+        python3 -c 'import secrets; print(secrets.token_hex(32))' > "$CLIP_FILTER_API_KEY_FILE"
+        chmod 644 "$CLIP_FILTER_API_KEY_FILE"
+        export CLIP_FILTER_API_KEY_FILE
+    fi
     status=0
     "${compose[@]}" build || status=$?
     if [ "$status" = 0 ]; then "${compose[@]}" run --rm unit-tests || status=$?; fi

@@ -11,7 +11,8 @@ export default defineConfig({
     proxy: {
       '/api': {
         target: backend,
-        changeOrigin: true,
+        // Keep the browser's Host: the backend compares it with the page's Origin (cross-site writes are refused).
+        changeOrigin: false,
         rewrite: (path) => path.replace(/^\/api/, ''),
       },
     },

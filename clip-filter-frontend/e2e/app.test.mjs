@@ -6,6 +6,7 @@ import { join } from 'node:path'
 import { after, describe, test } from 'node:test'
 import { chromium } from 'playwright-core'
 import { ARTIFACTS, startBackend } from './backend.mjs'
+import { startHostileSite } from './hostile.mjs'
 import { testImage } from './png.mjs'
 
 const SCREENSHOTS = join(ARTIFACTS, 'screenshots')
@@ -274,6 +275,97 @@ describe('clip-filter UI end-to-end', { timeout: 15 * 60_000 }, () => {
     assert.ok(box && svg && box.x >= svg.x - 1 && box.x + box.width <= svg.x + svg.width + 1, 'the query marker is inside the map')
     await page.mouse.move(0, 0)
     await shot(page, 'map')
+    assert.deepEqual(errors, [])
+  })
+  test('a hostile page on another origin can neither read nor change anything', { timeout: TIMEOUT }, async (t) => {
+    await ensureCollection()
+    const base = backend.baseUrl
+    const before = await (await fetch(`${base}/api/collections/${collection}`)).json()
+    const site = await startHostileSite(base, collection)
+    t.after(() => site.stop())
+    const context = await browser.newContext()
+    t.after(() => context.close())
+    const page = await context.newPage()
+    await page.goto(site.url)
+    const results = await page.evaluate(() => window.done)
+    for (const name of ['get-collections', 'get-info', 'delete-collection', 'post-text-plain', 'post-json']) {
+      assert.equal(results[name].read, false, `${name}: the page read ${JSON.stringify(results[name])}`)
+    }
+    for (const name of ['post-no-cors', 'post-multipart']) {
+      // no-cors: the page gets an opaque answer (status 0, no body) whatever the server said
+      assert.ok(!results[name].read || (results[name].status === 0 && results[name].body === ''), name)
+    }
+    assert.equal(results.img.read, false, 'the thumbnail was embedded in another site')
+    // Nothing changed: the collection is there with the same items, and no collection was created.
+    const after = await (await fetch(`${base}/api/collections/${collection}`)).json()
+    assert.equal(after.item_count, before.item_count)
+    const names = (await (await fetch(`${base}/api/collections`)).json()).collections.map((c) => c.name)
+    assert.ok(names.includes(collection))
+    assert.deepEqual(names.filter((n) => n.startsWith('pwned')), [])
+  })
+})
+
+describe('clip-filter UI end-to-end with API keys required', { timeout: 10 * 60_000 }, () => {
+  const key = `cfk_${Array.from({ length: 43 }, (_, i) => 'abcdefghijklmnopqrstuvwxyz0123456789'[(i * 7) % 36]).join('')}`
+  let backend
+  let browser
+  let ready = null
+  function setUp() {
+    ready ??= (async () => {
+      backend = await startBackend({ env: { CLIP_FILTER_AUTH: 'keys', CLIP_FILTER_BOOTSTRAP_KEY: key }, name: 'e2e-backend-keys' })
+      browser = await chromium.launch({ executablePath, args: CHROMIUM_ARGS, headless: true })
+    })()
+    return ready
+  }
+  after(async () => {
+    await browser?.close()
+    await backend?.stop()
+  })
+
+  test('the UI asks for a key, then works with it; forgetting it asks again', { timeout: TIMEOUT }, async (t) => {
+    await setUp()
+    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } })
+    t.after(() => context.close())
+    const page = await context.newPage()
+    page.setDefaultTimeout(30_000)
+    const errors = []
+    page.on('pageerror', (e) => errors.push(e.message))
+    await page.goto(`${backend.baseUrl}/#collections`)
+    const dialog = page.getByTestId('key-dialog')
+    await dialog.waitFor()
+    await page.getByTestId('key-input').fill('cfk_wrong')
+    await page.getByTestId('key-submit').click()
+    await page.getByRole('alert').filter({ hasText: /refused/ }).waitFor() // the wrong key is refused
+    await page.getByTestId('key-input').fill(key)
+    await page.getByTestId('key-submit').click()
+    await dialog.waitFor({ state: 'detached' })
+    await page.getByTestId('model-summary').filter({ hasText: 'clip-filter-tiny' }).waitFor()
+    assert.equal(await page.evaluate(() => window.localStorage.getItem('clip-filter.api-key')), key)
+
+    const name = `keys-${Date.now().toString(36)}`
+    await page.getByLabel('New collection name').fill(name)
+    await page.getByRole('button', { name: 'Create collection' }).click()
+    await page.waitForFunction((n) => document.querySelector('#collections-collection')?.value === n, name)
+    await dropFiles(page, '[data-testid=ingest-dropzone]', [png('a.png', 0), png('b.png', 1)])
+    await page.waitForSelector('[data-testid=job-progress][data-state=done]', { timeout: 120_000 })
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid=item-card]').length === 2, null, { timeout: 30_000 })
+    // thumbnails come with the key (fetched, shown from object URLs)
+    await page.waitForFunction(() => {
+      const imgs = [...document.querySelectorAll('[data-testid=item-card] img')]
+      return imgs.length === 2 && imgs.every((img) => img.src.startsWith('blob:') && img.complete && img.naturalWidth > 0)
+    })
+    await page.getByLabel('Search text').fill('a red square')
+    await page.getByRole('button', { name: 'Search', exact: true }).click()
+    await page.getByTestId('search-result').first().waitFor()
+    await page.screenshot({ path: join(SCREENSHOTS, 'keys.png'), fullPage: true })
+
+    // The same API without the key: 401.
+    const res = await fetch(`${backend.baseUrl}/api/collections/${name}`)
+    assert.equal(res.status, 401)
+
+    await page.getByTestId('forget-key').click()
+    await dialog.waitFor()
+    assert.equal(await page.evaluate(() => window.localStorage.getItem('clip-filter.api-key')), null)
     assert.deepEqual(errors, [])
   })
 })

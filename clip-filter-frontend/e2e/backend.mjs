@@ -38,7 +38,7 @@ async function waitReady(baseUrl, timeoutS, exited) {
   const deadline = Date.now() + timeoutS * 1000
   let last = 'no answer yet'
   while (Date.now() < deadline) {
-    if (exited()) throw new Error(`the backend exited before it was ready (${exited()}); see ${join(ARTIFACTS, 'e2e-backend.log')}`)
+    if (exited()) throw new Error(`the backend exited before it was ready (${exited()}); see the log in ${ARTIFACTS}`)
     try {
       const res = await fetch(`${baseUrl}/health/ready`, { signal: AbortSignal.timeout(5000) })
       if (res.status === 200) return
@@ -68,9 +68,9 @@ function checkBuilt() {
   }
 }
 
-/** Returns {baseUrl, dataDir, stop()}. */
-export async function startBackend() {
-  if (process.env.CLIP_FILTER_E2E_URL) {
+/** Returns {baseUrl, dataDir, stop()}. `env`: extra settings (e.g. CLIP_FILTER_AUTH); `name`: the log's name. */
+export async function startBackend({ env: extraEnv = {}, name = 'e2e-backend' } = {}) {
+  if (process.env.CLIP_FILTER_E2E_URL && Object.keys(extraEnv).length === 0) {
     const baseUrl = process.env.CLIP_FILTER_E2E_URL.replace(/\/+$/, '')
     await waitReady(baseUrl, Number(process.env.CLIP_FILTER_E2E_READY_TIMEOUT_S ?? 180), () => null)
     return { baseUrl, dataDir: null, stop: async () => {} }
@@ -84,7 +84,7 @@ export async function startBackend() {
   const port = await freePort()
   const dataDir = mkdtempSync(join(tmpdir(), 'clip-filter-e2e-'))
   mkdirSync(ARTIFACTS, { recursive: true })
-  const log = createWriteStream(join(ARTIFACTS, 'e2e-backend.log'))
+  const log = createWriteStream(join(ARTIFACTS, `${name}.log`))
   const env = {
     ...process.env,
     CLIP_MODEL: 'clip-filter-tiny',
@@ -93,6 +93,7 @@ export async function startBackend() {
     CLIP_FILTER_DATA_DIR: dataDir,
     CLIP_FILTER_UI_DIR: DIST,
     CLIP_FILTER_LOG_LEVEL: 'info',
+    ...extraEnv,
   }
   // Its own process group: stopping it stops whatever the command started.
   const args = ['-m', 'clip_filter', 'serve', '--host', '127.0.0.1', '--port', String(port)]

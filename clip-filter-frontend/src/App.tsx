@@ -1,9 +1,11 @@
 import { useCallback, useEffect, useMemo, useRef, useState, type KeyboardEvent } from 'react'
 import { Banners } from './components/Banners'
 import { CollectionsPage } from './components/CollectionsPage'
+import { KeyDialog } from './components/KeyDialog'
 import { MapPage } from './components/MapPage'
 import { MatchPage } from './components/MatchPage'
-import { errorMessage, getInfo, listCollections } from './lib/api'
+import { ApiError, errorMessage, getInfo, listCollections } from './lib/api'
+import { currentApiKey, forgetApiKey, onAuthRequired, setApiKey } from './lib/auth'
 import { modelBanners } from './lib/banners'
 import type { Collection, Info, Weights } from './lib/types'
 
@@ -21,7 +23,7 @@ function tabFromHash(): TabId {
 
 const STORED_COLLECTION = 'clip-filter.collection'
 
-function useModelInfo() {
+function useModelInfo(epoch: number) {
   const [info, setInfo] = useState<Info | null>(null)
   const [error, setError] = useState<string | null>(null)
   useEffect(() => {
@@ -37,6 +39,8 @@ function useModelInfo() {
         delay = next.state === 'ready' ? 0 : next.state === 'loading' ? 2000 : 15000
       } catch (e) {
         if (cancelled) return
+        // 401: the key dialog is up; a new key starts a new epoch, which polls again.
+        if (e instanceof ApiError && e.status === 401) return setError(null)
         setError(errorMessage(e))
         delay = 5000
       }
@@ -47,13 +51,34 @@ function useModelInfo() {
       cancelled = true
       window.clearTimeout(timer)
     }
-  }, [])
+  }, [epoch])
   return { info, error }
+}
+
+/** The API key flow: a 401 opens the dialog; a new key (or forgetting it) starts a new epoch, which reloads. */
+function useApiKey() {
+  const [asking, setAsking] = useState(false)
+  const [hasKey, setHasKey] = useState(() => currentApiKey() !== null)
+  const [epoch, setEpoch] = useState(0)
+  useEffect(() => onAuthRequired(() => setAsking(true)), [])
+  const submit = useCallback((key: string) => {
+    setApiKey(key)
+    setHasKey(true)
+    setAsking(false)
+    setEpoch((n) => n + 1)
+  }, [])
+  const forget = useCallback(() => {
+    forgetApiKey()
+    setHasKey(false)
+    setEpoch((n) => n + 1)
+  }, [])
+  return { asking, hasKey, epoch, submit, forget, cancel: () => setAsking(false) }
 }
 
 export function App() {
   const [tab, setTab] = useState<TabId>(tabFromHash)
-  const { info, error: infoError } = useModelInfo()
+  const apiKey = useApiKey()
+  const { info, error: infoError } = useModelInfo(apiKey.epoch)
   const [responseWeights, setResponseWeights] = useState<Weights | null>(null)
   const [collections, setCollections] = useState<Collection[]>([])
   const [selected, setSelected] = useState<string | null>(() => {
@@ -88,7 +113,7 @@ export function App() {
 
   useEffect(() => {
     if (tab !== 'match') void refreshCollections()
-  }, [tab, refreshCollections])
+  }, [tab, refreshCollections, apiKey.epoch])
 
   const select = useCallback((name: string | null) => {
     setSelected(name)
@@ -154,9 +179,18 @@ export function App() {
             </button>
           ))}
         </nav>
+        {apiKey.hasKey && (
+          <button type="button" className="link-button forget-key" onClick={apiKey.forget} data-testid="forget-key">
+            Forget key
+          </button>
+        )}
       </header>
       <Banners banners={banners} />
-      <main>
+      {apiKey.asking && (
+        <KeyDialog rejected={apiKey.hasKey} onSubmit={apiKey.submit} onCancel={apiKey.cancel} />
+      )}
+      {/* A new key remounts the pages, so everything they show is fetched again with it. */}
+      <main key={apiKey.epoch}>
         <div role="tabpanel" id="panel-match" aria-labelledby="tab-match" hidden={tab !== 'match'}>
           <MatchPage active={tab === 'match'} modelReady={modelReady} onWeights={setResponseWeights} />
         </div>

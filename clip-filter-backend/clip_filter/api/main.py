@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from fastapi import Depends, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from clip_filter import __version__
@@ -19,6 +18,7 @@ from clip_filter.api.ratelimit import RequestRateLimiter, enforce_rate_limit
 from clip_filter.api.request_id import RequestIdMiddleware
 from clip_filter.api.protocols import enabled_routers
 from clip_filter.api.routes import embeddings, health, match
+from clip_filter.api.security import install_security, require_access
 from clip_filter.core.config import Settings, get_settings
 from clip_filter.ml.service import ModelService
 
@@ -51,22 +51,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.unwatch()
             app.state.collections.close()
             model.close()
+            app.state.access.close()
 
     app = FastAPI(
         title="clip-filter",
         version=__version__,
         description="Image-text matching, embeddings and collection search on OpenCLIP.",
         lifespan=lifespan,
-        # App-wide, so every route (also those added later) is checked; it must come after the auth dependency,
-        # which sets request.state.principal.
-        dependencies=[Depends(enforce_rate_limit)],
+        # App-wide, so every route (also those added later, the protocol adapters) is checked. Access first: it
+        # finds the key and scope (health, /.well-known, /ping and / stay public, see api/security.py) and sets
+        # request.state.principal, which the rate limit keys on.
+        dependencies=[Depends(require_access), Depends(enforce_rate_limit)],
     )
     app.state.settings = settings
     app.state.rate_limiter = RequestRateLimiter(settings)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
-    app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
+    # Keys, CORS (off unless CLIP_FILTER_CORS_ORIGINS), Host/cross-site/content-type checks and security headers;
+    # refuses to start when keys are needed and none exist (docs/security.md).
+    install_security(app, settings)
     # Added last, so outermost: they see every request and answer, also those refused by the middlewares above.
     app.add_middleware(metrics.MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)

@@ -10,11 +10,12 @@ import argparse
 import sys
 
 from clip_filter import __version__
+from clip_filter.auth import cli as keys
 from clip_filter.cli import collections, serve
 from clip_filter.core.config import Settings
 from clip_filter.core.logging import configure_logging
 
-COMMAND_MODULES = [serve, collections]
+COMMAND_MODULES = [serve, collections, keys]
 
 
 def build_parser() -> argparse.ArgumentParser:

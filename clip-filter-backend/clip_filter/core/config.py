@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     # --- server -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", validation_alias="CLIP_FILTER_HOST")
     port: int = Field(5000, ge=0, le=65535, validation_alias="CLIP_FILTER_PORT")
-    cors_origins: str = Field("*", validation_alias="CLIP_FILTER_CORS_ORIGINS")
+    # Comma-separated origins allowed to call the API from other web pages (CORS); empty: none (the UI is
+    # same-origin). See the access-control block below.
+    cors_origins: str = Field("", validation_alias="CLIP_FILTER_CORS_ORIGINS")
     # Built web UI served at "/" when present (run.sh builds it there).
     ui_dir: Path | None = Field(None, validation_alias="CLIP_FILTER_UI_DIR")
     log_level: str = Field("info", validation_alias="CLIP_FILTER_LOG_LEVEL")
@@ -122,6 +124,32 @@ class Settings(BaseSettings):
     # --- protocol adapters (OpenAI embeddings, Weaviate multi2vec-clip, immich ML; docs/protocols.md) ----
     # Comma list of the wire protocols to serve beside the native API; empty or "none" turns all off.
     protocols: str = Field("openai,weaviate,immich", validation_alias="CLIP_FILTER_PROTOCOLS")
+
+    # --- access control and browser safety (docs/security.md) --------------------------------------------
+    # auto: API keys required whenever the server binds anything but loopback; keys: always; off: never.
+    auth: Literal["auto", "keys", "off"] = Field("auto", validation_alias="CLIP_FILTER_AUTH")
+    # An admin key registered at startup (compose: a secret file). At least 32 characters.
+    bootstrap_key: str | None = Field(None, validation_alias="CLIP_FILTER_BOOTSTRAP_KEY", repr=False)
+    bootstrap_key_file: Path | None = Field(None, validation_alias="CLIP_FILTER_BOOTSTRAP_KEY_FILE")
+    # Comma-separated Host names (with or without :port) the server answers; empty: loopback names and the bind
+    # address (any host on a wildcard bind with keys required); "*": any.
+    allowed_hosts: str = Field("", validation_alias="CLIP_FILTER_ALLOWED_HOSTS")
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth_lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @property
+    def binds_loopback(self) -> bool:
+        from clip_filter.core.netaddr import is_loopback_host
+
+        return is_loopback_host(self.host)
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether requests to protected routes need an API key (CLIP_FILTER_AUTH resolved against the bind)."""
+        return self.auth == "keys" or (self.auth == "auto" and not self.binds_loopback)
 
     @field_validator("device")
     @classmethod

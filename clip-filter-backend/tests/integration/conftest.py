@@ -22,6 +22,8 @@ import httpx
 import pytest
 
 EXTERNAL_URL = os.environ.get("CLIP_FILTER_TEST_BASE_URL")
+# The external server's key when it requires one (compose: the bootstrap admin key from its secret file).
+EXTERNAL_KEY_FILE = os.environ.get("CLIP_FILTER_TEST_API_KEY_FILE")
 READY_TIMEOUT_S = 180.0
 
 
@@ -41,6 +43,8 @@ class LiveServer:
     extra: dict = field(default_factory=dict)
 
     def client(self, **kwargs) -> httpx.Client:
+        if self.extra.get("api_key"):
+            kwargs["headers"] = {"Authorization": f"Bearer {self.extra['api_key']}", **kwargs.get("headers", {})}
         return httpx.Client(base_url=self.base_url, timeout=kwargs.pop("timeout", 120.0), **kwargs)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S, path: str = "/health/ready") -> None:
@@ -126,7 +130,8 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One shared tiny-random server for tests that only read and write their own data."""
     if EXTERNAL_URL:
-        yield LiveServer(EXTERNAL_URL.rstrip("/"), Path("/nonexistent"), {})
+        extra = {"api_key": Path(EXTERNAL_KEY_FILE).read_text().strip()} if EXTERNAL_KEY_FILE else {}
+        yield LiveServer(EXTERNAL_URL.rstrip("/"), Path("/nonexistent"), {}, extra=extra)
         return
     live = start_server(tmp_path_factory.mktemp("shared") / "data")
     yield live

@@ -348,7 +348,18 @@ def nginx_block(text: str, header_regex: str) -> str:
 def nginx_directives(block: str) -> list[list[str]]:
     block = re.sub(r"#[^\n]*", "", block)
     block = re.sub(r"\{[^{}]*\}", ";", block)  # drop nested blocks (one level is all nginx.conf uses)
-    return [shlex.split(statement) for statement in block.split(";") if statement.strip()]
+    out: list[list[str]] = []
+    current: list[str] = []
+    for token in re.findall(r'"[^"]*"|\'[^\']*\'|;|[^\s;]+', block):  # a quoted value may hold ';' (a CSP)
+        if token == ";":
+            if current:
+                out.append(current)
+            current = []
+        else:
+            current.append(token[1:-1] if len(token) > 1 and token[0] in "\"'" and token[-1] == token[0] else token)
+    if current:
+        out.append(current)
+    return out
 
 
 def nginx_size(text: str) -> int:
@@ -399,11 +410,28 @@ def test_every_build_target_is_a_stage(compose: dict):
     assert backend_target != unit_target, "the backend must not run the test image"
 
 
-def test_ports(compose: dict):
+def published_addresses(service: dict) -> list[str]:
+    """The host address of each published port ("" when it has none, i.e. every interface)."""
+    out = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            out.append(str(port.get("host_ip", "")))
+        else:
+            pieces = str(port).split("/")[0].split(":")
+            out.append(":".join(pieces[:-2]) if len(pieces) >= 3 else "")
+    return out
+
+
+def test_ports(compose: dict, raw_compose: dict):
     backend = published_ports(compose["services"]["backend"])
     assert ("5000", "5000") in backend, f"backend must publish 5000:5000 by default, has {backend}"
     frontend = published_ports(compose["services"]["frontend"])
     assert [host for host, _ in frontend] == ["8080"], f"frontend must publish host port 8080, has {frontend}"
+    # Loopback only by default (the review found every interface published); exposing is one variable away.
+    for name in ("backend", "frontend"):
+        assert published_addresses(compose["services"][name]) == ["127.0.0.1"], compose["services"][name]["ports"]
+        exposed = interpolate(raw_compose, {"CLIP_FILTER_PUBLISH_HOST": "0.0.0.0"})["services"][name]
+        assert published_addresses(exposed) == ["0.0.0.0"]
     listen = [d[1] for d in nginx_directives(nginx_block(NGINX_CONF.read_text(), r"server")) if d[0] == "listen"]
     assert frontend[0][1] in [port.split(":")[-1] for port in listen], (
         f"frontend publishes container port {frontend[0][1]}, nginx listens on {listen}"
@@ -465,6 +493,37 @@ def test_backend_environment_is_real_settings_with_matching_defaults(compose: di
     test_env = interpolate(raw_compose, {"CLIP_MODEL": "clip-filter-tiny", "CLIP_PRETRAINED": "random"})
     tiny = env_dict(test_env["services"]["backend"])
     assert (tiny["CLIP_MODEL"], tiny["CLIP_PRETRAINED"]) == ("clip-filter-tiny", "random")
+
+
+def test_backend_gets_its_bootstrap_key_from_a_secret_file(compose: dict, raw_compose: dict):
+    backend = compose["services"]["backend"]
+    env = env_dict(backend)
+    assert env["CLIP_FILTER_HOST"] == "0.0.0.0" and env.get("CLIP_FILTER_AUTH", "auto") == "auto"
+    settings = Settings(CLIP_FILTER_HOST=env["CLIP_FILTER_HOST"], CLIP_FILTER_AUTH=env.get("CLIP_FILTER_AUTH", "auto"))
+    assert settings.auth_required, "the containerised backend must require keys (it binds every address)"
+    assert "CLIP_FILTER_BOOTSTRAP_KEY" not in env, "no key in the environment: a secret file"
+    secret = env["CLIP_FILTER_BOOTSTRAP_KEY_FILE"]
+    names = [s if isinstance(s, str) else s["source"] for s in backend.get("secrets", [])]
+    assert len(names) == 1 and secret == f"/run/secrets/{names[0]}", (names, secret)
+    declared = compose["secrets"][names[0]]
+    assert declared["file"].endswith("secrets/api-key")
+    assert interpolate(raw_compose, {"CLIP_FILTER_API_KEY_FILE": "/k"})["secrets"][names[0]]["file"] == "/k"
+    assert "secrets/" in (ROOT / ".gitignore").read_text().splitlines(), "the key file must never be committed"
+    tests = compose["services"]["integration-tests"]
+    assert env_dict(tests)["CLIP_FILTER_TEST_API_KEY_FILE"] == secret
+    assert names == [s if isinstance(s, str) else s["source"] for s in tests.get("secrets", [])]
+
+
+def test_nginx_sends_security_headers_and_the_host_with_its_port():
+    text = NGINX_CONF.read_text(encoding="utf-8")
+    api = nginx_directives(nginx_block(text, r"location\s+/api/"))
+    assert ["proxy_set_header", "Host", "$http_host"] in api, "the backend compares Origin with Host:port"
+    for location in (r"location\s+/(?=\s*\{)", r"location\s+/assets/"):
+        headers = {d[1].lower(): d[2] for d in nginx_directives(nginx_block(text, location)) if d[0] == "add_header"}
+        assert headers.get("x-content-type-options") == "nosniff", location
+        assert headers.get("x-frame-options") == "DENY", location
+        csp = headers.get("content-security-policy", "")
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-eval" not in csp, csp
 
 
 def test_frontend_waits_for_a_healthy_backend(compose: dict):

@@ -1,4 +1,5 @@
-import { apiUrl } from '../lib/api'
+import type { MouseEvent } from 'react'
+import { apiUrl, errorMessage, fetchObjectUrl, mediaNeedsKey } from '../lib/api'
 import type { ItemKind } from '../lib/types'
 import { SafeImg } from './SafeImg'
 
@@ -32,12 +33,37 @@ export function itemLabel(item: CardItem): string {
   return item.filename || (item.text ? snippet(item.text, 40) : `item ${item.id}`)
 }
 
+/** With a key, a plain link would go without it: fetch with the key and open what came back. */
+function openWithKey(e: MouseEvent<HTMLAnchorElement>, href: string) {
+  if (!mediaNeedsKey(href)) return
+  e.preventDefault()
+  const tab = window.open('', '_blank')
+  fetchObjectUrl(href).then(
+    (url) => {
+      if (tab) tab.location.href = url
+      else window.location.assign(url)
+    },
+    (err) => {
+      tab?.close()
+      window.alert(errorMessage(err))
+    },
+  )
+}
+
 export function ItemCard({ item, score, testId, onMoreLikeThis }: ItemCardProps) {
   const label = itemLabel(item)
+  const contentHref = apiUrl(item.content_url)
   const meta = metadataEntries(item.metadata)
   return (
     <li className={`item-card kind-${item.kind}`} data-testid={testId} data-item-id={item.id}>
-      <a className="item-media" href={apiUrl(item.content_url)} target="_blank" rel="noreferrer" title={`Open ${label}`}>
+      <a
+        className="item-media"
+        href={contentHref}
+        target="_blank"
+        rel="noreferrer"
+        title={`Open ${label}`}
+        onClick={(e) => openWithKey(e, contentHref)}
+      >
         {item.kind === 'image' ? (
           <SafeImg src={apiUrl(item.thumbnail_url || item.content_url)} alt={label} loading="lazy" />
         ) : (

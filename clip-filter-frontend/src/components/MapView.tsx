@@ -1,5 +1,6 @@
 import { useMemo, useState } from 'react'
 import { apiUrl } from '../lib/api'
+import { SafeImg } from './SafeImg'
 import { makeScale } from '../lib/mapScale'
 import type { MapPoint } from '../lib/types'
 
@@ -91,7 +92,7 @@ export function MapView({ points, query = null, width = 800, height = 560, label
           }}
         >
           {hovered.kind === 'image' && hovered.thumbnail_url ? (
-            <img src={apiUrl(hovered.thumbnail_url)} alt={pointLabel(hovered)} />
+            <SafeImg src={apiUrl(hovered.thumbnail_url)} alt={pointLabel(hovered)} />
           ) : hovered.text ? (
             <blockquote>{hovered.text.length > 160 ? `${hovered.text.slice(0, 159)}…` : hovered.text}</blockquote>
           ) : null}

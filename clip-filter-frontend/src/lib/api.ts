@@ -11,6 +11,7 @@ import type {
   Projection,
   SearchResponse,
 } from './types'
+import { authHeaders, currentApiKey, notifyAuthRequired } from './auth'
 
 function trimSlash(base: string): string {
   return base.replace(/\/+$/, '')
@@ -68,10 +69,14 @@ async function parseError(res: Response): Promise<ApiError> {
 export async function request<T>(path: string, init: RequestInit = {}): Promise<T> {
   let res: Response
   try {
-    res = await fetch(apiUrl(path), { ...init, headers: { Accept: 'application/json', ...(init.headers ?? {}) } })
+    res = await fetch(apiUrl(path), {
+      ...init,
+      headers: { Accept: 'application/json', ...authHeaders(), ...(init.headers ?? {}) },
+    })
   } catch (e) {
     throw new ApiError(0, 'network_error', `Cannot reach the API (${e instanceof Error ? e.message : String(e)}).`)
   }
+  if (res.status === 401) notifyAuthRequired()
   if (!res.ok) throw await parseError(res)
   if (res.status === 204) return undefined as T
   return (await res.json()) as T
@@ -172,4 +177,32 @@ export function getMap(name: string): Promise<MapResponse> {
 
 export function projectText(name: string, text: string): Promise<Projection> {
   return postJson<Projection>(`/collections/${enc(name)}/map/project`, { text })
+}
+
+/** Whether `src` is one of this API's URLs (media that needs the key when one is set). */
+export function isApiUrl(src: string): boolean {
+  return src.startsWith(`${API_BASE}/`)
+}
+
+/**
+ * An object URL for an API resource fetched with the key (an <img src> or a link cannot send headers). The blob
+ * keeps the type only when it is an image; anything else becomes text/plain, so nothing runs on this origin.
+ */
+export async function fetchObjectUrl(src: string): Promise<string> {
+  let res: Response
+  try {
+    res = await fetch(src, { headers: authHeaders() })
+  } catch (e) {
+    throw new ApiError(0, 'network_error', `Cannot reach the API (${e instanceof Error ? e.message : String(e)}).`)
+  }
+  if (res.status === 401) notifyAuthRequired()
+  if (!res.ok) throw await parseError(res)
+  const blob = await res.blob()
+  const type = blob.type.startsWith('image/') ? blob.type : 'text/plain'
+  return URL.createObjectURL(blob.type === type ? blob : new Blob([blob], { type }))
+}
+
+/** True when media must be fetched with the key instead of loaded by the browser directly. */
+export function mediaNeedsKey(src: string | undefined): boolean {
+  return !!src && isApiUrl(src) && currentApiKey() !== null
 }
