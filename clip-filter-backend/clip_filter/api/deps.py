@@ -26,6 +26,3 @@ def get_collections(request: Request) -> Collections:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 ModelDep = Annotated[ModelService, Depends(get_model_service)]
 CollectionsDep = Annotated[Collections, Depends(get_collections)]
-
-# The routes' old name; removed once every route takes CollectionsDep.
-get_store = get_collections

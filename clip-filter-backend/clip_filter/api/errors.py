@@ -9,7 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clip_filter.core.errors import ClipFilterError, OverloadedError
+from clip_filter.api.metrics import count_error
+from clip_filter.core.errors import ClipFilterError
+from clip_filter.core.logging import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -17,15 +19,26 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_la
 
 
 def error_response(status: int, code: str, message: str, **details) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **details}}, status_code=status)
+    return _envelope(status, {"code": code, "message": message, **details})
+
+
+def _envelope(status: int, error: dict) -> JSONResponse:
+    """The one error shape, with the request id (api/request_id.py) to quote in a bug report."""
+    count_error(str(error.get("code")), status)
+    request_id = current_request_id()
+    if request_id is not None:
+        error["request_id"] = request_id
+    headers = {"X-Request-ID": request_id} if request_id is not None else None
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClipFilterError)
     async def _clip_filter_error(_: Request, exc: ClipFilterError) -> JSONResponse:
-        response = JSONResponse({"error": exc.to_dict()}, status_code=exc.status)
-        if isinstance(exc, OverloadedError):
-            response.headers["Retry-After"] = str(exc.retry_after)
+        response = _envelope(exc.status, exc.to_dict())
+        retry_after = exc.details.get("retry_after")  # overloaded, rate_limited: when trying again can work
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
         return response
 
     @app.exception_handler(RequestValidationError)

@@ -18,6 +18,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from clip_filter.api.metrics import count_image_refusal
 from clip_filter.core.config import Settings
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.images import ImageLimits, decode_base64_image, decode_image
@@ -128,6 +129,7 @@ async def _decode_slot(slot: ImageSlot, data: bytes | str, limits: ImageLimits) 
         slot.image = await run_in_threadpool(decode, data, limits)
     except ClipFilterError as exc:
         slot.error = exc
+        count_image_refusal(exc.code)
     return slot
 
 

@@ -7,20 +7,24 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from clip_filter import __version__
+from clip_filter.api import metrics
 from clip_filter.api.errors import install_error_handlers
 from clip_filter.api.limits import BodySizeLimit
+from clip_filter.api.ratelimit import RequestRateLimiter, enforce_rate_limit
+from clip_filter.api.request_id import RequestIdMiddleware
+from clip_filter.api.protocols import enabled_routers
 from clip_filter.api.routes import embeddings, health, match
 from clip_filter.core.config import Settings, get_settings
 from clip_filter.ml.service import ModelService
 
 log = logging.getLogger(__name__)
 
-API_ROUTERS = [health.router, match.router, embeddings.router]
+API_ROUTERS = [health.router, metrics.router, match.router, embeddings.router]
 
 
 def _collection_routers() -> list:
@@ -40,9 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.model = model
         model.start()  # loads in the background: liveness answers at once, readiness once loaded
         app.state.collections = open_collections(settings, model)
+        metrics.watch(model, app.state.collections, settings.max_queue)
         try:
             yield
         finally:
+            metrics.unwatch()
             app.state.collections.close()
             model.close()
 
@@ -51,17 +57,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Image-text matching, embeddings and collection search on OpenCLIP.",
         lifespan=lifespan,
+        # App-wide, so every route (also those added later) is checked; it must come after the auth dependency,
+        # which sets request.state.principal.
+        dependencies=[Depends(enforce_rate_limit)],
     )
     app.state.settings = settings
+    app.state.rate_limiter = RequestRateLimiter(settings)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
+    # Added last, so outermost: they see every request and answer, also those refused by the middlewares above.
+    app.add_middleware(metrics.MetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)
 
     for router in API_ROUTERS + _collection_routers():
         app.include_router(router)
         # The UI calls the API under /api (nginx strips the prefix in Docker; here both work).
         app.include_router(router, prefix="/api", include_in_schema=False)
+    # Other ecosystems' wire protocols (CLIP_FILTER_PROTOCOLS), at their own paths only; before the UI's mount at "/".
+    for router in enabled_routers(settings):
+        app.include_router(router)
 
     ui_dir = settings.ui_dir
     if ui_dir is not None and Path(ui_dir, "index.html").is_file():
@@ -70,8 +86,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if ui_dir is not None:
             log.warning("CLIP_FILTER_UI_DIR=%s has no index.html; the UI is not served", ui_dir)
 
+        # immich's server expects {"message": "Immich ML"} here; with the UI mounted at "/" it cannot have it
+        # (immich points at the backend's port, not the UI's): see docs/protocols.md.
+        immich = {"message": "Immich ML"} if "immich" in settings.protocol_set else {}
+
         @app.get("/", include_in_schema=False)
         async def root() -> dict[str, str]:
-            return {"service": "clip-filter", "version": __version__, "docs": "/docs", "info": "/info"}
+            return {**immich, "service": "clip-filter", "version": __version__, "docs": "/docs", "info": "/info"}
 
     return app

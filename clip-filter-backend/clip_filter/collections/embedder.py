@@ -1,4 +1,4 @@
-"""What a collection needs from a model: anything with these three members can embed for it.
+"""What a collection needs from a model: an `Embedder` (three members), and a `ModelSource` that hands one out.
 
 `ClipEncoder` satisfies it (the CLI); `ModelService.blocking_embedder()` satisfies it inside the
 server (safe to call from worker threads, goes through the dynamic batcher).
@@ -27,3 +27,17 @@ class Embedder(Protocol):
 def model_key(info: "ModelInfo") -> tuple[str, str, int]:
     """What a collection records and compares: (architecture, pretrained tag or path, dimension)."""
     return (info.model, info.pretrained, int(info.dim))
+
+
+class ModelSource(Protocol):
+    """Where the collections get their model: `ModelService` in the server, a locally loaded encoder in the CLI."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def info(self) -> "ModelInfo": ...  # raises ModelUnavailableError (503) while there is no model
+
+    def require_ready(self) -> object: ...  # raises ModelUnavailableError (503) while there is no model
+
+    def blocking_embedder(self) -> Embedder: ...  # safe to call from worker threads

@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from clip_filter.collections.embedder import Embedder, model_key
-from clip_filter.collections.store import CollectionRecord, JobProgress, NewItem, SqliteCollectionStore
+from clip_filter.collections.store import CollectionRecord, CollectionStore, JobProgress, NewItem
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.images import ImageLimits, decode_image, sniff_image_mimetype
 
@@ -182,7 +182,7 @@ def failure_entry(filename: str | None, error: ClipFilterError) -> dict[str, Any
 
 
 class Ingestor:
-    def __init__(self, store: SqliteCollectionStore, limits: IngestLimits) -> None:
+    def __init__(self, store: CollectionStore, limits: IngestLimits) -> None:
         self.store = store
         self.limits = limits
 
@@ -223,7 +223,8 @@ class Ingestor:
                 if item.kind == "image":
                     extension = MIME_EXTENSIONS.get(item.mimetype, "")
                     try:
-                        item.original = self.store.write_original(collection.id, item.sha256, extension, item.data)
+                        item.original = self.store.files.write_original(
+                            collection.id, item.sha256, extension, item.data)
                     except OSError as exc:
                         raise ClipFilterError("storage_failed", f"Storing the original failed: {exc}", 507) from exc
         except BaseException:
@@ -266,7 +267,7 @@ class Ingestor:
 
     def discard(self, batch: PreparedBatch) -> None:
         """Remove the originals a batch wrote when it will not be committed (an orphan otherwise)."""
-        self.store.remove_files([item.original for item in batch.prepared])
+        self.store.files.remove_files([item.original for item in batch.prepared])
         for item in batch.prepared:
             item.original = None
 

@@ -15,19 +15,17 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import shutil
 import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, BinaryIO, Callable
 
 from clip_filter.collections.embedder import Embedder
 from clip_filter.collections.ingest import Ingestor, PreparedBatch, Source, failure_entry, is_supported_filename
-from clip_filter.collections.store import (
-    CollectionRecord, JobFile, JobRecord, SqliteCollectionStore, _fsync_dir, write_file_atomic,
-)
+from clip_filter.collections.store import CollectionRecord, CollectionStore, JobFile, JobRecord
 from clip_filter.core.errors import ClipFilterError, ModelUnavailableError, OverloadedError
 
 log = logging.getLogger(__name__)
@@ -91,26 +89,27 @@ def list_folder(folder: Path, roots: list[Path]) -> tuple[list[JobFile], list[di
     return files, failures
 
 
-def spool_upload(
-    jobs_dir: Path, job_id: str, seq: int, filename: str | None, data: bytes, content_type: str | None, metadata: dict
-) -> JobFile:
-    """Write one uploaded file of a job (the caller fsyncs the folder once after the last one)."""
-    path = jobs_dir / job_id / f"{seq:07d}"
-    write_file_atomic(path, data, sync_dir=False)
-    return JobFile(seq, filename, str(path), metadata, content_type)
+@dataclass
+class Upload:
+    """One uploaded file of a job: its bytes, or a file object read when it is spooled."""
 
+    filename: str | None
+    content_type: str | None
+    metadata: dict[str, Any]
+    data: bytes | None = None
+    stream: BinaryIO | None = None
 
-def spool_uploads(jobs_dir: Path, job_id: str, uploads: list[tuple[str | None, bytes, str | None, dict]]) -> list[JobFile]:
-    """Write uploaded files durably before the job is acknowledged."""
-    files = [spool_upload(jobs_dir, job_id, seq, *upload) for seq, upload in enumerate(uploads)]
-    _fsync_dir(jobs_dir / job_id)  # one folder fsync for all the renames
-    return files
+    def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        assert self.stream is not None
+        return self.stream.read()
 
 
 class JobRunner:
     def __init__(
         self,
-        store: SqliteCollectionStore,
+        store: CollectionStore,
         ingestor: Ingestor,
         embedder: Callable[[], Embedder],
         batch_size: int,
@@ -210,7 +209,7 @@ class JobRunner:
             self.store.set_job_state(job_id, "queued")  # a clean stop: resumed at the next start
             return
         # Spool first: every file is committed, so a crash in between resumes to nothing left to read.
-        shutil.rmtree(self.store.jobs_dir / job_id, ignore_errors=True)
+        self.store.files.remove_spool(job_id)
         self.store.set_job_state(job_id, "done")
 
     def _collection(self, job: JobRecord) -> CollectionRecord:
@@ -255,21 +254,23 @@ class JobRunner:
                 batch = self.ingestor.prepare_batch(self._collection(job), [self._source(job, f) for f in files])
 
 
-def create_upload_job(
-    store: SqliteCollectionStore,
-    collection: CollectionRecord,
-    uploads: list[tuple[str | None, bytes, str | None, dict]],
-) -> JobRecord:
+def create_upload_job(store: CollectionStore, collection: CollectionRecord, uploads: list[Upload]) -> JobRecord:
+    """Spool the files durably (one at a time, then one folder fsync), then commit the job: acknowledged
+    only once both are on disk. A failure removes the spool."""
     job_id = new_job_id()
-    files = spool_uploads(store.jobs_dir, job_id, uploads)
     try:
+        files = []
+        for seq, upload in enumerate(uploads):
+            path = store.files.spool_file(job_id, seq, upload.read())
+            files.append(JobFile(seq, upload.filename, str(path), upload.metadata, upload.content_type))
+        store.files.sync_spool(job_id)
         return store.create_job(job_id, collection, "upload", None, files)
     except BaseException:
-        shutil.rmtree(store.jobs_dir / job_id, ignore_errors=True)
+        store.files.remove_spool(job_id)
         raise
 
 
-def create_path_job(store: SqliteCollectionStore, collection: CollectionRecord, path_text: str, roots: list[Path]) -> JobRecord:
+def create_path_job(store: CollectionStore, collection: CollectionRecord, path_text: str, roots: list[Path]) -> JobRecord:
     real = resolve_allowed(path_text, roots)
     started = time.monotonic()
     files, failures = list_folder(real, roots)

@@ -1,34 +1,43 @@
-"""The collections facade the web layer uses: store + in-memory indexes + ingest + jobs + maps.
+"""`Collections`: the one facade the HTTP routes and the CLI call for everything about collections.
 
-Every method here is blocking (SQLite, NumPy, FAISS, UMAP, model calls through the batcher); the routes
+It owns the store, the in-memory indexes, ingest, bulk jobs, maps, reindex and export/import, and returns
+typed records (`results.py`, `store/records.py`); `views.py` turns them into JSON.
+
+Every method here is blocking (database, NumPy, FAISS, UMAP, model calls through the batcher); the routes
 call them with `run_in_threadpool`, so the event loop never waits for them and the web layer never
 touches torch.
-
-Index freshness: each collection's in-memory index carries the collection `version` it reflects.
-Writes made by this process are applied as deltas right after their commit (store listener); any other
-version seen in the database (the CLI wrote meanwhile) makes the next search rebuild the index from
-SQLite, the source of truth.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from clip_filter.collections.embedder import Embedder, model_key
+from clip_filter.collections import reindex as reindexing
+from clip_filter.collections import transfer
+from clip_filter.collections.embedder import Embedder, ModelSource, model_key
+from clip_filter.collections.indexes import IndexCache
 from clip_filter.collections.ingest import IngestLimits, Ingestor, Outcome, Source
-from clip_filter.collections.jobs import JobRunner
+from clip_filter.collections.jobs import JobRunner, Upload, create_path_job, create_upload_job
 from clip_filter.collections.map import MapCache, MapLayout, compute_layout
-from clip_filter.collections.store import (
-    Change, CollectionRecord, ItemRecord, SqliteCollectionStore, validate_filters, write_file_atomic,
+from clip_filter.collections.results import (
+    AddResult, CollectionMap, Hit, IngestSummary, ItemPage, MapPoint, Projection, ReindexResult, SearchQuery,
+    SearchResult,
 )
-from clip_filter.collections.vector_index import CollectionIndex, Hits
+from clip_filter.collections.store import (
+    CollectionRecord, CollectionStore, ItemRecord, JobRecord, SqliteCollectionStore, write_file_atomic,
+)
+from clip_filter.collections.validation import validate_filters, validate_name
 from clip_filter.core.errors import ClipFilterError
-from clip_filter.images import ImageLimits, decode_image, make_thumbnail
+from clip_filter.core.validation import check_text
+from clip_filter.images import ImageLimits, decode_base64_image, decode_image, make_thumbnail
+
+if TYPE_CHECKING:
+    from clip_filter.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +46,22 @@ log = logging.getLogger(__name__)
 GC_MIN_AGE_S = 600.0
 
 
-@dataclass
-class SearchPage:
-    hits: Hits
-    items: list[ItemRecord]  # in hit order (items deleted meanwhile are left out)
-    scores: list[float]
-
-
 class Collections:
-    def __init__(self, settings: Any, model_service: Any, start_jobs: bool = True, collect_garbage: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        model_service: ModelSource,
+        start_jobs: bool = True,
+        collect_garbage: bool = True,
+        store: CollectionStore | None = None,
+    ) -> None:
         self.settings = settings
         self.model = model_service
-        self.store = SqliteCollectionStore(settings.data_dir)
+        self.store: CollectionStore = store if store is not None else SqliteCollectionStore(settings.data_dir)
         self.limits = IngestLimits.from_settings(settings)
         self.ingestor = Ingestor(self.store, self.limits)
         self.maps = MapCache()
-        self._indexes: dict[int, CollectionIndex] = {}
-        self._index_lock = threading.Lock()
-        self._build_locks: dict[int, threading.Lock] = {}
-        self.store.add_listener(self._on_change)
+        self.indexes = IndexCache(self.store, settings.ann_min_items, self.maps.drop)
         self.jobs = JobRunner(
             self.store, self.ingestor, model_service.blocking_embedder, settings.batch_size,
             settings.ingest_root_paths,
@@ -82,6 +88,7 @@ class Collections:
 
     # ---- the model ------------------------------------------------------------------------------------
     def embedder(self) -> Embedder:
+        """The model's embedder (503 while it is not ready)."""
         self.model.require_ready()
         return self.model.blocking_embedder()
 
@@ -90,102 +97,99 @@ class Collections:
         collection.check_model(*model_key(self.model.info))
 
     # ---- collections ----------------------------------------------------------------------------------
-    def create_collection(self, name: str, description: str | None) -> CollectionRecord:
+    def list_collections(self) -> list[CollectionRecord]:
+        return self.store.list_collections()
+
+    def get_collection(self, name: str) -> CollectionRecord:
+        return self.store.get_collection(validate_name(name))
+
+    def create_collection(self, name: str, description: str | None = None) -> CollectionRecord:
         model = model_key(self.model.info) if self.model.ready else None  # recorded at the first add otherwise
-        return self.store.create_collection(name, description, model)
+        return self.store.create_collection(validate_name(name), description, model)
+
+    def update_collection(self, name: str, description: str | None) -> CollectionRecord:
+        return self.store.update_collection(validate_name(name), description)
 
     def delete_collection(self, name: str) -> None:
-        self.store.delete_collection(name)
+        self.store.delete_collection(validate_name(name))
 
-    # ---- indexes --------------------------------------------------------------------------------------
-    def _on_change(self, change: Change) -> None:
-        """Called after each commit of this process (under the store's write lock, in commit order)."""
-        with self._index_lock:
-            index = self._indexes.get(change.collection_id)
-            if index is None:
-                pass
-            elif change.reset or index.version != change.version - 1:
-                self._indexes.pop(change.collection_id, None)  # rebuilt from SQLite on the next search
-                index = None
-            else:
-                if change.removed_ids:
-                    index.remove(np.asarray(change.removed_ids, np.int64))
-                if change.added_ids:
-                    vectors = np.stack(change.added_vectors)
-                    if vectors.shape[1] != index.dim:
-                        self._indexes.pop(change.collection_id, None)
-                        index = None
-                    else:
-                        index.add(np.asarray(change.added_ids, np.int64), vectors, change.added_kinds)
-                if index is not None:
-                    index.version = change.version
-        if change.reset and change.version < 0:
-            self.maps.drop(change.collection_id)
+    def _fresh(self, collection: CollectionRecord) -> CollectionRecord:
+        return self.store.get_collection_by_id(collection.id) or collection
 
-    def index_for(self, collection: CollectionRecord) -> CollectionIndex | None:
-        """The collection's index at (at least) the version of `collection`; None while it has no vectors."""
-        with self._index_lock:
-            index = self._indexes.get(collection.id)
-            if index is not None and index.version >= collection.version:
-                return index
-            build_lock = self._build_locks.setdefault(collection.id, threading.Lock())
-        with build_lock:  # one rebuild per collection at a time; others wait for it
-            with self._index_lock:
-                index = self._indexes.get(collection.id)
-                if index is not None and index.version >= collection.version:
-                    return index
-            version, ids, vectors, kinds = self.store.load_vectors(collection.id)
-            if vectors.shape[0] == 0 and vectors.shape[1] == 0:
-                return None
-            index = CollectionIndex(vectors.shape[1], version, self.settings.ann_min_items)
-            index.add(ids, vectors, kinds)
-            with self._index_lock:
-                current = self._indexes.get(collection.id)
-                # A delta applied meanwhile may already have moved a newer index in: keep the newest.
-                if current is None or current.version < version:
-                    self._indexes[collection.id] = index
-                    return index
-                return current
-
-    def search(
-        self,
-        collection: CollectionRecord,
-        query: np.ndarray,
-        top_k: int,
-        offset: int = 0,
-        filters: dict[str, Any] | None = None,
-        kind: str | None = None,
-        min_score: float | None = None,
-    ) -> SearchPage:
-        index = self.index_for(collection)
-        if index is None:
-            return SearchPage(Hits(np.zeros(0, np.int64), np.zeros(0, np.float32), total=0), [], [])
-        query = np.asarray(query, np.float32).reshape(-1)
-        if query.shape[0] != index.dim:
-            raise ClipFilterError(
-                "dimension_mismatch", f"The query has {query.shape[0]} dimensions, the collection {index.dim}.", 409
-            )
-        allowed = self.store.filter_ids(collection.id, validate_filters(filters)) if filters else None
-        hits = index.search(query, top_k, offset, allowed, kind, min_score)
-        found = self.store.items_by_ids(collection.id, [int(i) for i in hits.ids])
-        items, scores = [], []
-        for item_id, score in zip(hits.ids, hits.scores):
-            item = found.get(int(item_id))
-            if item is not None:  # deleted between the index read and the row read
-                items.append(item)
-                scores.append(float(score))
-        return SearchPage(hits, items, scores)
-
-    def item_vector(self, collection: CollectionRecord, item_id: int) -> np.ndarray:
-        return self.store.get_vector(collection, item_id)
-
-    # ---- adding ---------------------------------------------------------------------------------------
-    def add(self, name: str, sources: list[Source]) -> list[Outcome]:
+    # ---- items ----------------------------------------------------------------------------------------
+    def add(self, name: str, sources: list[Source]) -> AddResult:
         """Synchronous add (HTTP upload): one committed transaction for the whole batch."""
-        collection = self.store.get_collection(name)
+        collection = self.get_collection(name)
         embedder = self.embedder()
         self.check_model(collection)  # before any decoding: a mismatch refuses the whole request
-        return self.ingestor.ingest(collection, sources, embedder)
+        outcomes = self.ingestor.ingest(collection, sources, embedder)
+        ids = [o.item_id for o in outcomes if o.item_id is not None]
+        items = self.store.items_by_ids(collection.id, ids) if ids else {}
+        return AddResult(self._fresh(collection), outcomes, items)
+
+    def ingest(
+        self,
+        collection: CollectionRecord,
+        sources: list[Source],
+        batch_size: int,
+        on_batch: Callable[[list[Source], list[Outcome]], None] | None = None,
+    ) -> IngestSummary:
+        """Add many sources in batches of one transaction each (the CLI). A file whose batch fails on an
+        unexpected error is pinned down and reported; a ClipFilterError (mismatch, storage) stops the run,
+        keeping what was committed, and re-adding the same sources resumes (known content is skipped)."""
+        embedder = self.embedder()
+        self.check_model(collection)  # refuse before reading a single file
+        summary = IngestSummary(collection, total=len(sources))
+        for start in range(0, len(sources), batch_size):
+            batch = sources[start : start + batch_size]
+            outcomes = self._ingest_batch(self._fresh(collection), batch, embedder)
+            for outcome in outcomes:
+                if outcome.status == "added":
+                    summary.added += 1
+                elif outcome.status == "duplicate":
+                    summary.duplicates += 1
+            if on_batch is not None:
+                on_batch(batch, outcomes)
+            for source in batch:
+                source.data = None  # the bytes of a finished batch are not needed any more
+        summary.collection = self._fresh(collection)
+        return summary
+
+    def _ingest_batch(self, collection: CollectionRecord, sources: list[Source], embedder: Embedder) -> list[Outcome]:
+        try:
+            return self.ingestor.ingest(collection, sources, embedder)
+        except ClipFilterError:
+            raise  # model mismatch, storage failure, deleted collection: fatal for the whole run
+        except Exception as exc:  # noqa: BLE001
+            if len(sources) == 1:
+                log.debug("ingest of %s failed", sources[0].filename, exc_info=True)
+                error = ClipFilterError("internal_error", f"{type(exc).__name__}: {exc}", 500)
+                return [Outcome(0, sources[0].filename, "error", error=error)]
+        outcomes = []
+        for index, source in enumerate(sources):  # find the culprit: the others still go in
+            for outcome in self._ingest_batch(collection, [source], embedder):
+                outcome.index = index
+                outcomes.append(outcome)
+        return outcomes
+
+    def list_items(self, name: str, offset: int, limit: int) -> ItemPage:
+        collection = self.get_collection(name)
+        items, total = self.store.list_items(collection.id, offset, limit)
+        return ItemPage(items, total, offset, limit)
+
+    def get_item(self, name: str, item_id: int) -> ItemRecord:
+        return self.store.get_item(self.get_collection(name), item_id)
+
+    def update_item(
+        self, name: str, item_id: int, metadata: dict[str, Any] | None, filename: str | None
+    ) -> ItemRecord:
+        return self.store.update_item(self.get_collection(name), item_id, metadata, filename)
+
+    def delete_item(self, name: str, item_id: int) -> None:
+        self.store.delete_item(self.get_collection(name), item_id)
+
+    def original_file(self, item: ItemRecord) -> Path | None:
+        return self.store.original_file(item)
 
     # ---- files ----------------------------------------------------------------------------------------
     def read_content(self, item: ItemRecord) -> bytes:
@@ -204,7 +208,7 @@ class Collections:
         if item.kind != "image":
             raise ClipFilterError("no_thumbnail", f"Item {item.id} is a text; it has no thumbnail.", 404)
         size = self.settings.thumbnail_size
-        path = self.store.thumbnail_path(item, size)
+        path = self.store.files.thumbnail_path(item.collection_id, item.id, size)
         try:
             return path.read_bytes()
         except FileNotFoundError:
@@ -218,29 +222,137 @@ class Collections:
             log.warning("could not cache the thumbnail of item %s", item.id, exc_info=True)
         return data
 
+    # ---- search ---------------------------------------------------------------------------------------
+    def search(self, name: str, query: SearchQuery) -> SearchResult:
+        """Rank the collection's items by cosine similarity to the query (score desc, then id asc)."""
+        given = [key for key, value in (("text", query.text), ("image", query.image), ("item_id", query.item_id))
+                 if value not in (None, "")]
+        if len(given) != 1:
+            raise ClipFilterError(
+                "invalid_query", "Send exactly one query: `text`, `image` or `item_id`.", 422, given=given
+            )
+        filters = validate_filters(query.filters) or None
+        collection = self.get_collection(name)
+        embedder = self.embedder()
+        self.check_model(collection)  # 409 model_mismatch: other vectors cannot be compared with this model's
+        truncated: bool | None = None
+        if query.text is not None and query.text != "":
+            text = check_text(query.text, "text", self.settings.max_text_chars)
+            batch = embedder.encode_texts([text])
+            vector, truncated = batch.embeddings[0], bool(batch.truncated[0])
+        elif query.image is not None and query.image != "":
+            limits = self.limits.image
+            image = decode_base64_image(query.image, limits) if isinstance(query.image, str) else decode_image(
+                query.image, limits)
+            vector = embedder.encode_images([image])[0]
+        else:
+            assert query.item_id is not None
+            vector = self.store.get_vector(collection, query.item_id)
+        return self._rank(collection, np.asarray(vector, np.float32), query, filters, truncated, embedder)
+
+    def _rank(
+        self, collection: CollectionRecord, vector: np.ndarray, query: SearchQuery, filters: dict[str, Any] | None,
+        truncated: bool | None, embedder: Embedder,
+    ) -> SearchResult:
+        index = self.indexes.get(collection)
+        if index is None:
+            return SearchResult(collection, query, [], "exact", 0, embedder.info, truncated)
+        vector = vector.reshape(-1)
+        if vector.shape[0] != index.dim:
+            raise ClipFilterError(
+                "dimension_mismatch", f"The query has {vector.shape[0]} dimensions, the collection {index.dim}.", 409
+            )
+        allowed = self.store.filter_ids(collection.id, filters) if filters else None
+        found = index.search(vector, query.top_k, query.offset, allowed, query.kind, query.min_score)
+        records = self.store.items_by_ids(collection.id, [int(i) for i in found.ids])
+        hits = [Hit(records[int(item_id)], float(score)) for item_id, score in zip(found.ids, found.scores)
+                if int(item_id) in records]  # deleted between the index read and the row read
+        return SearchResult(collection, query, hits, found.method, found.total, embedder.info, truncated)
+
+    # ---- jobs -----------------------------------------------------------------------------------------
+    def _job_collection(self, name: str) -> CollectionRecord:
+        collection = self.get_collection(name)
+        if self.model.ready:
+            self.check_model(collection)  # refuse now rather than fail at the first batch
+        return collection
+
+    def create_upload_job(self, name: str, uploads: list[Upload]) -> JobRecord:
+        """A bulk job of uploaded files: spooled and fsynced, the job committed, then queued (202)."""
+        job = create_upload_job(self.store, self._job_collection(name), uploads)
+        self.jobs.submit(job.id)
+        return job
+
+    def create_folder_job(self, name: str, path: str) -> JobRecord:
+        """A bulk job of a server-side folder inside CLIP_FILTER_INGEST_ROOTS."""
+        job = create_path_job(self.store, self._job_collection(name), path, self.settings.ingest_root_paths)
+        self.jobs.submit(job.id)
+        return job
+
+    def get_job(self, job_id: str) -> JobRecord:
+        return self.store.get_job(job_id)
+
+    # ---- reindex, export, import ----------------------------------------------------------------------
+    def reindex(
+        self, name: str, batch_size: int | None = None, progress: Callable[[int, int], None] | None = None
+    ) -> ReindexResult:
+        """Re-embed every item from its original with the current model; all vectors swap in one commit."""
+        before = self.get_collection(name)
+        embedder = self.embedder()
+        count = reindexing.reindex(
+            self.store, before, embedder, self.limits.image, self.settings.max_text_chars,
+            batch_size or self.settings.batch_size, progress,
+        )
+        return ReindexResult(self._fresh(before), before, count)
+
+    def export(self, name: str, out: Path, progress: Callable[[int], None] | None = None) -> transfer.ExportResult:
+        return transfer.export_collection(self.store, validate_name(name), out, progress=progress)
+
+    def import_(
+        self,
+        source: Path,
+        name: str | None = None,
+        merge: bool = False,
+        skip_invalid: bool = False,
+        batch_size: int = 256,
+        progress: Callable[[int], None] | None = None,
+        check_progress: Callable[[int], None] | None = None,
+    ) -> transfer.ImportResult:
+        """Import an export (no model needed: its embeddings are used as they are)."""
+        return transfer.import_collection(
+            self.store, source, name=name, merge=merge, skip_invalid=skip_invalid, batch_size=batch_size,
+            progress=progress, check_progress=check_progress,
+        )
+
     # ---- map ------------------------------------------------------------------------------------------
-    def layout(self, collection: CollectionRecord) -> MapLayout:
+    def _layout(self, collection: CollectionRecord) -> MapLayout:
         def compute() -> tuple[int, MapLayout]:
             version, ids, vectors, _ = self.store.load_vectors(collection.id)
             return version, compute_layout(ids, vectors)
 
         return self.maps.get(collection.id, collection.version, compute)
 
-    def map_points(self, collection: CollectionRecord) -> tuple[MapLayout, list[tuple[ItemRecord, float, float]]]:
-        layout = self.layout(collection)
+    def map(self, name: str) -> CollectionMap:
+        collection = self.get_collection(name)
+        layout = self._layout(collection)
         found = self.store.items_by_ids(collection.id, [int(i) for i in layout.ids])
         points = [
-            (found[int(item_id)], float(x), float(y))
+            MapPoint(found[int(item_id)], float(x), float(y))
             for item_id, (x, y) in zip(layout.ids, layout.coords)
             if int(item_id) in found
         ]
-        return layout, points
+        return CollectionMap(layout.method, points, layout.total, len(layout.ids) < layout.total)
 
-    def project(self, collection: CollectionRecord, vector: np.ndarray) -> tuple[MapLayout, float, float]:
-        layout = self.layout(collection)
+    def project_text(self, name: str, text: str) -> Projection:
+        """Where a text lands on the collection's map."""
+        text = check_text(text, "text", self.settings.max_text_chars)
+        collection = self.get_collection(name)
+        embedder = self.embedder()
+        self.check_model(collection)
+        vector = np.asarray(embedder.encode_texts([text]).embeddings[0], np.float32)
+        layout = self._layout(collection)
         x, y = layout.project(vector)
-        return layout, x, y
+        return Projection(x, y, layout.method)
 
 
-def open_collections(settings: Any, model_service: Any) -> Collections:
+def open_collections(settings: Settings, model_service: ModelSource) -> Collections:
     return Collections(settings, model_service)

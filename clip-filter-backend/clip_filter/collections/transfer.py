@@ -36,9 +36,9 @@ import numpy as np
 
 from clip_filter import __version__
 from clip_filter.collections.ingest import MIME_EXTENSIONS
-from clip_filter.collections.store import (
-    CollectionRecord, NewItem, SqliteCollectionStore, utc_now, validate_metadata, validate_name,
-)
+from clip_filter.collections.store import CollectionRecord, CollectionStore, NewItem
+from clip_filter.collections.store.records import utc_now
+from clip_filter.collections.validation import validate_metadata, validate_name
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.images import sniff_image_mimetype
 
@@ -92,7 +92,7 @@ def _place(source: Path, target: Path, link: bool) -> None:
 
 
 def _export_to_folder(
-    store: SqliteCollectionStore, collection: CollectionRecord, folder: Path, progress: Progress | None,
+    store: CollectionStore, collection: CollectionRecord, folder: Path, progress: Progress | None,
     link: bool = False,
 ) -> ExportResult:
     originals = folder / "originals"
@@ -103,7 +103,7 @@ def _export_to_folder(
     skipped: list[dict[str, Any]] = []
     with open(folder / "items.jsonl", "w", encoding="utf-8") as lines, open(raw_path, "wb") as raw:
         for items, vectors in store.items_with_vectors(collection.id):
-            for item, vector in zip(items, vectors if vectors is not None else []):
+            for item, vector in zip(items, vectors):
                 original = None
                 if item.kind == "image":
                     source = store.original_file(item)
@@ -157,7 +157,7 @@ def _export_to_folder(
 
 
 def export_collection(
-    store: SqliteCollectionStore, name: str, out: Path, progress: Progress | None = None
+    store: CollectionStore, name: str, out: Path, progress: Progress | None = None
 ) -> ExportResult:
     """Write collection `name` to `out`: a new folder, or a .tar/.tar.gz/.tgz file.
 
@@ -347,7 +347,7 @@ def _open_export(path: Path, work: Path) -> Path:
 
 
 def import_collection(
-    store: SqliteCollectionStore,
+    store: CollectionStore,
     source: Path,
     name: str | None = None,
     merge: bool = False,
@@ -430,7 +430,7 @@ def _batches(values: list, size: int) -> Iterator[list]:
 
 
 def _import_batch(
-    store: SqliteCollectionStore,
+    store: CollectionStore,
     collection: CollectionRecord,
     batch: list[tuple[int, _Entry]],
     embeddings: np.ndarray,
@@ -452,7 +452,7 @@ def _import_batch(
             if entry.original is not None:
                 data = entry.original.read_bytes()
                 extension = MIME_EXTENSIONS.get(str(record.get("mimetype")), "") or entry.original.suffix.lower()
-                original_path = store.write_original(collection.id, sha, extension, data)
+                original_path = store.files.write_original(collection.id, sha, extension, data)
             text = record.get("text") if record["kind"] == "text" else None
             size = record.get("size")
             new_items.append(NewItem(
@@ -470,7 +470,7 @@ def _import_batch(
                 height=record.get("height") if isinstance(record.get("height"), int) else None,
             ))
     except BaseException:
-        store.remove_files([item.original_path for item in new_items])
+        store.files.remove_files([item.original_path for item in new_items])
         raise
     results = store.add_items(collection.id, new_items, model_key) if new_items else []
     added = sum(1 for status, _ in results if status == "added")

@@ -56,15 +56,6 @@ def top_k_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     return candidates[order]
 
 
-def numpy_top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The plain brute-force baseline: matmul + argpartition + sort (no ids, no tie rules)."""
-    scores = matrix @ query
-    k = min(k, scores.shape[0])
-    part = np.argpartition(-scores, k - 1)[:k]
-    order = part[np.argsort(-scores[part])]
-    return order, scores[order]
-
-
 class ExactIndex:
     """Rows kept in ascending id order (ids only grow), deletions are tombstones compacted in bulk.
 

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MB = 1024 * 1024
+PROTOCOLS = ("openai", "weaviate", "immich")  # the wire protocols CLIP_FILTER_PROTOCOLS may name
 
 
 def _default_data_dir() -> Path:
@@ -69,6 +70,34 @@ class Settings(BaseSettings):
     ann_min_items: int = Field(50_000, ge=1, validation_alias="CLIP_FILTER_ANN_MIN_ITEMS")
     thumbnail_size: int = Field(256, ge=16, le=2048, validation_alias="CLIP_FILTER_THUMBNAIL_SIZE")
 
+    # --- abuse controls and observability (issue 11: rate limits, logs) -------------------------
+    # Rate limits per API key (per client address without one), in the `limits` notation: "600/minute",
+    # several joined by ";" ("20/second;600/minute"); empty turns that limit off. Model routes: matching,
+    # similarity, embeddings, collection search and projection, the protocol adapters. Writes: every other
+    # POST/PUT/PATCH/DELETE.
+    rate_limit_model: str = Field("", validation_alias="CLIP_FILTER_RATE_LIMIT_MODEL")
+    rate_limit_write: str = Field("", validation_alias="CLIP_FILTER_RATE_LIMIT_WRITE")
+    rate_limit_strategy: Literal["moving-window", "fixed-window"] = Field(
+        "moving-window", validation_alias="CLIP_FILTER_RATE_LIMIT_STRATEGY"
+    )
+    log_format: Literal["text", "json"] = Field("text", validation_alias="CLIP_FILTER_LOG_FORMAT")
+
+    @field_validator("rate_limit_model", "rate_limit_write")
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        from limits import parse_many
+
+        value = value.strip()
+        if value:
+            try:
+                parse_many(value)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a rate limit such as '600/minute' or '10/second;600/hour'") from exc
+        return value
+    # --- protocol adapters (OpenAI embeddings, Weaviate multi2vec-clip, immich ML; docs/protocols.md) ----
+    # Comma list of the wire protocols to serve beside the native API; empty or "none" turns all off.
+    protocols: str = Field("openai,weaviate,immich", validation_alias="CLIP_FILTER_PROTOCOLS")
+
     @field_validator("device")
     @classmethod
     def _device_known(cls, value: str) -> str:
@@ -76,6 +105,21 @@ class Settings(BaseSettings):
         if value not in {"auto", "cpu", "mps"} and not value.startswith("cuda"):
             raise ValueError("CLIP_DEVICE must be auto, cpu, mps, cuda or cuda:N")
         return value
+
+    @field_validator("protocols")
+    @classmethod
+    def _protocols_known(cls, value: str) -> str:
+        names = [n.strip().lower() for n in value.split(",") if n.strip()]
+        if names == ["none"]:
+            return ""
+        unknown = sorted(set(names) - set(PROTOCOLS))
+        if unknown:
+            raise ValueError(f"CLIP_FILTER_PROTOCOLS: unknown {', '.join(unknown)}; use {','.join(PROTOCOLS)} or none")
+        return ",".join(n for n in PROTOCOLS if n in names)
+
+    @property
+    def protocol_set(self) -> frozenset[str]:
+        return frozenset(n for n in self.protocols.split(",") if n)
 
     @property
     def ingest_root_paths(self) -> list[Path]:

@@ -8,13 +8,16 @@ The knobs, all optional; CI uses the defaults, which are fixed so two runs send 
   seed, so a longer local run explores new inputs and can be replayed.
 - CLIP_FILTER_FUZZ_KNOWN: comma-separated operations ("POST /embeddings/texts") whose 5xx answers are reported
   as warnings instead of failures, while a fix is on its way. Empty by default: every 5xx fails.
-- CLIP_FILTER_FUZZ_API_KEY: a key sent as `Authorization: Bearer ...` on every fuzzed request (for a server
-  that requires one; the external server's key file of the integration fixtures is used when set).
+- CLIP_FILTER_FUZZ_AUTH=keys: start the fuzzed server with API keys required (CLIP_FILTER_AUTH=keys and a
+  random bootstrap admin key), and send that key; by default the loopback server needs none.
+- CLIP_FILTER_FUZZ_API_KEY: a key sent as `Authorization: Bearer ...` on every fuzzed request, for an external
+  server (CLIP_FILTER_TEST_BASE_URL) that requires one.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -141,7 +144,14 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     (root / "a.png").write_bytes(png_bytes(960))
     (root / "sub" / "b.png").write_bytes(png_bytes(961))
     (root / "notes.txt").write_text("a note")
-    live = start_server(base / "data", {"CLIP_FILTER_INGEST_ROOTS": str(root)})
+    env = {"CLIP_FILTER_INGEST_ROOTS": str(root)}
+    key = None
+    if os.environ.get("CLIP_FILTER_FUZZ_AUTH", "").strip().lower() == "keys":
+        key = secrets.token_urlsafe(32)
+        env |= {"CLIP_FILTER_AUTH": "keys", "CLIP_FILTER_BOOTSTRAP_KEY": key}
+    live = start_server(base / "data", env)
+    if key:
+        live.extra["api_key"] = key
     live.extra["ingest_root"] = root
     yield live
     live.stop()

@@ -137,3 +137,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 def client(server: LiveServer) -> Iterator[httpx.Client]:
     with server.client() as http:
         yield http
+
+
+# Tight budgets for the rate-limit tests (tests/integration/test_observability.py): small enough to spend in a
+# test, and a minute long, so a window never runs out in the middle of one.
+TIGHT_RATE_LIMITS = {"CLIP_FILTER_RATE_LIMIT_MODEL": "5/minute", "CLIP_FILTER_RATE_LIMIT_WRITE": "3/minute"}
+
+
+@pytest.fixture(scope="module")
+def rate_limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A server of the module's own with TIGHT_RATE_LIMITS, JSON logs and access lines (log level info)."""
+    if EXTERNAL_URL:
+        pytest.skip("needs to start its own server; CLIP_FILTER_TEST_BASE_URL points at an external one")
+    env = {
+        **TIGHT_RATE_LIMITS, "CLIP_FILTER_LOG_FORMAT": "json", "CLIP_FILTER_LOG_LEVEL": "info",
+        "CLIP_FILTER_MAX_REQUEST_BYTES": str(1024 * 1024),
+    }
+    live = start_server(tmp_path_factory.mktemp("rate-limited") / "data", env)
+    yield live
+    live.stop()

@@ -1,4 +1,5 @@
-"""Module boundaries: the web layer and the pure modules never import torch, open_clip or each other's layer.
+"""Module boundaries: the web layer and the pure modules never import torch, open_clip or each other's layer;
+the collections layer (routes and CLI share it) never imports the web layer.
 
 The rule keeps model work behind ModelService (batched, off the event loop) and keeps images.py and
 scoring.py usable and testable without a model. The static checks read each module's own import statements
@@ -132,3 +133,19 @@ def test_module_imports_without_torch(module: str) -> None:
         f"importing {module} ({TORCH_FREE[module]}) loads {report['leaked']}; "
         f"clip_filter modules it imported: {report['ours']}"
     )
+def test_route_modules_do_not_import_each_other() -> None:
+    """Shared route helpers live in api/bodies.py, api/multipart.py or the service, not in another route module."""
+    for path in modules("api/routes"):
+        offending = {name for name in imported_names(path) if name.startswith("clip_filter.api.routes")}
+        assert not offending, f"{path.name} imports {sorted(offending)}"
+
+
+def test_routes_do_not_reach_into_the_store() -> None:
+    """Routes call the Collections facade only: no `.store` attribute, no store module."""
+    for path in modules("api"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        reaches = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "store"]
+        assert not reaches, f"{path.name} uses `.store` on lines {reaches}"
+        submodules = {f"clip_filter.collections.store.{p.stem}" for p in (PACKAGE / "collections" / "store").glob("*.py")}
+        stores = {name for name in imported_names(path) if name.rsplit(".", 1)[0] in submodules or name in submodules}
+        assert not stores, f"{path.name} imports {sorted(stores)}"

@@ -1,4 +1,5 @@
-"""The SQLite store: durability rules, dedup, model records, filters, job progress, garbage collection."""
+"""The SQLite store (collections/store/): durability rules, dedup, model records, filters, job progress,
+garbage collection, and that it implements the whole CollectionStore Protocol."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from clip_filter.collections.store import (
-    JobFile, JobProgress, NewItem, SqliteCollectionStore, validate_filters, validate_metadata,
-)
+from clip_filter.collections.store import JobFile, JobProgress, NewItem, SqliteCollectionStore
+from clip_filter.collections.validation import validate_filters, validate_metadata
 from clip_filter.core.errors import ClipFilterError
 
 MODEL = ("clip-filter-tiny", "random", 4)
@@ -73,7 +73,7 @@ def test_another_model_is_refused_with_guidance(store):
 
 def test_a_failed_transaction_leaves_no_half_item_and_no_file(store):
     c = store.create_collection("c", None, MODEL)
-    path = store.write_original(c.id, "ab" * 32, ".png", b"png bytes")
+    path = store.files.write_original(c.id, "ab" * 32, ".png", b"png bytes")
     good = NewItem("image", "x.png", "image/png", 9, "ab" * 32, {}, vec(1, 0, 0, 0), original_path=path)
     bad = text_item("b", vec(0, 1, 0, 0))
     bad.kind = "video"  # violates the CHECK constraint: the whole batch rolls back
@@ -86,7 +86,7 @@ def test_a_failed_transaction_leaves_no_half_item_and_no_file(store):
 
 def test_delete_removes_row_vector_and_file(store):
     c = store.create_collection("c", None, MODEL)
-    path = store.write_original(c.id, "cd" * 32, ".png", b"png")
+    path = store.files.write_original(c.id, "cd" * 32, ".png", b"png")
     [(_, item_id)] = store.add_items(
         c.id, [NewItem("image", "x.png", "image/png", 3, "cd" * 32, {}, vec(1, 1, 0, 0), original_path=path)], MODEL
     )
@@ -137,7 +137,8 @@ def test_job_progress_commits_with_the_items(store):
                     JobProgress("j1", done=2))
     assert store.job_done_seq("j1") == 1
     assert [f.seq for f in store.job_files("j1", store.job_done_seq("j1"), 10)] == [2, 3]
-    store.record_progress(JobProgress("j1", done=2, failed=2, failures=[{"filename": "2.txt", "code": "x", "message": "m"}]))
+    failure = {"filename": "2.txt", "code": "x", "message": "m"}
+    store.add_items(c.id, [], None, JobProgress("j1", done=2, failed=2, failures=[failure]))  # no rows, only counts
     job = store.get_job("j1")
     assert (job.done, job.added, job.failed, len(job.failures)) == (4, 2, 2, 1)
     assert [j.id for j in store.unfinished_jobs()] == ["j1"]
@@ -156,10 +157,10 @@ def test_every_write_bumps_the_version_and_announces_vector_changes(store):
 
 def test_garbage_collection_removes_only_old_unreferenced_files(store):
     c = store.create_collection("c", None, MODEL)
-    kept = store.write_original(c.id, "ef" * 32, ".png", b"kept")
+    kept = store.files.write_original(c.id, "ef" * 32, ".png", b"kept")
     store.add_items(c.id, [NewItem("image", "k.png", "image/png", 4, "ef" * 32, {}, vec(1, 0, 0, 1), original_path=kept)], MODEL)
-    orphan = store.write_original(c.id, "12" * 32, ".png", b"crashed before commit")
-    fresh = store.write_original(c.id, "34" * 32, ".png", b"another process, not committed yet")
+    orphan = store.files.write_original(c.id, "12" * 32, ".png", b"crashed before commit")
+    fresh = store.files.write_original(c.id, "34" * 32, ".png", b"another process, not committed yet")
     old = time.time() - 7200
     for path in (kept, orphan):
         os.utime(store.data_dir / path, (old, old))
@@ -167,3 +168,18 @@ def test_garbage_collection_removes_only_old_unreferenced_files(store):
     assert removed["originals"] == 1
     assert (store.data_dir / kept).exists() and (store.data_dir / fresh).exists()
     assert not (store.data_dir / orphan).exists()
+
+
+def test_sqlite_store_implements_the_whole_protocol():
+    """Every CollectionStore method exists on the SQLite store with the same parameters (names, defaults)."""
+    import inspect
+
+    from clip_filter.collections.store import CollectionStore
+
+    methods = [name for name, value in vars(CollectionStore).items() if callable(value) and not name.startswith("_")]
+    assert "add_items" in methods and "load_vectors" in methods and len(methods) >= 25
+    for name in methods:
+        wanted = inspect.signature(getattr(CollectionStore, name))
+        actual = inspect.signature(getattr(SqliteCollectionStore, name))
+        assert [(p.name, p.default) for p in actual.parameters.values()] == [
+            (p.name, p.default) for p in wanted.parameters.values()], name

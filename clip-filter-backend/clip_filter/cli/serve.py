@@ -1,13 +1,12 @@
-"""The `clip-filter` console script: `serve`, plus the collection commands."""
+"""`clip-filter serve`: the HTTP API (and the UI when CLIP_FILTER_UI_DIR is set)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
+from typing import Any
 
-from clip_filter import __version__
 from clip_filter.core.config import Settings
+from clip_filter.core.logging import logging_config
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -18,7 +17,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from clip_filter.api.main import create_app
 
-    overrides = {}
+    overrides: dict[str, Any] = {}
     if args.host is not None:
         overrides["host"] = args.host
     if args.port is not None:
@@ -27,31 +26,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # One worker process: the model lives in it once; concurrency comes from the batcher.
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=5, log_config=logging_config(settings.log_format),
     )
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clip-filter", description="Image-text matching and search on OpenCLIP.")
-    parser.add_argument("--version", action="version", version=f"clip-filter {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_subparsers(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the HTTP API (and the UI when CLIP_FILTER_UI_DIR is set)")
     serve.add_argument("--host", help="bind address (env CLIP_FILTER_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (env CLIP_FILTER_PORT, default 5000)")
     serve.set_defaults(handler=_serve)
-
-    from clip_filter.collections.cli_commands import add_subparsers
-
-    add_subparsers(commands)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    return int(args.handler(args, Settings()) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
