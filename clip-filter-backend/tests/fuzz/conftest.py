@@ -72,6 +72,12 @@ FUZZ_SETTINGS = settings(
 STATUS_COUNTS: Counter[tuple[str, int]] = Counter()
 
 
+def foreign_error_shape(operation: dict) -> bool:
+    """Protocol adapters (tag "protocol: ...") answer errors in the shape of the API they imitate (OpenAI, Weaviate,
+    immich), by design; for them only "no 5xx" is checked, not the native error envelope."""
+    return any(str(tag).lower().startswith("protocol:") for tag in operation.get("tags", ()))
+
+
 def is_known(method: str, path: str) -> bool:
     return operation_label(method, path) in KNOWN
 

@@ -8,7 +8,8 @@ schema does not describe get an arbitrary JSON object as their body, so their pa
 every body is described this adds nothing).
 
 Checks: `not_a_server_error` (any 5xx fails, unless the operation is listed in CLIP_FILTER_FUZZ_KNOWN), and
-`error_envelope`: a 4xx/5xx answered as JSON is `{"error": {"code": str, "message": str, ...}}`. Schema
+`error_envelope`: a 4xx/5xx answered as JSON is `{"error": {"code": str, "message": str, ...}}` (except on the
+protocol adapters, which answer in the shape of the API they imitate). Schema
 conformance of the 2xx bodies is not checked here (the routes' own tests do that).
 """
 
@@ -23,7 +24,16 @@ import schemathesis
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
-from .conftest import EXAMPLES, FUZZ_COLLECTION, SEED, STATUS_COUNTS, FuzzState, is_known, operation_label
+from .conftest import (
+    EXAMPLES,
+    FUZZ_COLLECTION,
+    SEED,
+    STATUS_COUNTS,
+    FuzzState,
+    foreign_error_shape,
+    is_known,
+    operation_label,
+)
 
 METHODS_WITH_BODIES = ("post", "put", "patch")
 REQUEST_TIMEOUT_S = 60.0  # a request this slow is a stuck worker: it fails as a transport error
@@ -80,7 +90,7 @@ def steer_path_parameters(state: FuzzState) -> Any:
 
 def error_envelope(ctx: Any, response: schemathesis.Response, case: schemathesis.Case) -> bool | None:
     """Every JSON error answer has the one shape `{"error": {"code": str, "message": str, ...}}`."""
-    if response.status_code < 400:
+    if response.status_code < 400 or foreign_error_shape(case.operation.definition.raw):
         return None
     content_type = response.headers.get("content-type", [""])[0].split(";")[0].strip().lower()
     if content_type != "application/json":
