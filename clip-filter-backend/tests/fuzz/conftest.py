@@ -27,9 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 from hypothesis import HealthCheck, Phase, settings
-
 from integration.conftest import EXTERNAL_URL, LiveServer, start_server
-from integration.images_for_tests import b64, png_bytes
+from integration.images_for_tests import png_bytes
 
 FUZZ_COLLECTION = "fuzz"  # the seeded collection that path parameters are steered to
 
@@ -70,6 +69,14 @@ FUZZ_SETTINGS = settings(
 # (operation label, status) -> how many fuzzed requests got it; printed at the end of the run, so a CI log shows
 # what was reached (a route that only ever answered 404 or 422 was not fuzzed much).
 STATUS_COUNTS: Counter[tuple[str, int]] = Counter()
+
+
+def is_error_envelope(body: object) -> bool:
+    """`{"error": {"code": <non-empty str>, "message": <non-empty str>, ...}}`, the one native error shape."""
+    error = body.get("error") if isinstance(body, dict) else None
+    return isinstance(error, dict) and all(
+        isinstance(error.get(key), str) and bool(error[key]) for key in ("code", "message")
+    )
 
 
 def foreign_error_shape(operation: dict) -> bool:

@@ -31,6 +31,7 @@ from .conftest import (
     STATUS_COUNTS,
     FuzzState,
     foreign_error_shape,
+    is_error_envelope,
     is_known,
     operation_label,
 )
@@ -86,7 +87,9 @@ def steer_path_parameters(state: FuzzState) -> Any:
             real["job_id"] = st.integers(0, 1000).map(lambda i: state.job_ids[i % len(state.job_ids)])
         if real == generated:
             return st.just(generated)
-        fixed = st.fixed_dictionaries({k: v if isinstance(v, st.SearchStrategy) else st.just(v) for k, v in real.items()})
+        fixed = st.fixed_dictionaries(
+            {key: value if isinstance(value, st.SearchStrategy) else st.just(value) for key, value in real.items()}
+        )
         return st.one_of(st.just(generated), fixed)
 
     return hook
@@ -99,12 +102,8 @@ def error_envelope(ctx: Any, response: schemathesis.Response, case: schemathesis
     content_type = response.headers.get("content-type", [""])[0].split(";")[0].strip().lower()
     if content_type != "application/json":
         return None
-    body = response.json()
-    error = body.get("error") if isinstance(body, dict) else None
-    if not (isinstance(error, dict) and isinstance(error.get("code"), str) and isinstance(error.get("message"), str)):
+    if not is_error_envelope(response.json()):
         raise AssertionError(f"{response.status_code} error body is not the error envelope: {response.text[:500]}")
-    if not error["code"] or not error["message"]:
-        raise AssertionError(f"{response.status_code} error envelope with an empty code or message: {body}")
     return None
 
 

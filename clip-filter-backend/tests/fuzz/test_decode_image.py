@@ -20,10 +20,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
+from unit.image_factory import animated, encode, noise, png_header_only, with_orientation
 
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.images import ImageLimits, decode_base64_image, decode_image
-from unit.image_factory import animated, encode, noise, png_header_only, with_orientation
 
 from .conftest import FUZZ_SETTINGS
 
@@ -38,7 +38,7 @@ def _seeds() -> dict[str, bytes]:
     rgba = rgb.convert("RGBA")
     palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     cmyk = rgb.convert("CMYK")
-    seeds = {
+    return {
         "png-rgb": encode(rgb, "PNG"),
         "png-rgba": encode(rgba, "PNG"),
         "png-palette-transparency": encode(palette, "PNG", transparency=0),
@@ -60,7 +60,6 @@ def _seeds() -> dict[str, bytes]:
         "tiff-16bit": encode(grey16, "TIFF"),
         "bmp": encode(rgb, "BMP"),
     }
-    return seeds
 
 
 SEEDS = _seeds()
@@ -71,14 +70,18 @@ def decodes_within_limits_or_refuses(data: bytes, limits: ImageLimits = LIMITS) 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns about metadata it skips; warnings are not the property
             image = decode_image(data, limits)
-    except ClipFilterError as error:
-        assert 400 <= error.status < 500, (error.status, error.code, error.message)
-        assert error.code and error.message
+    except ClipFilterError as exc:
+        assert_client_error(exc)
         return
     assert isinstance(image, Image.Image) and image.mode == "RGB"
     assert len(data) <= limits.max_bytes
     assert 1 <= image.width * image.height <= limits.max_pixels, image.size
     np.asarray(image)  # the pixels are really there (a lazily failing image would raise here)
+
+
+def assert_client_error(error: ClipFilterError) -> None:
+    assert 400 <= error.status < 500, (error.status, error.code, error.message)
+    assert error.code and error.message
 
 
 def _set_dimensions(data: bytearray, fmt: str, width: int, height: int) -> None:
@@ -159,8 +162,8 @@ def test_base64_of_mutated_images_decodes_or_refuses_cleanly(data: bytes, prefix
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = decode_base64_image(text, LIMITS)
-    except ClipFilterError as error:
-        assert 400 <= error.status < 500, (error.status, error.code)
+    except ClipFilterError as exc:
+        assert_client_error(exc)
     else:
         assert image.mode == "RGB" and image.width * image.height <= LIMITS.max_pixels
 

@@ -17,10 +17,17 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-
 from integration.images_for_tests import b64, png_bytes
 
-from .conftest import FUZZ_COLLECTION, STATUS_COUNTS, FuzzState, foreign_error_shape, is_known, operation_label
+from .conftest import (
+    FUZZ_COLLECTION,
+    STATUS_COUNTS,
+    FuzzState,
+    foreign_error_shape,
+    is_error_envelope,
+    is_known,
+    operation_label,
+)
 
 PNG = b64(png_bytes(970, (8, 8)))
 
@@ -152,11 +159,9 @@ def check_answer(response: httpx.Response, foreign: bool = False) -> str | None:
     operation is a protocol adapter with the error shape of the API it imitates)."""
     if response.status_code >= 500:
         return f"{response.status_code}: {response.text[:300]}"
-    if not foreign and response.status_code >= 400 and response.headers.get("content-type", "").startswith("application/json"):
-        body = response.json()
-        error = body.get("error") if isinstance(body, dict) else None
-        if not (isinstance(error, dict) and isinstance(error.get("code"), str) and isinstance(error.get("message"), str)):
-            return f"{response.status_code} not in the error envelope: {response.text[:300]}"
+    is_json = response.headers.get("content-type", "").startswith("application/json")
+    if not foreign and response.status_code >= 400 and is_json and not is_error_envelope(response.json()):
+        return f"{response.status_code} not in the error envelope: {response.text[:300]}"
     return None
 
 

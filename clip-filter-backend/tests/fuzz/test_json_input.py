@@ -65,7 +65,7 @@ def same_json(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         return list(a) == list(b) and all(same_json(a[k], b[k]) for k in a)
     if isinstance(a, list):
-        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -77,13 +77,17 @@ class Body(bytes):
         return text if len(text) <= 160 else f"{text[:100]}...{text[-40:]} ({len(self):,} bytes)"
 
 
+def assert_client_error(error: ClipFilterError) -> None:
+    assert 400 <= error.status < 500, (error.status, error.code, error.message)
+    assert error.code and error.message
+
+
 def reads_like_json_or_refuses(body: bytes) -> None:
     body = Body(body)
     try:
         result = read(body)
-    except ClipFilterError as error:
-        assert 400 <= error.status < 500, (error.status, error.code, error.message)
-        assert error.code and error.message
+    except ClipFilterError as exc:
+        assert_client_error(exc)
         return
     except Exception as exc:  # noqa: BLE001 - any other exception is the failure this test looks for
         raise AssertionError(
