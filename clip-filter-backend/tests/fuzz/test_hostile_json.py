@@ -11,6 +11,7 @@ operations comes from the live schema, so routes added later are covered without
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -165,6 +166,15 @@ def check_answer(response: httpx.Response, foreign: bool = False) -> str | None:
     return None
 
 
+def judge(label: str, what: str, response: httpx.Response, foreign: bool) -> str | None:
+    """check_answer, except that a 5xx of an operation in CLIP_FILTER_FUZZ_KNOWN is only a warning."""
+    problem = check_answer(response, foreign)
+    if problem and response.status_code >= 500 and is_known(*label.split(" ", 1)):
+        warnings.warn(f"known 5xx (CLIP_FILTER_FUZZ_KNOWN): {label} <- {what}: {problem}", stacklevel=2)
+        return None
+    return problem
+
+
 def send(state: FuzzState, method: str, path: str, **kwargs: Any) -> httpx.Response | str:
     """One request on a fresh connection (after a 500 uvicorn closes the connection, which would make the next
     request on a reused one fail for the wrong reason). A dropped connection comes back as its description."""
@@ -190,8 +200,8 @@ def test_hostile_json_never_gives_5xx(shape: str, json_operations, fuzz_state: F
             failures.append(f"{label} <- {shape} ({len(body):,} bytes): {response}")
             continue
         STATUS_COUNTS[(label, response.status_code)] += 1
-        problem = check_answer(response, foreign)
-        if problem and not (response.status_code >= 500 and is_known(method, template)):
+        problem = judge(label, shape, response, foreign)
+        if problem:
             failures.append(f"{label} <- {shape} ({len(body):,} bytes): {problem}")
         if label == "POST /collections" and response.status_code == 201:
             send(fuzz_state, "DELETE", f"/collections/{quote(response.json()['name'], safe='')}")  # free the name
@@ -227,6 +237,6 @@ def test_hostile_multipart_never_gives_5xx(case: str, fuzz_state: FuzzState) -> 
     if isinstance(response, str):
         pytest.fail(f"POST {template} <- {case}: {response}")
     STATUS_COUNTS[(operation_label("POST", template), response.status_code)] += 1
-    problem = check_answer(response)
-    if problem and not (response.status_code >= 500 and is_known("POST", template)):
+    problem = judge(operation_label("POST", template), case, response, foreign=False)
+    if problem:
         pytest.fail(f"POST {template} <- {case}: {problem}")
