@@ -100,7 +100,7 @@ def test_go_client_nulls_and_empty_requests(client):
         ({"images": [b64(png_bytes(1)), "%%%not base64%%%"]}, 400, "images[1]"),  # one bad image fails it all
         ({"images": [b64(b"hello world")]}, 415, "images[0]"),
         ({"images": ["https://example.com/a.png"]}, 400, "URL"),
-        ({"texts": ["fine", "   "]}, 400, "texts[1]"),
+        ({"texts": ["fine", "   "]}, 422, "texts[1]"),
         ({"texts": "not a list"}, 422, "texts"),
         ({"texts": ["x"] * 257}, 413, "texts"),
     ],
