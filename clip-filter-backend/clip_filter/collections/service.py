@@ -41,9 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Files no row references are removed at startup only when older than this: a CLI process may have
-# written an original whose transaction has not committed yet.
-GC_MIN_AGE_S = 600.0
 
 
 class Collections:
@@ -57,7 +54,8 @@ class Collections:
     ) -> None:
         self.settings = settings
         self.model = model_service
-        self.store: CollectionStore = store if store is not None else SqliteCollectionStore(settings.data_dir)
+        self.store: CollectionStore = store if store is not None else SqliteCollectionStore(
+            settings.data_dir, settings.db_readers)
         self.limits = IngestLimits.from_settings(settings)
         self.ingestor = Ingestor(self.store, self.limits)
         self.maps = MapCache()
@@ -74,7 +72,7 @@ class Collections:
 
     def _collect_garbage(self) -> None:
         try:
-            removed = self.store.collect_garbage(GC_MIN_AGE_S)
+            removed = self.store.collect_garbage(self.settings.gc_grace_s)
             if any(removed.values()):
                 log.info("removed unreferenced files: %s", removed)
         except ClipFilterError:
