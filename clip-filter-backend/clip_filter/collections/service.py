@@ -58,7 +58,8 @@ class Collections:
             settings.data_dir, settings.db_readers)
         self.limits = IngestLimits.from_settings(settings)
         self.ingestor = Ingestor(self.store, self.limits)
-        self.maps = MapCache()
+        self.maps = MapCache(settings.map_cache_size)
+        self.store.add_listener(self.maps.apply)
         self.indexes = IndexCache(self.store, settings.ann_min_items, self.maps.drop)
         self.jobs = JobRunner(
             self.store, self.ingestor, model_service.blocking_embedder, settings.batch_size,
@@ -82,13 +83,14 @@ class Collections:
 
     def close(self) -> None:
         self.jobs.close()
+        self.maps.close()
         self.store.close()
 
     # ---- the model ------------------------------------------------------------------------------------
-    def embedder(self) -> Embedder:
-        """The model's embedder (503 while it is not ready)."""
+    def embedder(self, wait_for_room: bool = True) -> Embedder:
+        """The model's embedder (503 while it is not ready); `wait_for_room=False` refuses a full queue (429)."""
         self.model.require_ready()
-        return self.model.blocking_embedder()
+        return self.model.blocking_embedder() if wait_for_room else self.model.blocking_embedder(wait_for_room=False)
 
     def check_model(self, collection: CollectionRecord) -> None:
         """503 while the model is not ready, 409 model_mismatch when the collection has other vectors."""
@@ -115,10 +117,11 @@ class Collections:
         return self.store.get_collection_by_id(collection.id) or collection
 
     # ---- items ----------------------------------------------------------------------------------------
-    def add(self, name: str, sources: list[Source]) -> AddResult:
-        """Synchronous add (HTTP upload): one committed transaction for the whole batch."""
+    def add(self, name: str, sources: list[Source], wait_for_room: bool = True) -> AddResult:
+        """Synchronous add (HTTP upload): one committed transaction for the whole batch. The HTTP route passes
+        `wait_for_room=False`: a full model queue answers 429 rather than holding the request's thread."""
         collection = self.get_collection(name)
-        embedder = self.embedder()
+        embedder = self.embedder(wait_for_room)
         self.check_model(collection)  # before any decoding: a mismatch refuses the whole request
         outcomes = self.ingestor.ingest(collection, sources, embedder)
         ids = [o.item_id for o in outcomes if o.item_id is not None]
@@ -280,9 +283,11 @@ class Collections:
         self.jobs.submit(job.id)
         return job
 
-    def create_folder_job(self, name: str, path: str) -> JobRecord:
-        """A bulk job of a server-side folder inside CLIP_FILTER_INGEST_ROOTS."""
-        job = create_path_job(self.store, self._job_collection(name), path, self.settings.ingest_root_paths)
+    def create_folder_job(self, name: str, path: str, include_hidden: bool = False) -> JobRecord:
+        """A bulk job of a server-side folder inside CLIP_FILTER_INGEST_ROOTS (regular files; hidden ones only
+        when asked)."""
+        job = create_path_job(
+            self.store, self._job_collection(name), path, self.settings.ingest_root_paths, include_hidden)
         self.jobs.submit(job.id)
         return job
 
@@ -322,23 +327,27 @@ class Collections:
         )
 
     # ---- map ------------------------------------------------------------------------------------------
-    def _layout(self, collection: CollectionRecord) -> MapLayout:
+    def _layout(self, collection: CollectionRecord) -> tuple[MapLayout, bool]:
+        collection_id = collection.id
+
         def compute() -> tuple[int, MapLayout]:
-            version, ids, vectors, _ = self.store.load_vectors(collection.id)
+            version, ids, vectors, _ = self.store.load_vectors(collection_id)
             return version, compute_layout(ids, vectors)
 
-        return self.maps.get(collection.id, collection.version, compute)
+        return self.maps.get_or_stale(collection_id, collection.version, compute)
 
     def map(self, name: str) -> CollectionMap:
+        """The collection's map; after items changed, the previous one (`stale`) while a new one is computed."""
         collection = self.get_collection(name)
-        layout = self._layout(collection)
+        layout, stale = self._layout(collection)
         found = self.store.items_by_ids(collection.id, [int(i) for i in layout.ids])
         points = [
             MapPoint(found[int(item_id)], float(x), float(y))
             for item_id, (x, y) in zip(layout.ids, layout.coords)
             if int(item_id) in found
         ]
-        return CollectionMap(layout.method, points, layout.total, len(layout.ids) < layout.total)
+        return CollectionMap(layout.method, points, layout.total, len(layout.ids) < layout.total, stale,
+                             layout.computed_at)
 
     def project_text(self, name: str, text: str) -> Projection:
         """Where a text lands on the collection's map."""
@@ -347,7 +356,7 @@ class Collections:
         embedder = self.embedder()
         self.check_model(collection)
         vector = np.asarray(embedder.encode_texts([text]).embeddings[0], np.float32)
-        layout = self._layout(collection)
+        layout, _ = self._layout(collection)
         x, y = layout.project(vector)
         return Projection(x, y, layout.method)
 

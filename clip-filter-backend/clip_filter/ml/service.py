@@ -121,6 +121,10 @@ class ModelService:
         return {"batches_run": self.batcher.batches_run, "items_run": self.batcher.items_run,
                 "busy_s": round(self.batcher.busy_s, 3), "queued": self.batcher.queued}
 
+    def queue_has_room(self, count: int = 1) -> bool:
+        """Whether the model queue would admit `count` more items now (False while there is no batcher)."""
+        return self.batcher is not None and self.batcher.has_room(count)
+
     # ---- model work (async, for the web layer) ---------------------------------------------------
     async def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         encoder = self.require_ready()
@@ -144,8 +148,9 @@ class ModelService:
         return _text_batch(texts, known)
 
     # ---- model work (blocking, for worker threads such as bulk ingest jobs) ----------------------
-    def blocking_embedder(self) -> "BlockingEmbedder":
-        return BlockingEmbedder(self)
+    def blocking_embedder(self, wait_for_room: bool = True) -> "BlockingEmbedder":
+        """`wait_for_room=False`: a full queue raises OverloadedError (429) instead of waiting (HTTP uploads)."""
+        return BlockingEmbedder(self, wait_for_room)
 
     # ---- run on the model thread -----------------------------------------------------------------
     def _run_image_batch(self, pixels: list[torch.Tensor]) -> list[np.ndarray]:
@@ -166,8 +171,9 @@ def _text_batch(texts: list[str], known: dict[str, tuple[np.ndarray, bool]]) -> 
 class BlockingEmbedder:
     """The collections Embedder protocol for worker threads, going through the same batcher."""
 
-    def __init__(self, service: ModelService) -> None:
+    def __init__(self, service: ModelService, wait_for_room: bool = True) -> None:
         self._service = service
+        self._wait = wait_for_room
 
     @property
     def info(self) -> ModelInfo:
@@ -178,7 +184,7 @@ class BlockingEmbedder:
         if not images:
             return np.zeros((0, encoder.info.dim), np.float32)
         pixels = list(self._service._pool.map(encoder.preprocess, images))
-        return np.stack(self._service.batcher.submit_blocking("image", pixels)).astype(np.float32, copy=False)
+        return np.stack(self._service.batcher.submit_blocking("image", pixels, self._wait)).astype(np.float32, copy=False)
 
     def encode_texts(self, texts: list[str]) -> TextBatch:
         encoder = self._service.require_ready()
@@ -187,6 +193,6 @@ class BlockingEmbedder:
         known = encoder.cached_texts(texts)
         missing = list(dict.fromkeys(t for t in texts if t not in known))
         if missing:
-            for text, row in zip(missing, self._service.batcher.submit_blocking("text", missing)):
+            for text, row in zip(missing, self._service.batcher.submit_blocking("text", missing, self._wait)):
                 known[text] = row
         return _text_batch(texts, known)
