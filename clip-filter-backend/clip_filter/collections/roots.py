@@ -77,8 +77,12 @@ def resolve_allowed(path_text: object, roots: list[Path]) -> Path:
         raise unresolvable(path_text) from None
     if not requested.is_absolute() or not roots or not inside_roots(real, roots):
         raise path_not_allowed(path_text)
-    if not real.exists():
-        raise ClipFilterError("path_not_found", f"{path_text!r} does not exist.", 404, path=path_text)
+    try:
+        real.stat()
+    except FileNotFoundError:
+        raise ClipFilterError("path_not_found", f"{path_text!r} does not exist.", 404, path=path_text) from None
+    except OSError:  # ELOOP: a symlink loop that resolve() left in place
+        raise unresolvable(path_text) from None
     return real
 
 

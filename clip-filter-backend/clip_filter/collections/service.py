@@ -34,7 +34,7 @@ from clip_filter.collections.store import (
 from clip_filter.collections.validation import validate_filters, validate_name
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.core.validation import check_text
-from clip_filter.images import ImageLimits, decode_base64_image, decode_image, make_thumbnail
+from clip_filter.images import ImageLimits, decode_base64_image, decode_image, make_thumbnail, sniff_image_mimetype
 
 if TYPE_CHECKING:
     from clip_filter.core.config import Settings
@@ -193,6 +193,13 @@ class Collections:
         return self.store.original_file(item)
 
     # ---- files ----------------------------------------------------------------------------------------
+    def content_type(self, item: ItemRecord, data: bytes) -> str:
+        """The type an original is served with: sniffed from its bytes (images) or text/plain; never the stored
+        mimetype, which an import file could set (text/html would be stored XSS on the UI's origin)."""
+        if item.kind == "text":
+            return "text/plain; charset=utf-8"
+        return sniff_image_mimetype(data) or "application/octet-stream"
+
     def read_content(self, item: ItemRecord) -> bytes:
         if item.kind == "text":
             return (item.text or "").encode("utf-8")
@@ -324,6 +331,7 @@ class Collections:
         return transfer.import_collection(
             self.store, source, name=name, merge=merge, skip_invalid=skip_invalid, batch_size=batch_size,
             progress=progress, check_progress=check_progress,
+            tar_limits=transfer.TarLimits(self.settings.import_max_members, self.settings.import_max_bytes),
         )
 
     # ---- map ------------------------------------------------------------------------------------------

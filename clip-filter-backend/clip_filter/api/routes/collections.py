@@ -139,8 +139,7 @@ def _disposition(item: ItemRecord) -> dict[str, str]:
 async def item_content(name: str, collections: CollectionsDep, item_id: int = ItemId) -> Response:
     item = await run_in_threadpool(collections.get_item, name, item_id)
     data = await run_in_threadpool(collections.read_content, item)
-    media_type = f"{item.mimetype}; charset=utf-8" if item.kind == "text" else item.mimetype
-    return Response(data, media_type=media_type, headers=_disposition(item))
+    return Response(data, media_type=collections.content_type(item, data), headers=_disposition(item))
 
 
 @router.get("/collections/{name}/items/{item_id}/thumbnail", summary="A JPEG thumbnail of an image item")

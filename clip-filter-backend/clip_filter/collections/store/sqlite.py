@@ -362,8 +362,15 @@ class SqliteCollectionStore:
                         )
                 change = Change(collection_id, 0)
                 counts = {"image": 0, "text": 0}
+                # Vectors of another dimension would make every later search and map fail: refused here too.
+                dim = model[2] if model is not None else (collection.dim if collection.item_count else None)
                 for item in items:
-                    embedding = np.ascontiguousarray(item.embedding, np.float32)
+                    embedding = np.ascontiguousarray(item.embedding, np.float32).reshape(-1)
+                    if dim and embedding.size != dim:
+                        raise ClipFilterError(
+                            "dimension_mismatch", f"An embedding has {embedding.size} dimensions; collection "
+                            f"{collection.name!r} holds {dim}-dimensional ones.", 409, dim=dim,
+                        )
                     cursor = conn.execute(
                         "INSERT INTO items (collection_id, kind, filename, mimetype, size, sha256, metadata, truncated, "
                         "text, original_path, width, height, embedding, created_at) "
