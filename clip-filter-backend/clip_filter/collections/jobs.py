@@ -17,15 +17,21 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from clip_filter.collections.embedder import Embedder
 from clip_filter.collections.ingest import Ingestor, PreparedBatch, Source, is_supported_filename
 from clip_filter.collections.roots import (  # noqa: F401 - re-exported for callers of the old names
-    MAX_JOB_FILES, inside_roots, list_folder, path_not_allowed, resolve_allowed, root_of,
+    MAX_JOB_FILES,
+    inside_roots,
+    list_folder,
+    path_not_allowed,
+    resolve_allowed,
+    root_of,
 )
 from clip_filter.collections.store import CollectionRecord, CollectionStore, JobFile, JobRecord
 from clip_filter.core.errors import ClipFilterError, ModelUnavailableError, OverloadedError

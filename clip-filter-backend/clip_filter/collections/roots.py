@@ -17,8 +17,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from clip_filter.collections.store import JobFile
 from clip_filter.core.errors import ClipFilterError

@@ -229,7 +229,8 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     # Without a model and its dimension the vectors could not be checked against the target's: a mixed
     # collection would fail every search.
     if not isinstance(model.get("name"), str) or not model["name"].strip():
-        raise _invalid("collection.json names no model (`model.name`); embeddings of an unknown model are not imported.")
+        raise _invalid(
+            "collection.json names no model (`model.name`); embeddings of an unknown model are not imported.")
     if not isinstance(model.get("dim"), int) or isinstance(model.get("dim"), bool) or model["dim"] < 1:
         raise _invalid("collection.json gives no embedding dimension (`model.dim`).")
     if model.get("pretrained") is not None and not isinstance(model.get("pretrained"), str):

@@ -184,7 +184,8 @@ class BlockingEmbedder:
         if not images:
             return np.zeros((0, encoder.info.dim), np.float32)
         pixels = list(self._service._pool.map(encoder.preprocess, images))
-        return np.stack(self._service.batcher.submit_blocking("image", pixels, self._wait)).astype(np.float32, copy=False)
+        rows = self._service.batcher.submit_blocking("image", pixels, self._wait)
+        return np.stack(rows).astype(np.float32, copy=False)
 
     def encode_texts(self, texts: list[str]) -> TextBatch:
         encoder = self._service.require_ready()

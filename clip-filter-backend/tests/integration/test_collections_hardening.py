@@ -168,7 +168,8 @@ def test_a_fifo_job_left_running_by_an_older_server_finishes_after_a_restart(ser
     data_dir = tmp_path / "data"
     store = SqliteCollectionStore(data_dir)  # what an older version left: a running job listing the FIFO
     collection = store.create_collection("r")
-    job = store.create_job("a" * 32, collection, "path", str(root), [JobFile(0, "stuck.jpg", str(root / "stuck.jpg"), {})])
+    listed = [JobFile(0, "stuck.jpg", str(root / "stuck.jpg"), {})]
+    job = store.create_job("a" * 32, collection, "path", str(root), listed)
     store.set_job_state(job.id, "running")
     store.close()
     server = server_factory({"CLIP_FILTER_INGEST_ROOTS": str(root)}, data_dir=data_dir)

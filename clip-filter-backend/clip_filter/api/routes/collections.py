@@ -32,8 +32,8 @@ from clip_filter.core.errors import OverloadedError
 router = APIRouter(tags=["collections"])
 
 ItemId = Path(..., ge=1, le=MAX_ID)
-OUT: dict[str, Any] = {"response_model_exclude_unset": True}
-FullText = Query(False, description="whole texts instead of previews (CLIP_FILTER_TEXT_PREVIEW_CHARS characters)")  # optional keys stay absent, as in the views
+OUT: dict[str, Any] = {"response_model_exclude_unset": True}  # optional keys stay absent, as in the views
+FullText = Query(False, description="whole texts instead of previews (CLIP_FILTER_TEXT_PREVIEW_CHARS characters)")
 
 
 # ---- collections ------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -121,7 +121,7 @@ def collect_garbage(
         removed["temp"] += 1
     if not (originals or thumbnail_folders or thumbnails or spools or collection_folders):
         return removed
-    with guard.locked() if guard is not None else _no_lock():
+    with guard.locked() if guard is not None else nullcontext():
         if guard is not None:  # the truth now, with every writer waiting
             still = guard.referenced([relative for _, relative in originals])
             originals = [(path, relative) for path, relative in originals if relative not in still]
@@ -144,8 +144,3 @@ def collect_garbage(
         for folder in collection_folders:
             shutil.rmtree(folder, ignore_errors=True)
     return removed
-
-
-class _no_lock(AbstractContextManager):
-    def __exit__(self, *exc: object) -> None:
-        return None

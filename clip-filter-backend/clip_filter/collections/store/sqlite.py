@@ -24,7 +24,7 @@ import json
 import logging
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -47,10 +47,8 @@ DEFAULT_READERS = 8
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
-    try:
+    with suppress(sqlite3.Error):  # no transaction left to roll back (SQLite may have ended it itself)
         conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass  # no transaction left to roll back (SQLite may have ended it itself)
 
 
 class _ReaderPool:
@@ -114,10 +112,8 @@ class _ReaderPool:
         with self._cond:
             self._closed = True
             for conn in self._idle:
-                try:
+                with suppress(sqlite3.Error):
                     conn.close()
-                except sqlite3.Error:
-                    pass
             self._open -= len(self._idle)
             self._idle.clear()
             self._cond.notify_all()
