@@ -6,14 +6,19 @@ part per file in the same order (or none), each a JSON object; every `files` par
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import FormData, UploadFile
 
+from clip_filter.api import json_body
 from clip_filter.collections.validation import validate_metadata
+from clip_filter.core.errors import ClipFilterError
 from clip_filter.core.validation import invalid
+
+# A metadata part is one small JSON object per file: budgets far below a whole body's.
+METADATA_MAX_ELEMENTS = 10_000
+METADATA_MAX_DEPTH = 32
 
 
 @dataclass
@@ -37,9 +42,11 @@ def parse_metadata_part(raw: Any, position: int) -> dict[str, Any]:
     if raw is None or not raw.strip():
         return {}
     try:
-        value = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise invalid(f"`metadata` {position} is not valid JSON: {exc}", "invalid_metadata", 422, index=position) from None
+        # The same scanning parser as JSON bodies: huge integers, deep nesting and floods are 4xx, not 500s.
+        value = json_body.parse(raw, METADATA_MAX_ELEMENTS, METADATA_MAX_DEPTH)
+    except ClipFilterError as exc:
+        raise invalid(f"`metadata` {position} is not valid JSON: {exc.message}", "invalid_metadata", 422,
+                      index=position) from None
     return validate_metadata(value, f"metadata[{position}]")
 
 

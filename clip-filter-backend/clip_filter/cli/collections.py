@@ -104,8 +104,8 @@ class LocalModel:
     def info(self) -> ModelInfo:
         return self.require_ready().info
 
-    def blocking_embedder(self) -> ClipEncoder:
-        return self.require_ready()
+    def blocking_embedder(self, wait_for_room: bool = True) -> ClipEncoder:
+        return self.require_ready()  # no queue in the CLI: the model runs in this thread
 
 
 @contextmanager

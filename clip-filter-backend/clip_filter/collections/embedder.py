@@ -40,4 +40,5 @@ class ModelSource(Protocol):
 
     def require_ready(self) -> object: ...  # raises ModelUnavailableError (503) while there is no model
 
-    def blocking_embedder(self) -> Embedder: ...  # safe to call from worker threads
+    # Safe to call from worker threads; `wait_for_room=False`: refuse (429) rather than wait for a full queue.
+    def blocking_embedder(self, wait_for_room: bool = True) -> Embedder: ...

@@ -28,7 +28,18 @@ class IndexCache:
         store.add_listener(self.apply)
 
     def apply(self, change: Change) -> None:
-        """Called after each commit of this process (under the store's write lock, in commit order)."""
+        """Called after each commit of this process (under the store's write lock, in commit order).
+
+        Should applying the delta fail (e.g. MemoryError), the index is dropped and rebuilt from the store on
+        the next search: the commit stands either way."""
+        try:
+            self._apply(change)
+        except BaseException:
+            with self._lock:
+                self._indexes.pop(change.collection_id, None)
+            raise
+
+    def _apply(self, change: Change) -> None:
         with self._lock:
             index = self._indexes.get(change.collection_id)
             if index is None:

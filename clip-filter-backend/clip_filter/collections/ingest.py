@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from clip_filter.collections.embedder import Embedder, model_key
+from clip_filter.collections.roots import read_regular_file
 from clip_filter.collections.store import CollectionRecord, CollectionStore, JobProgress, NewItem
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.images import ImageLimits, decode_image, sniff_image_mimetype
@@ -45,11 +46,19 @@ def is_supported_filename(name: str) -> bool:
 class IngestLimits:
     image: ImageLimits
     max_text_chars: int  # a text longer than this is stored whole but embedded from its start
+    max_stored_text_bytes: int = 1024 * 1024  # a longer text is refused (413 text_too_long)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "IngestLimits":
         return cls(ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
-                   settings.max_text_chars)
+                   settings.max_text_chars, settings.max_stored_text_bytes)
+
+
+def text_too_long(size: int, limit: int) -> ClipFilterError:
+    return ClipFilterError(
+        "text_too_long", f"The text has {size} bytes of UTF-8; at most {limit} are stored "
+        "(CLIP_FILTER_MAX_STORED_TEXT_BYTES).", 413, limit=limit,
+    )
 
 
 @dataclass
@@ -63,6 +72,7 @@ class Source:
     metadata: dict[str, Any] = field(default_factory=dict)
     content_type: str | None = None
     error: ClipFilterError | None = None  # refused before reading (e.g. a path outside the allowed folders)
+    root: Path | None = None  # an ingest root: `path` is opened beneath it, never through a symlink
 
 
 @dataclass
@@ -107,22 +117,9 @@ def _read(source: Source, limits: IngestLimits) -> bytes:
     if source.data is not None:
         return source.data
     assert source.path is not None
-    try:
-        size = source.path.stat().st_size
-        if size > limits.image.max_bytes:
-            raise ClipFilterError(
-                "file_too_large", f"The file has {size} bytes; at most {limits.image.max_bytes} are accepted.", 413,
-                limit=limits.image.max_bytes,
-            )
-        return source.path.read_bytes()
-    except FileNotFoundError:
-        raise ClipFilterError("file_not_found", f"{source.path} does not exist (any more).", 404) from None
-    except IsADirectoryError:
-        raise ClipFilterError("not_a_file", f"{source.path} is a folder.", 422) from None
-    except PermissionError:
-        raise ClipFilterError("file_unreadable", f"{source.path} cannot be read (permission denied).", 403) from None
-    except OSError as exc:
-        raise ClipFilterError("file_unreadable", f"{source.path} cannot be read: {exc.strerror or exc}", 422) from None
+    # Regular files only (a FIFO would block forever), at most the byte limit, read from one descriptor;
+    # files of the ingest roots are opened beneath their root without following links (roots.py).
+    return read_regular_file(source.path, limits.image.max_bytes, source.root)
 
 
 def _looks_like_text(source: Source) -> bool:
@@ -158,8 +155,12 @@ def check_text(text: str) -> str:
 def prepare(index: int, source: Source, limits: IngestLimits) -> _Prepared:
     """Read, hash and decode one source (raises ClipFilterError for a bad one)."""
     if source.text is not None:
+        if len(source.text) > limits.max_stored_text_bytes:  # at least that many bytes: no need to encode
+            raise text_too_long(len(source.text), limits.max_stored_text_bytes)
         text = check_text(source.text)
         encoded = text.encode("utf-8")
+        if len(encoded) > limits.max_stored_text_bytes:
+            raise text_too_long(len(encoded), limits.max_stored_text_bytes)
         return _Prepared(index, "text", sha256_hex(encoded), "text/plain", len(encoded), source.filename,
                          source.metadata, text=text)
     data = _read(source, limits)
@@ -167,7 +168,11 @@ def prepare(index: int, source: Source, limits: IngestLimits) -> _Prepared:
         raise ClipFilterError("empty_file", "The file is empty.", 400)
     image_type = sniff_image_mimetype(data)
     if image_type is None and _looks_like_text(source):
+        if len(data) > limits.max_stored_text_bytes + 3:  # + a UTF-8 byte order mark
+            raise text_too_long(len(data), limits.max_stored_text_bytes)
         text = check_text(decode_text(data))
+        if len(text.encode("utf-8")) > limits.max_stored_text_bytes:
+            raise text_too_long(len(text.encode("utf-8")), limits.max_stored_text_bytes)
         # Texts hash as their UTF-8, so the same text added as a file or as JSON is one item.
         encoded = text.encode("utf-8")
         return _Prepared(index, "text", sha256_hex(encoded), _text_mimetype(source.filename), len(encoded),

@@ -13,80 +13,36 @@ marked `interrupted` and its progress stays visible.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from clip_filter.collections.embedder import Embedder
-from clip_filter.collections.ingest import Ingestor, PreparedBatch, Source, failure_entry, is_supported_filename
+from clip_filter.collections.ingest import Ingestor, PreparedBatch, Source, is_supported_filename
+from clip_filter.collections.roots import (  # noqa: F401 - re-exported for callers of the old names
+    MAX_JOB_FILES,
+    inside_roots,
+    list_folder,
+    path_not_allowed,
+    resolve_allowed,
+    root_of,
+)
 from clip_filter.collections.store import CollectionRecord, CollectionStore, JobFile, JobRecord
 from clip_filter.core.errors import ClipFilterError, ModelUnavailableError, OverloadedError
 
 log = logging.getLogger(__name__)
 
 MAX_CRASHES = 3
-MAX_JOB_FILES = 1_000_000
 
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
-
-
-def path_not_allowed(path: str) -> ClipFilterError:
-    return ClipFilterError(
-        "path_not_allowed",
-        f"{path!r} is not inside a folder this server may read; allowed folders are set with "
-        "CLIP_FILTER_INGEST_ROOTS.",
-        403,
-        path=path,
-    )
-
-
-def inside_roots(path: Path, roots: list[Path]) -> bool:
-    return any(path == root or path.is_relative_to(root) for root in roots)
-
-
-def resolve_allowed(path_text: str, roots: list[Path]) -> Path:
-    """The real path (symlinks resolved) of a requested folder or file, if it lies inside a root."""
-    if not isinstance(path_text, str) or not path_text.strip():
-        raise ClipFilterError("invalid_request", "`path` must be a non-empty string.", 422)
-    try:
-        real = Path(path_text).expanduser().resolve(strict=False)
-    except (OSError, RuntimeError):
-        raise path_not_allowed(path_text) from None
-    if not Path(path_text).expanduser().is_absolute() or not roots or not inside_roots(real, roots):
-        raise path_not_allowed(path_text)
-    if not real.exists():
-        raise ClipFilterError("path_not_found", f"{path_text!r} does not exist.", 404, path=path_text)
-    return real
-
-
-def list_folder(folder: Path, roots: list[Path]) -> tuple[list[JobFile], list[dict]]:
-    """Supported files under a folder, recursively, in a stable order; links leaving the roots fail."""
-    if folder.is_file():
-        return [JobFile(0, folder.name, str(folder), {})], []
-    files: list[JobFile] = []
-    failures: list[dict] = []
-    for directory, subdirs, names in os.walk(folder, followlinks=False):
-        subdirs.sort()
-        for name in sorted(names):
-            if not is_supported_filename(name):
-                continue
-            candidate = Path(directory, name)
-            real = candidate.resolve()
-            if not inside_roots(real, roots):
-                failures.append(failure_entry(str(candidate.relative_to(folder)), path_not_allowed(str(candidate))))
-                continue
-            files.append(JobFile(len(files), str(candidate.relative_to(folder)), str(real), {}))
-            if len(files) > MAX_JOB_FILES:
-                raise ClipFilterError("too_many_files", f"More than {MAX_JOB_FILES} files in one job.", 413)
-    return files, failures
 
 
 @dataclass
@@ -171,6 +127,8 @@ class JobRunner:
                     self.store.set_job_state(job_id, "failed", error)
                 except Exception:  # noqa: BLE001
                     log.exception("could not mark job %s failed", job_id)
+                    continue
+                self.store.files.remove_spool(job_id)  # a failed job is never resumed: its spool is garbage
 
     def _wait_for_model(self) -> Embedder | None:
         while not self._stop.is_set():
@@ -185,6 +143,7 @@ class JobRunner:
     def _process(self, job_id: str) -> None:
         job = self.store.get_job(job_id)
         if job.state not in ("queued", "running"):
+            self.store.files.remove_spool(job_id)  # e.g. failed when its collection was deleted: spool not needed
             return
         embedder = self._wait_for_model()
         if embedder is None:
@@ -220,10 +179,13 @@ class JobRunner:
 
     def _source(self, job: JobRecord, file: JobFile) -> Source:
         path = Path(file.path)
-        if job.source == "path" and not inside_roots(path.resolve(), self.roots):
-            # Swapped for a link leaving the roots after the job was listed: never read it.
+        if job.source != "path":
+            return Source(filename=file.filename, path=path, metadata=file.metadata, content_type=file.content_type)
+        root = root_of(path, self.roots)  # file.path was resolved once, when the job was listed
+        if root is None:  # the roots changed since the job was listed
             return Source(filename=file.filename, metadata=file.metadata, error=path_not_allowed(file.path))
-        return Source(filename=file.filename, path=path, metadata=file.metadata, content_type=file.content_type)
+        # Read beneath the root without following links: a component swapped for a symlink is refused then.
+        return Source(filename=file.filename, path=path, root=root, metadata=file.metadata)
 
     def _prefetch(self, pool: ThreadPoolExecutor, job: JobRecord, after: int) -> tuple[list[JobFile], Future] | None:
         """The next batch of the job's files after `after`, being prepared on the prefetch thread."""
@@ -270,9 +232,12 @@ def create_upload_job(store: CollectionStore, collection: CollectionRecord, uplo
         raise
 
 
-def create_path_job(store: CollectionStore, collection: CollectionRecord, path_text: str, roots: list[Path]) -> JobRecord:
+def create_path_job(
+    store: CollectionStore, collection: CollectionRecord, path_text: str, roots: list[Path],
+    include_hidden: bool = False,
+) -> JobRecord:
     real = resolve_allowed(path_text, roots)
     started = time.monotonic()
-    files, failures = list_folder(real, roots)
+    files, failures = list_folder(real, roots, is_supported_filename, include_hidden)
     log.info("job for %s: %d files listed in %.1fs", real, len(files), time.monotonic() - started)
     return store.create_job(new_job_id(), collection, "path", str(real), files, failures)

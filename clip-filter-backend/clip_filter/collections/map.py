@@ -9,19 +9,25 @@ Coordinates are scaled into [-1, 1]; projections use the same scaling. Large col
 from a fixed random sample of MAX_MAP_POINTS items (the response says so), since UMAP time grows with n
 and a browser cannot show a million points anyway.
 
-Layouts are cached per collection and keyed by the collection's version, which every write bumps,
-so any change invalidates the map.
+Layouts are cached per collection (`MapCache`, bounded, LRU) and recomputed only when the items or vectors
+change, in the background, serving the previous layout marked stale meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import warnings
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
+
+from clip_filter.collections.store.records import Change
+from clip_filter.core.errors import ClipFilterError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,7 @@ class MapLayout:
     project_raw: Callable[[np.ndarray], np.ndarray]  # (dim,) -> raw 2-D coordinates
     center: np.ndarray
     scale: float
+    computed_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
 
     def project(self, vector: np.ndarray) -> tuple[float, float]:
         raw = self.project_raw(np.asarray(vector, np.float32).reshape(-1))
@@ -130,26 +137,125 @@ def compute_layout(ids: np.ndarray, vectors: np.ndarray, seed: int = 0) -> MapLa
     return MapLayout(method, ids, coords, total, project, center, scale)
 
 
-class MapCache:
-    """One layout per collection, valid for one collection version; one computation at a time each."""
+@dataclass
+class _Cached:
+    version: int  # the collection version the layout is valid for (moved on by writes that keep the vectors)
+    layout: MapLayout
 
-    def __init__(self) -> None:
-        self._layouts: dict[int, tuple[int, MapLayout]] = {}
+
+class MapCache:
+    """Layouts per collection (each holding its fitted UMAP reducer), at most `max_entries`, least recently
+    used dropped first; one computation at a time per collection.
+
+    A layout stays valid across writes that do not change the vectors (a description or metadata PATCH:
+    `apply` moves its version on); after writes that do, `get_or_stale` answers the previous layout marked
+    stale and recomputes it on one background thread, so a map request never waits for UMAP again.
+    """
+
+    def __init__(self, max_entries: int = 8) -> None:
+        self.max_entries = max(1, max_entries)
+        self._layouts: OrderedDict[int, _Cached] = OrderedDict()
         self._locks: dict[int, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._pending: dict[int, Callable[[], tuple[int, MapLayout]]] = {}
+        self._work: queue.Queue[int | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._closed = False
 
+    # ---- reading ---------------------------------------------------------------------------------------
     def get(self, collection_id: int, version: int, compute: Callable[[], tuple[int, MapLayout]]) -> MapLayout:
-        """The layout for `version`; `compute` returns (the version its data had, the layout)."""
+        """The layout for `version`, computed here when it is not cached; `compute` returns (the version its
+        data had, the layout)."""
         with self._guard:
+            cached = self._layouts.get(collection_id)
+            if cached is not None and cached.version == version:
+                self._layouts.move_to_end(collection_id)
+                return cached.layout
             lock = self._locks.setdefault(collection_id, threading.Lock())
         with lock:
-            cached = self._layouts.get(collection_id)
-            if cached is not None and cached[0] == version:
-                return cached[1]
+            with self._guard:
+                cached = self._layouts.get(collection_id)
+                if cached is not None and cached.version == version:
+                    return cached.layout
             computed_version, layout = compute()
-            self._layouts[collection_id] = (computed_version, layout)
+            self._store(collection_id, computed_version, layout)
             return layout
+
+    def get_or_stale(
+        self, collection_id: int, version: int, compute: Callable[[], tuple[int, MapLayout]]
+    ) -> tuple[MapLayout, bool]:
+        """(layout, stale): the current layout; else the previous one (stale=True) while a fresh one is
+        computed in the background; only the very first map of a collection is computed here."""
+        with self._guard:
+            cached = self._layouts.get(collection_id)
+            if cached is not None:
+                self._layouts.move_to_end(collection_id)
+                if cached.version == version:
+                    return cached.layout, False
+                if not self._closed:
+                    if collection_id not in self._pending:
+                        self._work.put(collection_id)
+                    self._pending[collection_id] = compute  # the newest request's view of the data
+                    self._start_worker()
+                return cached.layout, True
+        return self.get(collection_id, version, compute), False
+
+    # ---- keeping it in step ----------------------------------------------------------------------------
+    def apply(self, change: Change) -> None:
+        """Store listener (after each commit of this process): writes that keep the vectors keep the map."""
+        with self._guard:
+            cached = self._layouts.get(change.collection_id)
+            if cached is None:
+                return
+            if change.reset and change.version < 0:  # the collection was deleted
+                self._layouts.pop(change.collection_id, None)
+            elif (not change.reset and not change.added_ids and not change.removed_ids
+                  and change.version == cached.version + 1):
+                cached.version = change.version
 
     def drop(self, collection_id: int) -> None:
         with self._guard:
             self._layouts.pop(collection_id, None)
+            self._pending.pop(collection_id, None)
+
+    def close(self) -> None:
+        with self._guard:
+            self._closed = True
+            self._pending.clear()
+        self._work.put(None)
+
+    def _store(self, collection_id: int, version: int, layout: MapLayout) -> None:
+        with self._guard:
+            current = self._layouts.get(collection_id)
+            if current is not None and current.version > version:
+                return  # a newer layout went in meanwhile
+            self._layouts[collection_id] = _Cached(version, layout)
+            self._layouts.move_to_end(collection_id)
+            while len(self._layouts) > self.max_entries:  # drops the reducer (and its graph) with the layout
+                evicted, _ = self._layouts.popitem(last=False)
+                self._locks.pop(evicted, None)
+
+    def _start_worker(self) -> None:
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._run, name="collections-map", daemon=True)
+            self._worker.start()
+
+    def _run(self) -> None:
+        while True:
+            collection_id = self._work.get()
+            if collection_id is None:
+                return
+            with self._guard:
+                compute = self._pending.pop(collection_id, None)
+                lock = self._locks.setdefault(collection_id, threading.Lock())
+            if compute is None:
+                continue
+            try:
+                with lock:
+                    computed_version, layout = compute()
+                    if collection_id in self._layouts:  # not dropped (deleted, evicted) meanwhile
+                        self._store(collection_id, computed_version, layout)
+            except ClipFilterError:
+                self.drop(collection_id)  # e.g. the collection was deleted meanwhile
+            except Exception:  # noqa: BLE001 - the previous map stays; the next request tries again
+                log.exception("recomputing the map of collection %s failed", collection_id)

@@ -71,6 +71,8 @@ class CollectionMap:
     points: list[MapPoint]
     total: int  # items in the collection
     sampled: bool  # the layout was computed from a sample of the items
+    stale: bool = False  # the items changed since: this is the previous map, a new one is being computed
+    computed_at: str | None = None  # when the layout was computed (UTC, ISO 8601)
 
 
 @dataclass(frozen=True)

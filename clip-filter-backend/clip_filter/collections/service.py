@@ -34,16 +34,13 @@ from clip_filter.collections.store import (
 from clip_filter.collections.validation import validate_filters, validate_name
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.core.validation import check_text
-from clip_filter.images import ImageLimits, decode_base64_image, decode_image, make_thumbnail
+from clip_filter.images import ImageLimits, decode_base64_image, decode_image, make_thumbnail, sniff_image_mimetype
 
 if TYPE_CHECKING:
     from clip_filter.core.config import Settings
 
 log = logging.getLogger(__name__)
 
-# Files no row references are removed at startup only when older than this: a CLI process may have
-# written an original whose transaction has not committed yet.
-GC_MIN_AGE_S = 600.0
 
 
 class Collections:
@@ -57,10 +54,12 @@ class Collections:
     ) -> None:
         self.settings = settings
         self.model = model_service
-        self.store: CollectionStore = store if store is not None else SqliteCollectionStore(settings.data_dir)
+        self.store: CollectionStore = store if store is not None else SqliteCollectionStore(
+            settings.data_dir, settings.db_readers)
         self.limits = IngestLimits.from_settings(settings)
         self.ingestor = Ingestor(self.store, self.limits)
-        self.maps = MapCache()
+        self.maps = MapCache(settings.map_cache_size)
+        self.store.add_listener(self.maps.apply)
         self.indexes = IndexCache(self.store, settings.ann_min_items, self.maps.drop)
         self.jobs = JobRunner(
             self.store, self.ingestor, model_service.blocking_embedder, settings.batch_size,
@@ -74,7 +73,7 @@ class Collections:
 
     def _collect_garbage(self) -> None:
         try:
-            removed = self.store.collect_garbage(GC_MIN_AGE_S)
+            removed = self.store.collect_garbage(self.settings.gc_grace_s)
             if any(removed.values()):
                 log.info("removed unreferenced files: %s", removed)
         except ClipFilterError:
@@ -84,13 +83,14 @@ class Collections:
 
     def close(self) -> None:
         self.jobs.close()
+        self.maps.close()
         self.store.close()
 
     # ---- the model ------------------------------------------------------------------------------------
-    def embedder(self) -> Embedder:
-        """The model's embedder (503 while it is not ready)."""
+    def embedder(self, wait_for_room: bool = True) -> Embedder:
+        """The model's embedder (503 while it is not ready); `wait_for_room=False` refuses a full queue (429)."""
         self.model.require_ready()
-        return self.model.blocking_embedder()
+        return self.model.blocking_embedder() if wait_for_room else self.model.blocking_embedder(wait_for_room=False)
 
     def check_model(self, collection: CollectionRecord) -> None:
         """503 while the model is not ready, 409 model_mismatch when the collection has other vectors."""
@@ -117,10 +117,11 @@ class Collections:
         return self.store.get_collection_by_id(collection.id) or collection
 
     # ---- items ----------------------------------------------------------------------------------------
-    def add(self, name: str, sources: list[Source]) -> AddResult:
-        """Synchronous add (HTTP upload): one committed transaction for the whole batch."""
+    def add(self, name: str, sources: list[Source], wait_for_room: bool = True) -> AddResult:
+        """Synchronous add (HTTP upload): one committed transaction for the whole batch. The HTTP route passes
+        `wait_for_room=False`: a full model queue answers 429 rather than holding the request's thread."""
         collection = self.get_collection(name)
-        embedder = self.embedder()
+        embedder = self.embedder(wait_for_room)
         self.check_model(collection)  # before any decoding: a mismatch refuses the whole request
         outcomes = self.ingestor.ingest(collection, sources, embedder)
         ids = [o.item_id for o in outcomes if o.item_id is not None]
@@ -192,6 +193,13 @@ class Collections:
         return self.store.original_file(item)
 
     # ---- files ----------------------------------------------------------------------------------------
+    def content_type(self, item: ItemRecord, data: bytes) -> str:
+        """The type an original is served with: sniffed from its bytes (images) or text/plain; never the stored
+        mimetype, which an import file could set (text/html would be stored XSS on the UI's origin)."""
+        if item.kind == "text":
+            return "text/plain; charset=utf-8"
+        return sniff_image_mimetype(data) or "application/octet-stream"
+
     def read_content(self, item: ItemRecord) -> bytes:
         if item.kind == "text":
             return (item.text or "").encode("utf-8")
@@ -282,9 +290,11 @@ class Collections:
         self.jobs.submit(job.id)
         return job
 
-    def create_folder_job(self, name: str, path: str) -> JobRecord:
-        """A bulk job of a server-side folder inside CLIP_FILTER_INGEST_ROOTS."""
-        job = create_path_job(self.store, self._job_collection(name), path, self.settings.ingest_root_paths)
+    def create_folder_job(self, name: str, path: str, include_hidden: bool = False) -> JobRecord:
+        """A bulk job of a server-side folder inside CLIP_FILTER_INGEST_ROOTS (regular files; hidden ones only
+        when asked)."""
+        job = create_path_job(
+            self.store, self._job_collection(name), path, self.settings.ingest_root_paths, include_hidden)
         self.jobs.submit(job.id)
         return job
 
@@ -321,26 +331,31 @@ class Collections:
         return transfer.import_collection(
             self.store, source, name=name, merge=merge, skip_invalid=skip_invalid, batch_size=batch_size,
             progress=progress, check_progress=check_progress,
+            tar_limits=transfer.TarLimits(self.settings.import_max_members, self.settings.import_max_bytes),
         )
 
     # ---- map ------------------------------------------------------------------------------------------
-    def _layout(self, collection: CollectionRecord) -> MapLayout:
+    def _layout(self, collection: CollectionRecord) -> tuple[MapLayout, bool]:
+        collection_id = collection.id
+
         def compute() -> tuple[int, MapLayout]:
-            version, ids, vectors, _ = self.store.load_vectors(collection.id)
+            version, ids, vectors, _ = self.store.load_vectors(collection_id)
             return version, compute_layout(ids, vectors)
 
-        return self.maps.get(collection.id, collection.version, compute)
+        return self.maps.get_or_stale(collection_id, collection.version, compute)
 
     def map(self, name: str) -> CollectionMap:
+        """The collection's map; after items changed, the previous one (`stale`) while a new one is computed."""
         collection = self.get_collection(name)
-        layout = self._layout(collection)
+        layout, stale = self._layout(collection)
         found = self.store.items_by_ids(collection.id, [int(i) for i in layout.ids])
         points = [
             MapPoint(found[int(item_id)], float(x), float(y))
             for item_id, (x, y) in zip(layout.ids, layout.coords)
             if int(item_id) in found
         ]
-        return CollectionMap(layout.method, points, layout.total, len(layout.ids) < layout.total)
+        return CollectionMap(layout.method, points, layout.total, len(layout.ids) < layout.total, stale,
+                             layout.computed_at)
 
     def project_text(self, name: str, text: str) -> Projection:
         """Where a text lands on the collection's map."""
@@ -349,7 +364,7 @@ class Collections:
         embedder = self.embedder()
         self.check_model(collection)
         vector = np.asarray(embedder.encode_texts([text]).embeddings[0], np.float32)
-        layout = self._layout(collection)
+        layout, _ = self._layout(collection)
         x, y = layout.project(vector)
         return Projection(x, y, layout.method)
 

@@ -46,6 +46,8 @@ FORMAT = "clip-filter-collection"
 FORMAT_VERSION = 1
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 NORM_TOLERANCE = 1e-3
+NPY_MAGIC = b"\x93NUMPY"
+TEXT_MIMETYPES = ("text/plain", "text/markdown")  # what HTTP uploads store for texts
 
 Progress = Callable[[int], None]  # called with how many items were just handled
 
@@ -205,6 +207,7 @@ class _Entry:
     line: int
     record: dict[str, Any]
     original: Path | None
+    mimetype: str = "text/plain"  # checked against the bytes: never the export's word alone
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
@@ -223,6 +226,15 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     model = manifest.get("model")
     if not isinstance(model, dict):
         raise _invalid("collection.json has no `model` object.")
+    # Without a model and its dimension the vectors could not be checked against the target's: a mixed
+    # collection would fail every search.
+    if not isinstance(model.get("name"), str) or not model["name"].strip():
+        raise _invalid(
+            "collection.json names no model (`model.name`); embeddings of an unknown model are not imported.")
+    if not isinstance(model.get("dim"), int) or isinstance(model.get("dim"), bool) or model["dim"] < 1:
+        raise _invalid("collection.json gives no embedding dimension (`model.dim`).")
+    if model.get("pretrained") is not None and not isinstance(model.get("pretrained"), str):
+        raise _invalid("`model.pretrained` in collection.json must be a string.")
     return manifest
 
 
@@ -260,7 +272,10 @@ def _check_entry(folder: Path, line_number: int, record: Any) -> _Entry:
             raise ValueError("a text item needs a non-empty `text`")
         if hashlib.sha256(text.encode("utf-8")).hexdigest() != sha:
             raise ValueError("sha256 does not match the text")
-        return _Entry(line_number, record, None)
+        declared = record.get("mimetype")
+        if declared is not None and declared not in TEXT_MIMETYPES:
+            raise ValueError(f"mimetype {declared!r} of a text item is not one of {', '.join(TEXT_MIMETYPES)}")
+        return _Entry(line_number, record, None, declared or "text/plain")
     path = _resolve_original(folder, record.get("original"))
     try:
         digest, data = _sha256_file(path)
@@ -270,9 +285,13 @@ def _check_entry(folder: Path, line_number: int, record: Any) -> _Entry:
         raise ValueError(f"{record.get('original')} cannot be read: {exc}") from None
     if digest != sha:
         raise ValueError(f"sha256 of {record.get('original')} is {digest}, items.jsonl says {sha}")
-    if sniff_image_mimetype(data) is None:
+    sniffed = sniff_image_mimetype(data)
+    if sniffed is None:
         raise ValueError(f"{record.get('original')} is not an image")
-    return _Entry(line_number, record, path)
+    declared = record.get("mimetype")
+    if declared is not None and declared != sniffed:
+        raise ValueError(f"mimetype {declared!r} does not match the bytes of {record.get('original')} ({sniffed})")
+    return _Entry(line_number, record, path, sniffed)
 
 
 def _load_entries(folder: Path, progress: Progress | None) -> tuple[list[_Entry | None], list[dict[str, Any]]]:
@@ -303,10 +322,16 @@ def _load_embeddings(folder: Path, rows: int, dim: int | None) -> np.ndarray:
     path = folder / "embeddings.npy"
     if not path.is_file():
         raise _invalid("The export has no embeddings.npy.")
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if magic != NPY_MAGIC:  # an .npz (zip) or a pickle named .npy
+        raise _invalid("embeddings.npy is not a NumPy .npy file (an .npz archive or a pickle is not read).")
     try:
         embeddings = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: an object (pickled) array
         raise _invalid(f"embeddings.npy cannot be read: {exc}") from None
+    if not isinstance(embeddings, np.ndarray):
+        raise _invalid("embeddings.npy does not hold one array.")
     if embeddings.dtype != np.float32:
         raise _invalid(f"embeddings.npy holds {embeddings.dtype}, not float32.")
     if embeddings.ndim != 2 or embeddings.shape[0] != rows:
@@ -327,16 +352,43 @@ def _load_embeddings(folder: Path, rows: int, dim: int | None) -> np.ndarray:
     return embeddings
 
 
-def _open_export(path: Path, work: Path) -> Path:
-    """The export's folder: `path` itself, or a safe extraction of the tar into `work`."""
+@dataclass(frozen=True)
+class TarLimits:
+    """What a tar may unpack to (its member headers are counted and summed before anything is extracted)."""
+
+    max_members: int = 1_100_000
+    max_bytes: int = 64 * 1024**3
+
+
+def _checked_members(tar: tarfile.TarFile, path: Path, limits: TarLimits) -> list[tarfile.TarInfo]:
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    for member in tar:  # reads headers one by one: stops at the limit, never lists a huge archive whole
+        members.append(member)
+        total += max(0, member.size) if member.isfile() else 0
+        if len(members) > limits.max_members:
+            raise ClipFilterError(
+                "export_too_large", f"{path} has more than {limits.max_members} members "
+                "(CLIP_FILTER_IMPORT_MAX_MEMBERS).", 413, limit=limits.max_members)
+        if total > limits.max_bytes:
+            raise ClipFilterError(
+                "export_too_large", f"{path} unpacks to more than {limits.max_bytes} bytes "
+                "(CLIP_FILTER_IMPORT_MAX_BYTES).", 413, limit=limits.max_bytes)
+    return members
+
+
+def _open_export(path: Path, work: Path, limits: TarLimits | None = None) -> Path:
+    """The export's folder: `path` itself, or a safe, bounded extraction of the tar into `work`."""
     if path.is_dir():
         return path
     if not path.is_file():
         raise ClipFilterError("path_not_found", f"{path} does not exist.", 404, path=str(path))
     try:
         with tarfile.open(path, "r:*") as tar:
-            tar.extractall(work, filter="data")  # no absolute paths, no "..", no links leaving the folder
-    except (tarfile.TarError, OSError) as exc:
+            members = _checked_members(tar, path, limits or TarLimits())
+            # filter="data": no absolute paths, no "..", no links leaving the folder, no devices or FIFOs.
+            tar.extractall(work, members=members, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
         raise _invalid(f"{path} is neither an export folder nor a readable tar file: {exc}") from None
     if (work / "collection.json").is_file():
         return work
@@ -355,6 +407,7 @@ def import_collection(
     batch_size: int = 256,
     progress: Progress | None = None,
     check_progress: Progress | None = None,
+    tar_limits: TarLimits | None = None,
 ) -> ImportResult:
     """Import an export (folder or tar) as collection `name` (default: the exported name).
 
@@ -363,13 +416,13 @@ def import_collection(
     export's, and content it already holds is skipped.
     """
     source = Path(source)
-    work = Path(tempfile.mkdtemp(prefix=".clip-filter-import-"))
+    # Inside the data folder (the same volume as the originals), not the system temp dir (often RAM).
+    work = Path(tempfile.mkdtemp(prefix=".import-", dir=store.files.data_dir))
     try:
-        folder = _open_export(source, work)
+        folder = _open_export(source, work, tar_limits)
         manifest = _read_manifest(folder)
         model = manifest["model"]
-        dim = model.get("dim")
-        dim = int(dim) if isinstance(dim, int) else None
+        dim: int | None = int(model["dim"])
         target = validate_name(name or manifest.get("name"))
         entries, problems = _load_entries(folder, check_progress)
         embeddings = _load_embeddings(folder, len(entries), dim)
@@ -382,9 +435,7 @@ def import_collection(
                 "Use --skip-invalid to import the others.",
                 422, problems=problems,
             )
-        model_key = None
-        if model.get("name") and dim:
-            model_key = (str(model["name"]), str(model.get("pretrained") or ""), int(dim))
+        model_key = (str(model["name"]), str(model.get("pretrained") or ""), int(dim))
 
         created = False
         try:
@@ -402,7 +453,7 @@ def import_collection(
                     "export's items to it with --merge (content it already holds is skipped).",
                     409, collection=target,
                 )
-            if collection.item_count and collection.dim and dim and collection.dim != dim:
+            if collection.dim and dim and collection.dim != dim:  # also an empty one with a recorded model
                 raise ClipFilterError(
                     "dimension_mismatch",
                     f"Collection {target!r} holds {collection.dim}-dimensional embeddings; the export's are {dim}-"
@@ -451,14 +502,14 @@ def _import_batch(
             original_path = None
             if entry.original is not None:
                 data = entry.original.read_bytes()
-                extension = MIME_EXTENSIONS.get(str(record.get("mimetype")), "") or entry.original.suffix.lower()
+                extension = MIME_EXTENSIONS.get(entry.mimetype, "")
                 original_path = store.files.write_original(collection.id, sha, extension, data)
             text = record.get("text") if record["kind"] == "text" else None
             size = record.get("size")
             new_items.append(NewItem(
                 kind=record["kind"],
                 filename=str(record["filename"]) if record.get("filename") is not None else None,
-                mimetype=str(record.get("mimetype") or ("text/plain" if text is not None else "application/octet-stream")),
+                mimetype=entry.mimetype,
                 size=int(size) if isinstance(size, int) else (len(text.encode("utf-8")) if text is not None else entry.original.stat().st_size),
                 sha256=sha,
                 metadata=record.get("metadata") or {},

@@ -13,12 +13,13 @@ import numpy as np
 
 from clip_filter.core.errors import ClipFilterError
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # used with fullmatch: `$` would let "c\n" through
 MAX_METADATA_BYTES = 64 * 1024
+MAX_FILTERS = 64  # each is an AND term; SQLite refuses expressions deeper than 1000
 
 
 def validate_name(name: Any) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or set(name) == {"."}:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or set(name) == {"."}:
         raise ClipFilterError(
             "invalid_collection_name",
             "A collection name is 1-64 characters of letters, digits, '_', '.' and '-' (not only dots).",
@@ -51,10 +52,17 @@ def validate_filters(filters: Any) -> dict[str, Any]:
         return {}
     if not isinstance(filters, dict):
         raise ClipFilterError("invalid_filters", "`filters` must be a JSON object of {key: value}.", 422)
+    if len(filters) > MAX_FILTERS:
+        raise ClipFilterError(
+            "too_many_filters", f"{len(filters)} filters; at most {MAX_FILTERS} per search.", 422, limit=MAX_FILTERS
+        )
     for key, value in filters.items():
-        if not key or '"' in key or "\\" in key or len(key) > 256:
+        # Control characters (NUL above all: SQLite reads the JSON path as a C string) are refused too.
+        if (not key or '"' in key or "\\" in key or len(key) > 256
+                or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key)):
             raise ClipFilterError(
-                "invalid_filters", f"Filter key {key!r} is not allowed (1-256 characters, no quotes or backslashes).",
+                "invalid_filters",
+                f"Filter key {key!r} is not allowed (1-256 characters, no quotes, backslashes or control characters).",
                 422,
             )
         if value is not None and not isinstance(value, (str, int, float, bool)):

@@ -121,6 +121,22 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"{value!r} is not a rate limit such as '600/minute' or '10/second;600/hour'") from exc
         return value
+    # --- collections: durability and limits (issue 11: items 4 and 5; docs/architecture.md) -------
+    # A stored text (JSON `texts`, a text file) over this many UTF-8 bytes is refused (413 text_too_long).
+    max_stored_text_bytes: int = Field(1 * MB, ge=1, validation_alias="CLIP_FILTER_MAX_STORED_TEXT_BYTES")
+    # Listings, search hits and add results show this many characters of a text (`text_truncated: true`
+    # beyond); `?full_text=true` or GET of the one item gives all of it.
+    text_preview_chars: int = Field(500, ge=0, validation_alias="CLIP_FILTER_TEXT_PREVIEW_CHARS")
+    # SQLite reader connections shared by all threads (a bounded pool, closed at shutdown).
+    db_readers: int = Field(8, ge=1, le=256, validation_alias="CLIP_FILTER_DB_READERS")
+    # Garbage collection removes unreferenced files only when they are older than this.
+    gc_grace_s: float = Field(600.0, ge=0, validation_alias="CLIP_FILTER_GC_GRACE_S")
+    # Collection maps (with their fitted UMAP reducers) kept in memory, least recently used dropped first.
+    map_cache_size: int = Field(8, ge=1, le=1024, validation_alias="CLIP_FILTER_MAP_CACHE_SIZE")
+    # `clip-filter import` of a tar: at most this many members and bytes extracted (into the data folder).
+    import_max_members: int = Field(1_100_000, ge=1, validation_alias="CLIP_FILTER_IMPORT_MAX_MEMBERS")
+    import_max_bytes: int = Field(64 * 1024 * MB, ge=1, validation_alias="CLIP_FILTER_IMPORT_MAX_BYTES")
+
     # --- protocol adapters (OpenAI embeddings, Weaviate multi2vec-clip, immich ML; docs/protocols.md) ----
     # Comma list of the wire protocols to serve beside the native API; empty or "none" turns all off.
     protocols: str = Field("openai,weaviate,immich", validation_alias="CLIP_FILTER_PROTOCOLS")

@@ -76,6 +76,11 @@ class DynamicBatcher:
     def queued(self) -> int:
         return len(self._queue)
 
+    def has_room(self, count: int = 1) -> bool:
+        """Whether `count` more items would be admitted now (an empty queue admits any request)."""
+        with self._cond:
+            return not self._queue or len(self._queue) + count <= self._max_queue
+
     async def submit(self, kind: str, payloads: Sequence[Any]) -> list[Any]:
         """Queue all payloads of one request (all or none), then await their results."""
         loop = asyncio.get_running_loop()
@@ -83,12 +88,14 @@ class DynamicBatcher:
         self._enqueue(items)
         return list(await asyncio.gather(*(item.future for item in items)))
 
-    def submit_blocking(self, kind: str, payloads: Sequence[Any]) -> list[Any]:
-        """The same for worker threads (bulk ingest jobs): blocks until the results are in."""
+    def submit_blocking(self, kind: str, payloads: Sequence[Any], wait_for_room: bool = True) -> list[Any]:
+        """The same for worker threads: blocks until the results are in. With `wait_for_room` (bulk jobs) it
+        also waits for room in the queue; without it (HTTP uploads) a full queue raises OverloadedError (429)
+        at once, so no request thread is held waiting for the model."""
         import concurrent.futures
 
         items = [_Item(kind, payload, None, concurrent.futures.Future()) for payload in payloads]
-        self._enqueue(items, wait_for_room=True)
+        self._enqueue(items, wait_for_room=wait_for_room)
         return [item.future.result() for item in items]
 
     def _enqueue(self, items: list[_Item], wait_for_room: bool = False) -> None:

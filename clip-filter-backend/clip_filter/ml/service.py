@@ -124,6 +124,10 @@ class ModelService:
         return {"batches_run": self.batcher.batches_run, "items_run": self.batcher.items_run,
                 "busy_s": round(self.batcher.busy_s, 3), "queued": self.batcher.queued}
 
+    def queue_has_room(self, count: int = 1) -> bool:
+        """Whether the model queue would admit `count` more items now (False while there is no batcher)."""
+        return self.batcher is not None and self.batcher.has_room(count)
+
     # ---- model work (async, for the web layer) ---------------------------------------------------
     async def decode_images(self, items: list[bytes | str]) -> list[Prepared]:
         """Request images (bytes or base64) -> model pixels per slot, or an error in place (ml/decode_pool.py)."""
@@ -154,22 +158,28 @@ class ModelService:
         return await loop.run_in_executor(self._pool, encoder.preprocess, image)
 
     # ---- model work (blocking, for worker threads such as bulk ingest jobs) ----------------------
-    def embed_images_blocking(self, images: list[Image.Image]) -> np.ndarray:
-        """embed_images for a worker thread: the same preprocessing pool and batcher, waiting for room."""
+    def embed_images_blocking(self, images: list[Image.Image], wait_for_room: bool = True) -> np.ndarray:
+        """embed_images for a worker thread: the same preprocessing pool and batcher.
+
+        `wait_for_room=False`: a full queue raises OverloadedError (429) instead of waiting (HTTP uploads).
+        """
         encoder = self.require_ready()
         if not images:
             return np.zeros((0, encoder.info.dim), np.float32)
         pixels = list(self._pool.map(encoder.preprocess, images))
-        return np.stack(self._batcher().submit_blocking("image", pixels)).astype(np.float32, copy=False)
+        rows = self._batcher().submit_blocking("image", pixels, wait_for_room)
+        return np.stack(rows).astype(np.float32, copy=False)
 
-    def embed_texts_blocking(self, texts: list[str]) -> TextBatch:
+    def embed_texts_blocking(self, texts: list[str], wait_for_room: bool = True) -> TextBatch:
         lookup = self.require_ready().lookup_texts(texts)
         if lookup.missing:
-            lookup.add(dict(zip(lookup.missing, self._batcher().submit_blocking("text", lookup.missing))))
+            rows = self._batcher().submit_blocking("text", lookup.missing, wait_for_room)
+            lookup.add(dict(zip(lookup.missing, rows)))
         return lookup.batch()
 
-    def blocking_embedder(self) -> "BlockingEmbedder":
-        return BlockingEmbedder(self)
+    def blocking_embedder(self, wait_for_room: bool = True) -> "BlockingEmbedder":
+        """`wait_for_room=False`: a full queue raises OverloadedError (429) instead of waiting (HTTP uploads)."""
+        return BlockingEmbedder(self, wait_for_room)
 
     def _batcher(self) -> DynamicBatcher:
         assert self.batcher is not None  # set before the state turns ready, which require_ready checked
@@ -187,15 +197,16 @@ class ModelService:
 class BlockingEmbedder:
     """The collections Embedder protocol for worker threads, going through the same batcher."""
 
-    def __init__(self, service: ModelService) -> None:
+    def __init__(self, service: ModelService, wait_for_room: bool = True) -> None:
         self._service = service
+        self._wait = wait_for_room
 
     @property
     def info(self) -> ModelInfo:
         return self._service.info
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
-        return self._service.embed_images_blocking(images)
+        return self._service.embed_images_blocking(images, self._wait)
 
     def encode_texts(self, texts: list[str]) -> TextBatch:
-        return self._service.embed_texts_blocking(texts)
+        return self._service.embed_texts_blocking(texts, self._wait)

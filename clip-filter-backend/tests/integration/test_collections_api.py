@@ -60,6 +60,17 @@ def wait_for_job(client, job_id: str, timeout: float = 120.0) -> dict:
 
 
 # ---- collections -----------------------------------------------------------------------------------------
+def wait_for_fresh_map(client, name: str, timeout: float = 300.0) -> dict:
+    """The map once it reflects the items (after a change the previous one is served, `stale`, meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/collections/{name}/map")
+        assert response.status_code == 200, response.text
+        if not response.json()["stale"] or time.monotonic() > deadline:
+            return response.json()
+        time.sleep(0.2)
+
+
 def test_create_list_get_delete_round_trip(client):
     name = new_collection(client)
     collection = client.get(f"/collections/{name}").json()
@@ -355,9 +366,11 @@ def test_map_and_projection_follow_the_collection(client):
     assert projected.status_code == 200 and {"x", "y"} <= projected.json().keys()
 
     client.post(f"/collections/{name}/items", json={"texts": [f"caption {i}" for i in range(15)]})
-    second = client.get(f"/collections/{name}/map").json()  # the cached layout was invalidated
+    second = wait_for_fresh_map(client, name)  # the previous map is served (stale) until the new one is in
     assert second["method"] == "umap" and len(second["points"]) == 20 and second["total"] == 20
     assert {p["kind"] for p in second["points"]} == {"image", "text"}
     assert all(p["text"].startswith("caption") for p in second["points"] if p["kind"] == "text")
     empty = new_collection(client, "map-empty")
-    assert client.get(f"/collections/{empty}/map").json() == {"method": "trivial", "points": [], "total": 0, "sampled": False}
+    empty_map = client.get(f"/collections/{empty}/map").json()
+    assert empty_map.pop("computed_at") and empty_map == {
+        "method": "trivial", "points": [], "total": 0, "sampled": False, "stale": False}

@@ -57,3 +57,43 @@ def test_cache_is_keyed_by_version():
     cache.drop(1)
     cache.get(1, 8, compute(8))
     assert calls == [7, 8, 8]
+
+
+def test_cache_keeps_its_layout_across_writes_that_keep_the_vectors():
+    from clip_filter.collections.store import Change
+
+    cache, calls = MapCache(), []
+    ids, vectors = data(5)
+
+    def compute(version):
+        def run():
+            calls.append(version)
+            return version, compute_layout(ids, vectors)
+        return run
+
+    layout = cache.get(1, 3, compute(3))
+    cache.apply(Change(1, 4))  # a description or metadata PATCH: same vectors
+    assert cache.get_or_stale(1, 4, compute(4)) == (layout, False) and calls == [3]
+    cache.apply(Change(1, 5, added_ids=[9], added_vectors=[vectors[0]], added_kinds=["text"]))
+    stale, is_stale = cache.get_or_stale(1, 5, compute(5))
+    assert stale is layout and is_stale  # the previous layout, while the new one is computed
+    cache.close()
+
+
+def test_cache_is_bounded_least_recently_used_first():
+    cache, calls = MapCache(max_entries=2), []
+    ids, vectors = data(5)
+
+    def compute(key):
+        def run():
+            calls.append(key)
+            return 1, compute_layout(ids, vectors)
+        return run
+
+    cache.get(1, 1, compute(1))
+    cache.get(2, 1, compute(2))
+    cache.get(1, 1, compute(1))  # 1 is now the most recently used
+    cache.get(3, 1, compute(3))  # evicts 2
+    cache.get(1, 1, compute(1))
+    cache.get(2, 1, compute(2))
+    assert calls == [1, 2, 3, 2]

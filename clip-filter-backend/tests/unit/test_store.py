@@ -183,3 +183,115 @@ def test_sqlite_store_implements_the_whole_protocol():
         actual = inspect.signature(getattr(SqliteCollectionStore, name))
         assert [(p.name, p.default) for p in actual.parameters.values()] == [
             (p.name, p.default) for p in wanted.parameters.values()], name
+
+
+# ---- security review M1, M4, M9, L2 --------------------------------------------------------------------------
+def image_item(sha: str, original: str) -> NewItem:
+    return NewItem("image", "f.png", "image/png", 8, sha, {}, vec(1, 0, 0, 0), original_path=original)
+
+
+def make_old(path, seconds: float = 7200.0) -> None:
+    past = time.time() - seconds
+    for folder, _, names in os.walk(path):
+        for name in names:
+            os.utime(os.path.join(folder, name), (past, past))
+        os.utime(folder, (past, past))
+
+
+def test_gc_keeps_originals_of_a_collection_created_after_its_snapshot(store):
+    """M1: GC took its snapshot, then a collection was created and an image uploaded: the image stays."""
+    from clip_filter.collections.store.gc import collect_garbage
+    from clip_filter.collections.store.records import FileReferences
+
+    stale = FileReferences(collection_ids=set(), originals=set(), live_jobs=set())  # taken before the upload
+    c = store.create_collection("new", None, MODEL)
+    fresh = store.files.write_original(c.id, "ab" * 32, ".png", b"\x89PNG\r\n\x1a\n")
+    store.add_items(c.id, [image_item("ab" * 32, fresh)], MODEL)
+    collect_garbage(store.files, stale, set, 600.0)  # young files are never touched, whatever the snapshot says
+    assert (store.data_dir / fresh).exists()
+
+    # Even an old file (a slow CLI import) survives: every candidate is re-checked under the writer lock.
+    from clip_filter.collections.store.sqlite import _SqliteGcGuard
+
+    make_old(store.files.originals_dir)
+    removed = collect_garbage(store.files, stale, set, 600.0, guard=_SqliteGcGuard(store))
+    assert (store.data_dir / fresh).exists() and removed["originals"] == 0
+    orphan = store.files.write_original(c.id, "cd" * 32, ".png", b"\x89PNG\r\n\x1a\n")
+    make_old(store.files.originals_dir)
+    assert store.collect_garbage(600.0)["originals"] == 1  # an old unreferenced file still goes
+    assert not (store.data_dir / orphan).exists() and (store.data_dir / fresh).exists()
+    assert store.get_collection("new").item_count == 1
+
+
+def test_a_listener_failing_after_commit_keeps_the_committed_originals(store):
+    """M9: the rows are committed, so their originals must stay, whatever fails afterwards."""
+    c = store.create_collection("c", None, MODEL)
+    rel = store.files.write_original(c.id, "cd" * 32, ".png", b"\x89PNG\r\n\x1a\n")
+
+    def failing(change):
+        raise MemoryError("simulated")
+
+    store.add_listener(failing)
+    store.add_items(c.id, [image_item("cd" * 32, rel)], MODEL)
+    assert store.get_collection("c").item_count == 1 and (store.data_dir / rel).exists()
+
+
+def test_a_failed_commit_is_rolled_back_and_later_writes_work(store):
+    """M9: a COMMIT that fails (here a deferred foreign key) must not leave the writer inside a transaction."""
+    import sqlite3
+
+    c = store.create_collection("c", None, MODEL)
+    transaction = store._transaction()
+    conn = transaction.__enter__()
+    conn.execute("PRAGMA defer_foreign_keys = ON")  # the violation is only found by COMMIT
+    conn.execute(
+        "INSERT INTO items (collection_id, kind, mimetype, size, sha256, embedding, created_at) "
+        "VALUES (999, 'text', 'text/plain', 1, 'x', x'00', 'now')"
+    )
+    with pytest.raises(sqlite3.IntegrityError):
+        transaction.__exit__(None, None, None)  # the COMMIT
+    assert store.add_items(c.id, [text_item("after", vec(1, 0, 0, 0))], MODEL)[0][0] == "added"
+    assert store.create_collection("d").name == "d" and store.get_collection("c").item_count == 1
+
+
+def test_embeddings_of_another_dimension_are_refused(store):
+    """M8: a write without a model key (an import) cannot mix dimensions in one collection."""
+    c = store.create_collection("c", None, MODEL)
+    store.add_items(c.id, [text_item("a", vec(1, 0, 0, 0))], MODEL)
+    with pytest.raises(ClipFilterError) as caught:
+        store.add_items(c.id, [text_item("b", vec(1, 0, 0, 0, 0, 0, 0, 0))], None)
+    assert (caught.value.code, caught.value.status) == ("dimension_mismatch", 409)
+    assert store.load_vectors(c.id).vectors.shape == (1, 4)
+
+
+def test_reader_connections_are_pooled_and_closed(tmp_path):
+    """M4: readers come from a bounded pool shared by all threads, whatever the number of threads."""
+    import threading
+
+    store = SqliteCollectionStore(tmp_path / "data", readers=2)
+    store.create_collection("c")
+    barrier = threading.Barrier(16)
+
+    def read():
+        barrier.wait()
+        for _ in range(20):
+            store.list_collections()
+
+    threads = [threading.Thread(target=read) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store._pool.open_connections <= 2
+    store.close()
+    assert store._pool.open_connections == 0
+    with pytest.raises(ClipFilterError) as caught:
+        store.list_collections()
+    assert caught.value.code == "store_closed"
+
+
+@pytest.mark.parametrize("name", ["c\n", "c\r", "\nc"])
+def test_names_with_line_breaks_are_refused(store, name):
+    with pytest.raises(ClipFilterError) as caught:
+        store.create_collection(name)
+    assert caught.value.code == "invalid_collection_name"

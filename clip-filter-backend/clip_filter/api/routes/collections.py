@@ -27,11 +27,13 @@ from clip_filter.collections.ingest import Source
 from clip_filter.collections.results import SearchQuery
 from clip_filter.collections.store import ItemRecord
 from clip_filter.collections.validation import validate_name
+from clip_filter.core.errors import OverloadedError
 
 router = APIRouter(tags=["collections"])
 
 ItemId = Path(..., ge=1, le=MAX_ID)
 OUT: dict[str, Any] = {"response_model_exclude_unset": True}  # optional keys stay absent, as in the views
+FullText = Query(False, description="whole texts instead of previews (CLIP_FILTER_TEXT_PREVIEW_CHARS characters)")
 
 
 # ---- collections ------------------------------------------------------------------------------------------
@@ -73,8 +75,13 @@ async def delete_collection(name: str, collections: CollectionsDep) -> Response:
 async def add_items(
     name: str, request: Request, collections: CollectionsDep, model: ModelDep, settings: SettingsDep
 ) -> dict[str, Any]:
-    """Each file or text gets a slot: added, duplicate (same content already present) or error."""
+    """Each file or text gets a slot: added, duplicate (same content already present) or error.
+
+    A full model queue answers 429 (Retry-After) before the body is read or decoded, and again instead of
+    waiting should it fill meanwhile: an upload never holds a worker thread waiting for the model."""
     validate_name(name)
+    if model.ready and not model.queue_has_room():
+        raise OverloadedError(retry_after=1)
     if request_kind(request) == "json":
         body = parse(AddTextsBody, await read_object(request), max_texts=settings.max_texts_per_request)
         metadata = body.metadata or [None] * len(body.texts)
@@ -85,18 +92,21 @@ async def add_items(
         sources = [Source(filename=part.filename, data=await part.upload.read(), content_type=part.upload.content_type,
                           metadata=part.metadata) for part in file_parts(form, limit)]
     model.require_ready()  # 503 before any work while the model loads
-    return views.add_result_view(await run_in_threadpool(collections.add, name, sources))
+    # The texts come back whole: each is bounded (CLIP_FILTER_MAX_STORED_TEXT_BYTES) and was just sent.
+    return views.add_result_view(await run_in_threadpool(collections.add, name, sources, False))
 
 
 @router.get("/collections/{name}/items", summary="Items in id order (stable pages)", response_model=ItemPageOut, **OUT)
 async def list_items(
     name: str,
     collections: CollectionsDep,
+    settings: SettingsDep,
     offset: int = Query(0, ge=0, le=MAX_ID),
     limit: int = Query(50, ge=1, le=1000),
+    full_text: bool = FullText,
 ) -> dict[str, Any]:
     page = await run_in_threadpool(collections.list_items, name, offset, limit)
-    return views.item_page_view(name, page)
+    return views.item_page_view(name, page, None if full_text else settings.text_preview_chars)
 
 
 @router.get("/collections/{name}/items/{item_id}", summary="One item", response_model=ItemOut, **OUT)
@@ -129,8 +139,7 @@ def _disposition(item: ItemRecord) -> dict[str, str]:
 async def item_content(name: str, collections: CollectionsDep, item_id: int = ItemId) -> Response:
     item = await run_in_threadpool(collections.get_item, name, item_id)
     data = await run_in_threadpool(collections.read_content, item)
-    media_type = f"{item.mimetype}; charset=utf-8" if item.kind == "text" else item.mimetype
-    return Response(data, media_type=media_type, headers=_disposition(item))
+    return Response(data, media_type=collections.content_type(item, data), headers=_disposition(item))
 
 
 @router.get("/collections/{name}/items/{item_id}/thumbnail", summary="A JPEG thumbnail of an image item")
@@ -143,7 +152,9 @@ async def item_thumbnail(name: str, collections: CollectionsDep, item_id: int = 
 # ---- search -----------------------------------------------------------------------------------------------
 @router.post("/collections/{name}/search", summary="Search by text, image or item; cosine scores",
              response_model=SearchOut, openapi_extra=request_body(SearchBody, SEARCH_FORM), **OUT)
-async def search(name: str, request: Request, collections: CollectionsDep) -> dict[str, Any]:
+async def search(
+    name: str, request: Request, collections: CollectionsDep, settings: SettingsDep, full_text: bool = FullText
+) -> dict[str, Any]:
     """Results are sorted by score (cosine) descending, then id ascending, so pages are stable."""
     validate_name(name)
     image: bytes | str | None
@@ -160,4 +171,5 @@ async def search(name: str, request: Request, collections: CollectionsDep) -> di
         text=body.text, image=image, item_id=body.item_id, top_k=body.top_k, offset=body.offset,
         min_score=body.min_score, kind=body.kind, filters=body.filters,
     )
-    return views.search_view(await run_in_threadpool(collections.search, name, query))
+    result = await run_in_threadpool(collections.search, name, query)
+    return views.search_view(result, None if full_text else settings.text_preview_chars)

@@ -34,7 +34,8 @@ async def create_job(name: str, request: Request, collections: CollectionsDep) -
     await run_in_threadpool(collections.get_collection, name)  # 404 before the body is read
     if kind == "json":
         body = parse(FolderJobBody, await read_object(request))
-        job = await run_in_threadpool(collections.create_folder_job, name, body.path)
+        job = await run_in_threadpool(collections.create_folder_job, name, body.path,
+                                     body.include_hidden)
     else:
         form = await read_form(request, max_files=MAX_UPLOAD_JOB_FILES + 1, max_fields=MAX_UPLOAD_JOB_FILES + 16)
         uploads = [Upload(part.filename, part.upload.content_type, part.metadata, stream=part.upload.file)

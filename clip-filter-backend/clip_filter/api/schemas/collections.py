@@ -152,7 +152,7 @@ class SearchBody(_Body):
             if isinstance(data.get("filters"), str):
                 try:
                     data["filters"] = json.loads(data["filters"]) if data["filters"].strip() else None
-                except (json.JSONDecodeError, RecursionError):
+                except (ValueError, RecursionError):  # ValueError: also integers past Python's digit limit
                     raise _invalid("`filters` must be a JSON object of {key: value}.", "invalid_filters") from None
             if data.get("filters") is not None:
                 data["filters"] = validate_filters(data["filters"]) or None
@@ -167,6 +167,14 @@ class ProjectBody(_Body):
 
 class FolderJobBody(_Body):
     path: str = Field(description="a folder or file inside CLIP_FILTER_INGEST_ROOTS, on the server")
+    include_hidden: bool = Field(False, description="also ingest files and folders whose names start with '.'")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise _invalid("`path` contains a NUL character.")
+        return value
 
 
 # ---- multipart bodies (documented in OpenAPI; parsed by api/multipart.py) ----------------------------------
@@ -239,7 +247,8 @@ class ItemOut(BaseModel):
     created_at: str
     content_url: str
     thumbnail_url: str | None
-    text: str | None = Field(None, description="text items only")
+    text: str | None = Field(None, description="text items only (a preview in listings unless full_text=true)")
+    text_truncated: bool | None = Field(None, description="text items: `text` is only the start of the stored text")
 
 
 class ItemPageOut(BaseModel):
@@ -274,7 +283,8 @@ class HitOut(BaseModel):
     metadata: dict[str, Any]
     content_url: str
     thumbnail_url: str | None
-    text: str | None = None
+    text: str | None = Field(None, description="text items: a preview unless full_text=true")
+    text_truncated: bool | None = Field(None, description="text items: `text` is only the start of the stored text")
 
 
 class ModelOut(BaseModel):
@@ -328,6 +338,8 @@ class MapOut(BaseModel):
     points: list[MapPointOut]
     total: int
     sampled: bool
+    stale: bool = Field(False, description="the items changed since: the previous map, a new one is being computed")
+    computed_at: str | None = Field(None, description="when this layout was computed (UTC)")
 
 
 class ProjectionOut(BaseModel):

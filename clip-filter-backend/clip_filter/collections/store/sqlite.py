@@ -21,9 +21,10 @@ by others and reloads its in-memory index.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -40,15 +41,91 @@ from clip_filter.collections.store.schema import ITEM_COLUMNS, SCHEMA, SCHEMA_VE
 from clip_filter.collections.validation import validate_filters, validate_name
 from clip_filter.core.errors import ClipFilterError
 
+log = logging.getLogger(__name__)
+
+DEFAULT_READERS = 8
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    with suppress(sqlite3.Error):  # no transaction left to roll back (SQLite may have ended it itself)
+        conn.execute("ROLLBACK")
+
+
+class _ReaderPool:
+    """At most `size` reader connections, shared by all threads and reused (no connection per thread).
+
+    A worker thread pool retires and starts threads all the time; connections tied to threads would
+    leak descriptors with every burst. A caller beyond `size` waits for a free connection.
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], size: int) -> None:
+        self._connect = connect
+        self._size = max(1, size)
+        self._idle: list[sqlite3.Connection] = []
+        self._open = 0
+        self._cond = threading.Condition()
+        self._closed = False
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        conn = self._acquire()
+        try:
+            yield conn
+        finally:
+            self._release(conn)
+
+    def _acquire(self) -> sqlite3.Connection:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise ClipFilterError("store_closed", "The collections store is closed.", 503)
+                if self._idle:
+                    return self._idle.pop()
+                if self._open < self._size:
+                    self._open += 1
+                    break
+                self._cond.wait()
+        try:
+            return self._connect()
+        except BaseException:
+            with self._cond:
+                self._open -= 1
+                self._cond.notify()
+            raise
+
+    def _release(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:  # an exception inside a snapshot: never hand out an open transaction
+            _rollback(conn)
+        with self._cond:
+            if self._closed:
+                self._open -= 1
+                conn.close()
+            else:
+                self._idle.append(conn)
+            self._cond.notify()
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for conn in self._idle:
+                with suppress(sqlite3.Error):
+                    conn.close()
+            self._open -= len(self._idle)
+            self._idle.clear()
+            self._cond.notify_all()
+
 
 class SqliteCollectionStore:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, readers: int = DEFAULT_READERS) -> None:
         self.files = DataFiles(data_dir)
         self.data_dir = self.files.data_dir
         self.db_path = self.data_dir / "collections.sqlite3"
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
+        self._pool = _ReaderPool(self._connect, readers)
+        self._local = threading.local()  # `committed`: whether this thread's last transaction committed
         self._write_lock = threading.RLock()
         self._listeners: list[Callable[[Change], None]] = []
         self._queued: list[Change] = []  # changes of the open transaction, announced after its COMMIT
@@ -68,49 +145,73 @@ class SqliteCollectionStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        with self._connections_lock:
-            self._connections.append(conn)
         return conn
 
-    def _reader(self) -> sqlite3.Connection:
+    def _check_open(self) -> None:
         if self._closed:
             raise ClipFilterError("store_closed", "The collections store is closed.", 503)
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-        return conn
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """A pooled reader connection (autocommit: each SELECT sees the latest commit)."""
+        self._check_open()
+        with self._pool.connection() as conn:
+            yield conn
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A consistent snapshot across several SELECTs."""
-        conn = self._reader()
-        conn.execute("BEGIN")
-        try:
-            yield conn
-        finally:
-            conn.execute("COMMIT")
+        with self._reader() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+
+    def _select(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
+        with self._reader() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def _select_one(self, sql: str, params: tuple | list = ()) -> sqlite3.Row | None:
+        with self._reader() as conn:
+            return conn.execute(sql, params).fetchone()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the write lock (BEGIN IMMEDIATE also locks out other processes).
+
+        A failed COMMIT (disk full, a deferred constraint) is rolled back, so the writer never stays inside
+        a transaction that makes every later write fail; `self._local.committed` tells callers whether the
+        COMMIT itself went through, which is what decides if their originals may be removed. Listener errors
+        after a COMMIT are logged, never raised: the data is committed and the caller must not undo anything.
+        """
+        self._local.committed = False
         with self._write_lock:
-            if self._closed:
-                raise ClipFilterError("store_closed", "The collections store is closed.", 503)
+            self._check_open()
             conn = self._writer
             self._queued = []
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 self._queued = []
                 raise
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                self._queued = []
+                raise
+            self._local.committed = True
             changes, self._queued = self._queued, []
             # Still under the write lock: listeners see changes exactly in commit order.
             for change in changes:
                 for listener in self._listeners:
-                    listener(change)
+                    try:
+                        listener(change)
+                    except Exception:  # noqa: BLE001 - the commit stands; a listener drops its cache itself
+                        log.exception("a change listener failed after a commit")
 
     def add_listener(self, listener: Callable[[Change], None]) -> None:
         """Called after each commit that bumps a collection's version, under the write lock."""
@@ -130,13 +231,11 @@ class SqliteCollectionStore:
     def close(self) -> None:
         with self._write_lock:
             self._closed = True
-            with self._connections_lock:
-                for conn in self._connections:
-                    try:
-                        conn.close()
-                    except sqlite3.Error:
-                        pass
-                self._connections.clear()
+            self._pool.close()
+            try:
+                self._writer.close()
+            except sqlite3.Error:
+                pass
 
     # ---- collections ---------------------------------------------------------------------------------
     @staticmethod
@@ -164,17 +263,17 @@ class SqliteCollectionStore:
         return self._collection(row)
 
     def get_collection(self, name: str) -> CollectionRecord:
-        row = self._reader().execute("SELECT * FROM collections WHERE name = ?", (name,)).fetchone()
+        row = self._select_one("SELECT * FROM collections WHERE name = ?", (name,))
         if row is None:
             raise collection_not_found(name)
         return self._collection(row)
 
     def get_collection_by_id(self, collection_id: int) -> CollectionRecord | None:
-        row = self._reader().execute("SELECT * FROM collections WHERE id = ?", (collection_id,)).fetchone()
+        row = self._select_one("SELECT * FROM collections WHERE id = ?", (collection_id,))
         return self._collection(row) if row else None
 
     def list_collections(self) -> list[CollectionRecord]:
-        rows = self._reader().execute("SELECT * FROM collections ORDER BY name").fetchall()
+        rows = self._select("SELECT * FROM collections ORDER BY name")
         return [self._collection(row) for row in rows]
 
     def delete_collection(self, name: str) -> None:
@@ -219,12 +318,11 @@ class SqliteCollectionStore:
     def known_hashes(self, collection_id: int, hashes: list[str]) -> dict[str, int]:
         """sha256 -> item id for the given hashes already in the collection."""
         found: dict[str, int] = {}
-        conn = self._reader()
         unique = list(dict.fromkeys(hashes))
         for start in range(0, len(unique), 500):
             chunk = unique[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for row in conn.execute(
+            for row in self._select(
                 f"SELECT sha256, id FROM items WHERE collection_id = ? AND sha256 IN ({marks})", (collection_id, *chunk)
             ):
                 found[row[0]] = row[1]
@@ -260,8 +358,15 @@ class SqliteCollectionStore:
                         )
                 change = Change(collection_id, 0)
                 counts = {"image": 0, "text": 0}
+                # Vectors of another dimension would make every later search and map fail: refused here too.
+                dim = model[2] if model is not None else (collection.dim if collection.item_count else None)
                 for item in items:
-                    embedding = np.ascontiguousarray(item.embedding, np.float32)
+                    embedding = np.ascontiguousarray(item.embedding, np.float32).reshape(-1)
+                    if dim and embedding.size != dim:
+                        raise ClipFilterError(
+                            "dimension_mismatch", f"An embedding has {embedding.size} dimensions; collection "
+                            f"{collection.name!r} holds {dim}-dimensional ones.", 409, dim=dim,
+                        )
                     cursor = conn.execute(
                         "INSERT INTO items (collection_id, kind, filename, mimetype, size, sha256, metadata, truncated, "
                         "text, original_path, width, height, embedding, created_at) "
@@ -297,15 +402,18 @@ class SqliteCollectionStore:
                     progress.duplicates += sum(1 for status, _ in results if status == "duplicate")
                     self._add_progress(conn, progress, now)
         except BaseException:
-            self.files.remove_files([item.original_path for item in items])
+            # Only when the COMMIT itself did not happen: committed rows keep their originals, whatever
+            # failed afterwards.
+            if not getattr(self._local, "committed", False):
+                self.files.remove_files([item.original_path for item in items])
             raise
         self.files.remove_files([item.original_path for item, (status, _) in zip(items, results) if status == "duplicate"])
         return results
 
     def get_item(self, collection: CollectionRecord, item_id: int) -> ItemRecord:
-        row = self._reader().execute(
+        row = self._select_one(
             f"SELECT {ITEM_COLUMNS} FROM items WHERE id = ? AND collection_id = ?", (item_id, collection.id)
-        ).fetchone()
+        )
         if row is None:
             raise item_not_found(collection.name, item_id)
         return self._item(row)
@@ -321,12 +429,11 @@ class SqliteCollectionStore:
 
     def items_by_ids(self, collection_id: int, ids: list[int]) -> dict[int, ItemRecord]:
         out: dict[int, ItemRecord] = {}
-        conn = self._reader()
         ids = [int(i) for i in ids]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for row in conn.execute(
+            for row in self._select(
                 f"SELECT {ITEM_COLUMNS} FROM items WHERE collection_id = ? AND id IN ({marks})", (collection_id, *chunk)
             ):
                 out[row["id"]] = self._item(row)
@@ -336,10 +443,10 @@ class SqliteCollectionStore:
         """All items in id order, in batches (keyset pagination: stable while others write)."""
         last = -1
         while True:
-            rows = self._reader().execute(
+            rows = self._select(
                 f"SELECT {ITEM_COLUMNS} FROM items WHERE collection_id = ? AND id > ? ORDER BY id LIMIT ?",
                 (collection_id, last, batch),
-            ).fetchall()
+            )
             if not rows:
                 return
             yield [self._item(row) for row in rows]
@@ -352,7 +459,7 @@ class SqliteCollectionStore:
         for items in self.iter_items(collection_id, batch):
             ids = [item.id for item in items]
             marks = ",".join("?" * len(ids))
-            blobs = dict(self._reader().execute(f"SELECT id, embedding FROM items WHERE id IN ({marks})", ids).fetchall())
+            blobs = dict(self._select(f"SELECT id, embedding FROM items WHERE id IN ({marks})", ids))
             present = [item for item in items if item.id in blobs]
             if present:  # all of the batch deleted meanwhile: nothing to yield
                 yield present, np.stack([np.frombuffer(blobs[item.id], np.float32) for item in present])
@@ -433,9 +540,9 @@ class SqliteCollectionStore:
         return VectorSet(version, ids, vectors, kinds)
 
     def get_vector(self, collection: CollectionRecord, item_id: int) -> np.ndarray:
-        row = self._reader().execute(
+        row = self._select_one(
             "SELECT embedding FROM items WHERE id = ? AND collection_id = ?", (item_id, collection.id)
-        ).fetchone()
+        )
         if row is None:
             raise item_not_found(collection.name, item_id)
         return np.frombuffer(row[0], np.float32).copy()
@@ -472,9 +579,9 @@ class SqliteCollectionStore:
         query strings only carry strings ("year": "2023" finds {"year": 2023}).
         """
         where, params = metadata_filter_sql(validate_filters(filters))
-        rows = self._reader().execute(
+        rows = self._select(
             f"SELECT id FROM items WHERE collection_id = ? AND {where} ORDER BY id", (collection_id, *params)
-        ).fetchall()
+        )
         return np.asarray([row[0] for row in rows], np.int64)
 
     # ---- jobs ----------------------------------------------------------------------------------------
@@ -512,25 +619,25 @@ class SqliteCollectionStore:
         return self.get_job(job_id)
 
     def get_job(self, job_id: str) -> JobRecord:
-        row = self._reader().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self._select_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if row is None:
             raise job_not_found(job_id)
         return self._job(row)
 
     def job_files(self, job_id: str, after_seq: int, limit: int) -> list[JobFile]:
-        rows = self._reader().execute(
+        rows = self._select(
             "SELECT seq, filename, path, metadata, content_type FROM job_files WHERE job_id = ? AND seq > ? "
             "ORDER BY seq LIMIT ?",
             (job_id, after_seq, limit),
-        ).fetchall()
+        )
         return [JobFile(row[0], row[1], row[2], json.loads(row[3]), row[4]) for row in rows]
 
     def job_done_seq(self, job_id: str) -> int:
         """The seq of the last file a job has committed (files are numbered 0.. in order)."""
         job = self.get_job(job_id)
-        failed_up_front = job.total - self._reader().execute(
+        failed_up_front = job.total - self._select_one(
             "SELECT COUNT(*) FROM job_files WHERE job_id = ?", (job_id,)
-        ).fetchone()[0]
+        )[0]
         return job.done - failed_up_front - 1
 
     def set_job_state(self, job_id: str, state: str, error: dict[str, Any] | None = None, crashed: bool = False) -> None:
@@ -555,20 +662,58 @@ class SqliteCollectionStore:
         )
 
     def unfinished_jobs(self) -> list[JobRecord]:
-        rows = self._reader().execute(
+        rows = self._select(
             "SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at"
-        ).fetchall()
+        )
         return [self._job(row) for row in rows]
 
     # ---- housekeeping --------------------------------------------------------------------------------
     def collect_garbage(self, min_age_s: float = 3600.0) -> dict[str, int]:
-        """Remove files no row references (see gc.py); only files older than `min_age_s`."""
-        conn = self._reader()
-        references = FileReferences(
-            collection_ids={row[0] for row in conn.execute("SELECT id FROM collections")},
-            originals={row[0] for row in conn.execute("SELECT original_path FROM items WHERE original_path IS NOT NULL")},
-            live_jobs={row[0] for row in conn.execute("SELECT id FROM jobs WHERE state IN ('queued', 'running')")},
-        )
+        """Remove files no row references (see gc.py): only files older than `min_age_s`, and each candidate is
+        re-checked inside a write transaction (this process's write lock and SQLite's lock against others)."""
+        with self._read() as conn:
+            references = FileReferences(
+                collection_ids={row[0] for row in conn.execute("SELECT id FROM collections")},
+                originals={row[0] for row in conn.execute(
+                    "SELECT original_path FROM items WHERE original_path IS NOT NULL")},
+                live_jobs={row[0] for row in conn.execute("SELECT id FROM jobs WHERE state IN ('queued', 'running')")},
+            )
         return collect_garbage(
-            self.files, references, lambda: {row[0] for row in conn.execute("SELECT id FROM items")}, min_age_s
+            self.files, references, lambda: {row[0] for row in self._select("SELECT id FROM items")}, min_age_s,
+            guard=_SqliteGcGuard(self),
         )
+
+
+class _SqliteGcGuard:
+    """gc.py's re-check under the writer lock: nothing can commit a reference while files are removed."""
+
+    def __init__(self, store: SqliteCollectionStore) -> None:
+        self._store = store
+        self._conn: sqlite3.Connection | None = None
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        with self._store._transaction() as conn:  # BEGIN IMMEDIATE: writes of other processes wait too
+            self._conn = conn
+            try:
+                yield
+            finally:
+                self._conn = None
+
+    def referenced(self, paths: list[str]) -> set[str]:
+        assert self._conn is not None
+        found: set[str] = set()
+        for start in range(0, len(paths), 500):
+            chunk = paths[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(row[0] for row in self._conn.execute(
+                f"SELECT original_path FROM items WHERE original_path IN ({marks})", chunk))
+        return found
+
+    def collection_ids(self) -> set[int]:
+        assert self._conn is not None
+        return {row[0] for row in self._conn.execute("SELECT id FROM collections")}
+
+    def live_jobs(self) -> set[str]:
+        assert self._conn is not None
+        return {row[0] for row in self._conn.execute("SELECT id FROM jobs WHERE state IN ('queued', 'running')")}
