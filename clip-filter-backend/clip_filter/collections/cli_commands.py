@@ -59,9 +59,9 @@ def _guarded(handler: Callable[[argparse.Namespace, Any], int]) -> Callable[[arg
 
 
 def _open_store(settings: Any):
-    from clip_filter.collections.store import SqliteCollectionStore
+    from clip_filter.collections.backends import open_store
 
-    return SqliteCollectionStore(Path(settings.data_dir))
+    return open_store(settings)  # SQLite, or PostgreSQL when CLIP_FILTER_DATABASE_URL is set
 
 
 def _load_encoder(settings: Any):

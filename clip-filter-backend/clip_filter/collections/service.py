@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from clip_filter.collections.backends import open_store
 from clip_filter.collections.embedder import Embedder, model_key
 from clip_filter.collections.ingest import IngestLimits, Ingestor, Outcome, Source
 from clip_filter.collections.jobs import JobRunner
 from clip_filter.collections.map import MapCache, MapLayout, compute_layout
 from clip_filter.collections.store import (
-    Change, CollectionRecord, ItemRecord, SqliteCollectionStore, validate_filters, write_file_atomic,
+    Change, CollectionRecord, ItemRecord, validate_filters, write_file_atomic,
 )
 from clip_filter.collections.vector_index import CollectionIndex, Hits
 from clip_filter.core.errors import ClipFilterError
@@ -48,7 +49,7 @@ class Collections:
     def __init__(self, settings: Any, model_service: Any, start_jobs: bool = True, collect_garbage: bool = True) -> None:
         self.settings = settings
         self.model = model_service
-        self.store = SqliteCollectionStore(settings.data_dir)
+        self.store = open_store(settings)  # SQLite, or PostgreSQL when CLIP_FILTER_DATABASE_URL is set
         self.limits = IngestLimits.from_settings(settings)
         self.ingestor = Ingestor(self.store, self.limits)
         self.maps = MapCache()
@@ -157,16 +158,19 @@ class Collections:
         kind: str | None = None,
         min_score: float | None = None,
     ) -> SearchPage:
-        index = self.index_for(collection)
-        if index is None:
-            return SearchPage(Hits(np.zeros(0, np.int64), np.zeros(0, np.float32), total=0), [], [])
-        query = np.asarray(query, np.float32).reshape(-1)
-        if query.shape[0] != index.dim:
-            raise ClipFilterError(
-                "dimension_mismatch", f"The query has {query.shape[0]} dimensions, the collection {index.dim}.", 409
-            )
-        allowed = self.store.filter_ids(collection.id, validate_filters(filters)) if filters else None
-        hits = index.search(query, top_k, offset, allowed, kind, min_score)
+        if hasattr(self.store, "search"):  # PostgreSQL: the database is the vector index
+            hits = self.store.search(collection.id, query, top_k, offset, validate_filters(filters), kind, min_score)
+        else:
+            index = self.index_for(collection)
+            if index is None:
+                return SearchPage(Hits(np.zeros(0, np.int64), np.zeros(0, np.float32), total=0), [], [])
+            query = np.asarray(query, np.float32).reshape(-1)
+            if query.shape[0] != index.dim:
+                raise ClipFilterError(
+                    "dimension_mismatch", f"The query has {query.shape[0]} dimensions, the collection {index.dim}.", 409
+                )
+            allowed = self.store.filter_ids(collection.id, validate_filters(filters)) if filters else None
+            hits = index.search(query, top_k, offset, allowed, kind, min_score)
         found = self.store.items_by_ids(collection.id, [int(i) for i in hits.ids])
         items, scores = [], []
         for item_id, score in zip(hits.ids, hits.scores):

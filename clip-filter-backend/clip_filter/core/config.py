@@ -69,6 +69,33 @@ class Settings(BaseSettings):
     ann_min_items: int = Field(50_000, ge=1, validation_alias="CLIP_FILTER_ANN_MIN_ITEMS")
     thumbnail_size: int = Field(256, ge=16, le=2048, validation_alias="CLIP_FILTER_THUMBNAIL_SIZE")
 
+    # --- collections on PostgreSQL + pgvector (collections/pg_store.py, docs/postgresql.md) ------------
+    # postgresql://user:password@host:5432/db selects the PostgreSQL store; unset: SQLite in the data dir.
+    # Originals, thumbnails and job spools stay in CLIP_FILTER_DATA_DIR (a volume all replicas share).
+    database_url: str | None = Field(None, validation_alias="CLIP_FILTER_DATABASE_URL")
+    # Optional streaming read replica for searches and listings (they may lag the primary a little).
+    database_read_url: str | None = Field(None, validation_alias="CLIP_FILTER_DATABASE_READ_URL")
+    database_pool_size: int = Field(10, ge=1, le=1000, validation_alias="CLIP_FILTER_DATABASE_POOL_SIZE")
+    # The HNSW index per collection: on halfvec (half the size) or full-precision vector; results are
+    # always re-scored with the full-precision vectors.
+    pg_index_type: Literal["halfvec", "vector"] = Field("halfvec", validation_alias="CLIP_FILTER_PG_INDEX_TYPE")
+    pg_hnsw_m: int = Field(16, ge=2, le=100, validation_alias="CLIP_FILTER_PG_HNSW_M")
+    pg_hnsw_ef_construction: int = Field(64, ge=4, le=1000, validation_alias="CLIP_FILTER_PG_HNSW_EF_CONSTRUCTION")
+    pg_ef_search: int = Field(100, ge=1, le=1000, validation_alias="CLIP_FILTER_PG_EF_SEARCH")
+    # Collections, or filtered subsets, of at most this many rows are searched exactly (no index).
+    pg_exact_max_rows: int = Field(20_000, ge=0, validation_alias="CLIP_FILTER_PG_EXACT_MAX_ROWS")
+    # How many index tuples a filtered HNSW scan may visit before it falls back to exact search.
+    pg_max_scan_tuples: int = Field(20_000, ge=1, validation_alias="CLIP_FILTER_PG_MAX_SCAN_TUPLES")
+
+    @field_validator("database_url", "database_read_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("CLIP_FILTER_DATABASE_URL must start with postgresql:// (or be unset for SQLite)")
+        return value.strip()
+
     @field_validator("device")
     @classmethod
     def _device_known(cls, value: str) -> str:
