@@ -26,6 +26,7 @@ def open_store(settings: Any) -> Any:
             ef_search=settings.pg_ef_search,
             exact_max_rows=settings.pg_exact_max_rows,
             max_scan_tuples=settings.pg_max_scan_tuples,
+            job_lease_s=settings.pg_job_lease_s,
         )
     from clip_filter.collections.store import SqliteCollectionStore
 

@@ -83,6 +83,13 @@ def _array(value: Any) -> np.ndarray:
     return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, np.float32)
 
 
+def job_lease_lost(job_id: str) -> ClipFilterError:
+    return ClipFilterError(
+        "job_lease_lost", f"Job {job_id!r} was taken over by another replica (this one held it too long).", 409,
+        job_id=job_id,
+    )
+
+
 def database_unavailable(exc: BaseException) -> ClipFilterError:
     return ClipFilterError(
         "database_unavailable", f"The PostgreSQL database cannot be reached: {exc}", 503,
@@ -184,6 +191,7 @@ class PostgresCollectionStore:
         ef_search: int = 100,
         exact_max_rows: int = 20_000,
         max_scan_tuples: int = 20_000,
+        job_lease_s: float = 30.0,
         run_migrations: bool = True,
     ) -> None:
         from psycopg_pool import ConnectionPool
@@ -201,6 +209,8 @@ class PostgresCollectionStore:
         self.ef_search = ef_search
         self.exact_max_rows = exact_max_rows
         self.max_scan_tuples = max_scan_tuples
+        self.job_lease_s = float(job_lease_s)
+        self._claimed: dict[str, str] = {}  # job id -> lease owner, for the jobs this process works on
         self._write_lock = threading.RLock()
         self._listeners: list[Callable[[Change], None]] = []
         self._queued: list[Change] = []
@@ -980,12 +990,18 @@ class PostgresCollectionStore:
         """`crashed`: the job was found running at startup, i.e. a crash interrupted it (counted in attempts)."""
         from psycopg.types.json import Jsonb
 
+        owner = self._claimed.get(job_id)
         with self._transaction() as conn:
             conn.execute(
-                "UPDATE jobs SET state = %s, error = COALESCE(%s, error), attempts = attempts + %s, updated_at = %s "
-                "WHERE id = %s",
-                (state, Jsonb(error) if error else None, int(crashed), utc_now(), job_id),
+                "UPDATE jobs SET state = %s, error = COALESCE(%s, error), attempts = attempts + %s, updated_at = %s, "
+                "lease_owner = CASE WHEN %s = 'running' THEN lease_owner END, "
+                "lease_expires_at = CASE WHEN %s = 'running' THEN lease_expires_at END "
+                "WHERE id = %s" + (" AND (lease_owner = %s OR lease_owner IS NULL)" if owner else ""),
+                (state, Jsonb(error) if error else None, int(crashed), utc_now(), state, state, job_id,
+                 *((owner,) if owner else ())),
             )
+        if state != "running":
+            self._claimed.pop(job_id, None)
 
     def _add_progress(self, conn: Any, progress: JobProgress, now: str) -> None:
         from psycopg.types.json import Jsonb
@@ -995,12 +1011,22 @@ class PostgresCollectionStore:
         room = MAX_STORED_FAILURES - len(failures)
         if progress.failures and room > 0:
             failures.extend(progress.failures[:room])
-        conn.execute(
+        owner = self._claimed.get(progress.job_id)
+        lease = ""
+        params: list[Any] = [progress.done, progress.added, progress.duplicates, progress.failed, Jsonb(failures), now]
+        if owner is not None:
+            # Only the lease holder's batches count, and each one renews the lease in the same transaction:
+            # a replica that lost its lease (stalled past it, another took over) rolls its batch back.
+            lease = ", lease_expires_at = now() + make_interval(secs => %s)"
+            params.append(self.job_lease_s)
+        params.append(progress.job_id)
+        cursor = conn.execute(
             "UPDATE jobs SET done = done + %s, added = added + %s, duplicates = duplicates + %s, failed = failed + %s, "
-            "failures = %s, updated_at = %s WHERE id = %s",
-            (progress.done, progress.added, progress.duplicates, progress.failed, Jsonb(failures), now,
-             progress.job_id),
+            f"failures = %s, updated_at = %s{lease} WHERE id = %s" + (" AND lease_owner = %s" if owner else ""),
+            (*params, owner) if owner else params,
         )
+        if owner is not None and cursor.rowcount == 0:
+            raise job_lease_lost(progress.job_id)
 
     def record_progress(self, progress: JobProgress) -> None:
         """Progress of files that produced no item rows (all failed or all duplicates)."""
@@ -1013,6 +1039,59 @@ class PostgresCollectionStore:
                 "SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at, id"
             ).fetchall()
         return [self._job(row) for row in rows]
+
+    # ---- jobs across replicas ------------------------------------------------------------------------
+    def claim_job(self, owner: str) -> tuple[JobRecord, bool] | None:
+        """Claim the oldest job no live replica works on: (job, taken_over) or None.
+
+        `SELECT ... FOR UPDATE SKIP LOCKED`: replicas claiming at the same moment get different jobs. A
+        `running` job whose lease expired was left by a replica that died (taken_over: counted in attempts).
+        """
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT id, state FROM jobs WHERE state = 'queued' OR (state = 'running' AND "
+                "(lease_expires_at IS NULL OR lease_expires_at < now())) ORDER BY created_at, id "
+                "FOR UPDATE SKIP LOCKED LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            taken_over = row["state"] == "running"
+            job = conn.execute(
+                "UPDATE jobs SET state = 'running', lease_owner = %s, "
+                "lease_expires_at = now() + make_interval(secs => %s), attempts = attempts + %s, updated_at = %s "
+                "WHERE id = %s RETURNING *",
+                (owner, self.job_lease_s, int(taken_over), utc_now(), row["id"]),
+            ).fetchone()
+        self._claimed[job["id"]] = owner
+        return self._job(job), taken_over
+
+    def claim_batch(self, job_id: str, owner: str, after_seq: int, limit: int) -> list[JobFile]:
+        """The job's next files after `after_seq`, if `owner` still holds its lease (renewed here)."""
+        with self._transaction() as conn:
+            renewed = conn.execute(
+                "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => %s) "
+                "WHERE id = %s AND state = 'running' AND lease_owner = %s",
+                (self.job_lease_s, job_id, owner),
+            ).rowcount
+            if renewed == 0:
+                self._claimed.pop(job_id, None)
+                raise job_lease_lost(job_id)
+            rows = conn.execute(
+                "SELECT seq, filename, path, metadata, content_type FROM job_files WHERE job_id = %s AND seq > %s "
+                "ORDER BY seq LIMIT %s",
+                (job_id, after_seq, limit),
+            ).fetchall()
+        return [JobFile(r["seq"], r["filename"], r["path"], r["metadata"], r["content_type"]) for r in rows]
+
+    def release_job(self, job_id: str, owner: str) -> None:
+        """Give a claimed job back (clean shutdown): queued again, for any replica."""
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, updated_at = %s "
+                "WHERE id = %s AND state = 'running' AND lease_owner = %s",
+                (utc_now(), job_id, owner),
+            )
+        self._claimed.pop(job_id, None)
 
     # ---- housekeeping --------------------------------------------------------------------------------
     def _referenced(self, paths: list[str]) -> set[str]:

@@ -22,7 +22,7 @@ import numpy as np
 from clip_filter.collections.backends import open_store
 from clip_filter.collections.embedder import Embedder, model_key
 from clip_filter.collections.ingest import IngestLimits, Ingestor, Outcome, Source
-from clip_filter.collections.jobs import JobRunner
+from clip_filter.collections.pg_jobs import job_runner_class
 from clip_filter.collections.map import MapCache, MapLayout, compute_layout
 from clip_filter.collections.store import (
     Change, CollectionRecord, ItemRecord, validate_filters, write_file_atomic,
@@ -57,7 +57,7 @@ class Collections:
         self._index_lock = threading.Lock()
         self._build_locks: dict[int, threading.Lock] = {}
         self.store.add_listener(self._on_change)
-        self.jobs = JobRunner(
+        self.jobs = job_runner_class(self.store)(  # replicas share PostgreSQL's jobs under leases
             self.store, self.ingestor, model_service.blocking_embedder, settings.batch_size,
             settings.ingest_root_paths,
         )

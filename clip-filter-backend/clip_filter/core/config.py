@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     pg_exact_max_rows: int = Field(20_000, ge=0, validation_alias="CLIP_FILTER_PG_EXACT_MAX_ROWS")
     # How many index tuples a filtered HNSW scan may visit before it falls back to exact search.
     pg_max_scan_tuples: int = Field(20_000, ge=1, validation_alias="CLIP_FILTER_PG_MAX_SCAN_TUPLES")
+    # A replica's claim on a bulk job; another replica takes the job over this long after the holder died.
+    pg_job_lease_s: float = Field(30.0, gt=0, le=3600, validation_alias="CLIP_FILTER_PG_JOB_LEASE_S")
 
     @field_validator("database_url", "database_read_url")
     @classmethod

@@ -503,3 +503,48 @@ def test_export_import_round_trip_sqlite_postgres_sqlite(tmp_path, pg_database):
         source.close()
         middle.close()
         target.close()
+
+
+# ---- jobs across replicas (PostgreSQL) -------------------------------------------------------------------
+def test_replicas_claim_jobs_under_leases_and_take_over_expired_ones(make_pg_store, pg_database):
+    import psycopg
+
+    a, b = make_pg_store(), make_pg_store()
+    c = a.create_collection("c", None, MODEL)
+    files = [JobFile(i, f"f{i}.txt", f"/in/f{i}", {}) for i in range(4)]
+    a.create_job("first", c, "path", "/in", files)
+    a.create_job("second", c, "path", "/in", files)
+    job, taken_over = a.claim_job("replica-a")
+    assert (job.id, job.state, taken_over) == ("first", "running", False)
+    job, _ = b.claim_job("replica-b")
+    assert job.id == "second"  # the first is held: never claimed twice
+    assert b.claim_job("replica-b") is None
+    assert [f.seq for f in a.claim_batch("first", "replica-a", -1, 2)] == [0, 1]
+    a.add_items(c.id, [text_item("a0", np.eye(DIM)[0])], MODEL, JobProgress("first", done=1))
+
+    with psycopg.connect(pg_database, autocommit=True) as conn:  # replica a stalls past its lease
+        conn.execute("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = 'first'")
+    job, taken_over = b.claim_job("replica-b")
+    assert (job.id, taken_over, job.attempts, job.done) == ("first", True, 1, 1)
+    assert b.job_done_seq("first") == 0  # resumes after a's committed batch
+
+    # a wakes up: it can neither fetch nor commit for the job any more, and its batch leaves nothing behind.
+    with pytest.raises(ClipFilterError) as caught:
+        a.claim_batch("first", "replica-a", 0, 2)
+    assert caught.value.code == "job_lease_lost"
+    a._claimed["first"] = "replica-a"  # as if a had fetched its batch just before the takeover
+    with pytest.raises(ClipFilterError) as caught:
+        a.add_items(c.id, [text_item("a1", np.eye(DIM)[1])], MODEL, JobProgress("first", done=1))
+    assert caught.value.code == "job_lease_lost"
+    assert a.get_collection("c").item_count == 1
+    a.set_job_state("first", "done")  # refused too: b holds the job
+    assert a.get_job("first").state == "running"
+
+    assert [f.seq for f in b.claim_batch("first", "replica-b", 0, 10)] == [1, 2, 3]
+    b.add_items(c.id, [text_item(f"b{i}", np.eye(DIM)[i]) for i in range(1, 4)], MODEL, JobProgress("first", done=3))
+    b.set_job_state("first", "done")
+    job = b.get_job("first")
+    assert (job.state, job.done, job.added, job.total) == ("done", 4, 4, 4)
+    b.release_job("second", "replica-b")
+    assert b.get_job("second").state == "queued"
+    assert a.claim_job("replica-a")[0].id == "second"
