@@ -844,19 +844,19 @@ class PostgresCollectionStore:
     def _search_exact(
         conn: Any, query: np.ndarray, where: str, params: list[Any], want: int, offset: int, min_score: float | None
     ) -> Hits:
-        score_filter = ""
-        extra: list[Any] = []
+        score_filter, extra = "", []
         if min_score is not None:
-            score_filter = " AND (embedding <#> %s) * -1 >= %s"
-            extra = [query, min_score]
+            score_filter = " WHERE score >= %s"
+            extra = [min_score]
+        # The scores are computed below the window (OFFSET 0 keeps the subquery from being flattened): it
+        # then counts narrow (id, score) rows; over the rows themselves it spills every vector to disk.
         rows = conn.execute(
-            "SELECT id, (embedding <#> %s) * -1 AS score, count(*) OVER () AS total "
-            f"FROM items WHERE {where}{score_filter} ORDER BY score DESC, id LIMIT %s",
+            "SELECT id, score, count(*) OVER () AS total FROM ("
+            f"  SELECT id, (embedding <#> %s) * -1 AS score FROM items WHERE {where} OFFSET 0"
+            f") AS scored{score_filter} ORDER BY score DESC, id LIMIT %s",
             (query, *params, *extra, want),
         ).fetchall()
         total = int(rows[0]["total"]) if rows else 0
-        if not rows and min_score is None:
-            total = 0
         rows = rows[offset:]
         return Hits(
             np.asarray([r["id"] for r in rows], np.int64), np.asarray([r["score"] for r in rows], np.float32),

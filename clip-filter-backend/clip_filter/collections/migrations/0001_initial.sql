@@ -41,8 +41,10 @@ CREATE TABLE items (
     width integer,
     height integer,
     -- L2-normalised float32; untyped because dimensions differ per collection. Each partition's
-    -- HNSW index casts it to halfvec(dim) or vector(dim).
-    embedding vector NOT NULL,
+    -- HNSW index casts it to halfvec(dim) or vector(dim). STORAGE MAIN keeps the vector in the row
+    -- (pgvector's default, EXTERNAL, moves every 512-d vector to the TOAST table: one more index
+    -- lookup per row read by exact search and by the re-scoring of HNSW candidates).
+    embedding vector STORAGE MAIN NOT NULL,
     created_at timestamptz NOT NULL,
     PRIMARY KEY (collection_id, id),
     UNIQUE (collection_id, sha256)
