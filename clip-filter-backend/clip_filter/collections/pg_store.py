@@ -835,7 +835,7 @@ class PostgresCollectionStore:
             use_exact = exact or index_type is None or matching <= self.exact_max_rows
             if not use_exact:
                 hits = self._search_hnsw(conn, query, dim, index_type, where, params, want, offset, min_score_param,
-                                         ef_search)
+                                         ef_search, filtered=len(conditions) > 1)
                 if hits is not None:
                     return hits
             return self._search_exact(conn, query, where, params, want, offset, min_score_param)
@@ -885,11 +885,14 @@ class PostgresCollectionStore:
 
     def _search_hnsw(
         self, conn: Any, query: np.ndarray, dim: int, index_type: str, where: str, params: list[Any], want: int,
-        offset: int, min_score: float | None, ef_search: int | None,
+        offset: int, min_score: float | None, ef_search: int | None, filtered: bool,
     ) -> Hits | None:
         """Candidates from the HNSW index, re-scored exactly; None when it found fewer than the page needs."""
         ef = int(min(MAX_EF_SEARCH, max(ef_search or self.ef_search, 1)))
-        candidates = max(want, ef)
+        # Unfiltered, the ef_search candidates the graph search found anyway are all re-scored. Under a
+        # filter each candidate costs ~1/selectivity visited tuples (iterative scan), so fewer are asked
+        # for: twice the page, enough for the exact re-sort to repair the relaxed order.
+        candidates = max(2 * want, want + 10) if filtered else max(want, ef)
         statement = self._hnsw_statement(conn, dim, index_type, where, ef_search, candidates)
         rows = conn.execute(statement, (*params, query, candidates, query)).fetchall()
         if len(rows) < want:
