@@ -281,7 +281,9 @@ def bench_postgres(n: int, n_queries: int, seed: int, url: str, ef_values: list[
         key = "f10" if name == "10%" else "f1"
         for ef in ef_values[1:]:
             rows.append(measure(f"pg {name} ef{ef}", mask, {key: True}, ef_search=ef))
-    store.exact_max_rows = 20_000  # the default: selective filters go exact
+    from clip_filter.core.config import Settings
+
+    store.exact_max_rows = Settings.model_fields["pg_exact_max_rows"].default  # selective filters go exact
     rows.append(measure("pg 10% auto", masks["10%"], {"f10": True}))
     rows.append(measure("pg 1% auto", masks["1%"], {"f1": True}))
     rows.append(measure("pg exact", None, None, exact=True))

@@ -189,7 +189,7 @@ class PostgresCollectionStore:
         hnsw_m: int = 16,
         hnsw_ef_construction: int = 64,
         ef_search: int = 100,
-        exact_max_rows: int = 20_000,
+        exact_max_rows: int = 5_000,
         max_scan_tuples: int = 20_000,
         job_lease_s: float = 30.0,
         run_migrations: bool = True,

@@ -82,8 +82,9 @@ class Settings(BaseSettings):
     pg_hnsw_m: int = Field(16, ge=2, le=100, validation_alias="CLIP_FILTER_PG_HNSW_M")
     pg_hnsw_ef_construction: int = Field(64, ge=4, le=1000, validation_alias="CLIP_FILTER_PG_HNSW_EF_CONSTRUCTION")
     pg_ef_search: int = Field(100, ge=1, le=1000, validation_alias="CLIP_FILTER_PG_EF_SEARCH")
-    # Collections, or filtered subsets, of at most this many rows are searched exactly (no index).
-    pg_exact_max_rows: int = Field(20_000, ge=0, validation_alias="CLIP_FILTER_PG_EXACT_MAX_ROWS")
+    # Collections, or filtered subsets, of at most this many rows are searched exactly (no index); above it a
+    # filtered HNSW scan is faster (bench/search_bench.py --postgres: 10k of 100k rows exact 63 ms, HNSW 6 ms).
+    pg_exact_max_rows: int = Field(5_000, ge=0, validation_alias="CLIP_FILTER_PG_EXACT_MAX_ROWS")
     # How many index tuples a filtered HNSW scan may visit before it falls back to exact search.
     pg_max_scan_tuples: int = Field(20_000, ge=1, validation_alias="CLIP_FILTER_PG_MAX_SCAN_TUPLES")
     # A replica's claim on a bulk job; another replica takes the job over this long after the holder died.
