@@ -548,3 +548,60 @@ def test_replicas_claim_jobs_under_leases_and_take_over_expired_ones(make_pg_sto
     b.release_job("second", "replica-b")
     assert b.get_job("second").state == "queued"
     assert a.claim_job("replica-a")[0].id == "second"
+
+
+def test_garbage_collection_keeps_a_file_another_replica_committed_meanwhile(make_pg_store, monkeypatch):
+    """Between GC's first read of the rows and its unlink, another replica commits a row for an old file:
+    the re-check right before unlinking sees it, and the file stays."""
+    import os
+    import time
+
+    gc_replica, writer = make_pg_store(), make_pg_store()
+    c = writer.create_collection("c", None, MODEL)
+    late = writer.write_original(c.id, "bb" * 32, ".png", b"late")
+    orphan = writer.write_original(c.id, "cc" * 32, ".png", b"orphan")
+    old = time.time() - 7200
+    for path in (late, orphan):
+        os.utime(writer.data_dir / path, (old, old))
+    recheck = gc_replica._referenced
+
+    def commit_then_recheck(paths):
+        writer.add_items(c.id, [NewItem("image", "l.png", "image/png", 4, "bb" * 32, {}, unit(np.eye(DIM)[0]),
+                                        original_path=late)], MODEL)
+        return recheck(paths)
+
+    monkeypatch.setattr(gc_replica, "_referenced", commit_then_recheck)
+    assert gc_replica.collect_garbage(3600)["originals"] == 1
+    assert (writer.data_dir / late).exists() and not (writer.data_dir / orphan).exists()
+
+
+def test_an_unreachable_database_is_a_503_and_the_store_recovers(tmp_path):
+    import shutil
+
+    from pg import start_pg_server
+
+    server = start_pg_server()  # its own server (in /tmp: tmp_path is not readable by `nobody`)
+    try:
+        store = PostgresCollectionStore(server.url, tmp_path / "data", pool_size=2)
+        store.create_collection("c", None, MODEL)
+        server.stop("immediate")
+        with pytest.raises(ClipFilterError) as caught:
+            store.get_collection("c")
+        assert (caught.value.code, caught.value.status) == ("database_unavailable", 503)
+        server.start()
+        for _ in range(3):  # broken pooled connections are dropped one by one
+            try:
+                assert store.get_collection("c").name == "c"
+                break
+            except ClipFilterError as error:
+                assert error.code == "database_unavailable"
+        else:
+            raise AssertionError("the store did not reconnect")
+        store.close()
+        server.stop("immediate")
+        with pytest.raises(ClipFilterError) as caught:
+            PostgresCollectionStore(server.url, tmp_path / "data")
+        assert (caught.value.code, caught.value.status) == ("database_unavailable", 503)
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(server.root, ignore_errors=True)
