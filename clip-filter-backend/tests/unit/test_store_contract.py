@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sqlite3
 
 import numpy as np
+import psycopg
 import pytest
 from PIL import Image
 
@@ -164,7 +166,7 @@ def test_a_failed_transaction_leaves_no_half_item_and_no_file(store):
     good = NewItem("image", "x.png", "image/png", 9, "ab" * 32, {}, unit(np.eye(DIM)[0]), original_path=path)
     bad = text_item("b", np.eye(DIM)[1])
     bad.kind = "video"  # violates the CHECK constraint: the whole batch rolls back
-    with pytest.raises(Exception):
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.IntegrityError)):
         store.add_items(c.id, [good, bad], MODEL)
     assert store.get_collection("c").item_count == 0
     assert not (store.data_dir / path).exists()
