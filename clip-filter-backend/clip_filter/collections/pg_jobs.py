@@ -38,7 +38,32 @@ class ReplicaJobRunner(JobRunner):
     def start(self) -> None:
         """Start polling; nothing to requeue: the database is the queue. (A clean stop re-queues the job
         in the base class, which drops its lease: any replica may continue it.)"""
+        try:
+            self._expire_dead_local_owners()
+        except Exception:  # noqa: BLE001 - their leases expire anyway
+            log.warning("could not check the jobs left by earlier processes", exc_info=True)
         self._thread.start()
+
+    def _expire_dead_local_owners(self) -> None:
+        """Jobs held by an earlier process on this host that is gone (killed, this container restarted):
+        claimable now instead of after the lease, as a restart resumes a job on SQLite at once.
+
+        An owner is `host:pid:token`. Same host and that pid not running, or the pid is ours (a restarted
+        container runs as the same pid) but the token is not: that process is dead.
+        """
+        host = socket.gethostname()
+        dead = {}
+        for job_id, owner in self.store.running_job_owners().items():
+            owner_host, _, rest = owner.partition(":")
+            pid_text = rest.split(":", 1)[0]
+            if owner_host != host or not pid_text.isdigit() or owner == self.owner:
+                continue
+            pid = int(pid_text)
+            if pid == os.getpid() or not _process_alive(pid):
+                dead[job_id] = owner
+        if dead:
+            log.info("jobs left by dead processes of this host, resumed now: %s", sorted(dead))
+            self.store.expire_leases(list(dead), list(set(dead.values())))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -99,6 +124,16 @@ class ReplicaJobRunner(JobRunner):
             return None
         sources = [self._source(job, f) for f in files]
         return files, pool.submit(self.ingestor.prepare_batch, self._collection(job), sources)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, another user's
+    return True
 
 
 def job_runner_class(store: Any) -> type[JobRunner]:

@@ -1086,6 +1086,22 @@ class PostgresCollectionStore:
             ).fetchall()
         return [JobFile(r["seq"], r["filename"], r["path"], r["metadata"], r["content_type"]) for r in rows]
 
+    def running_job_owners(self) -> dict[str, str]:
+        """job id -> lease owner of the jobs some replica holds (running)."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT id, lease_owner FROM jobs WHERE state = 'running' AND lease_owner IS NOT NULL")
+            return {row["id"]: row["lease_owner"] for row in rows}
+
+    def expire_leases(self, job_ids: list[str], owners: list[str]) -> None:
+        """End these owners' leases on these jobs now (their processes are known dead): claimable at once."""
+        if job_ids:
+            with self._transaction() as conn:
+                conn.execute(
+                    "UPDATE jobs SET lease_expires_at = now() - interval '1 second' "
+                    "WHERE id = ANY(%s) AND lease_owner = ANY(%s) AND state = 'running'",
+                    (job_ids, owners),
+                )
+
     def release_job(self, job_id: str, owner: str) -> None:
         """Give a claimed job back (clean shutdown): queued again, for any replica."""
         with self._transaction() as conn:

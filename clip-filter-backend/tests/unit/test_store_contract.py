@@ -607,3 +607,27 @@ def test_an_unreachable_database_is_a_503_and_the_store_recovers(tmp_path):
     finally:
         server.stop("immediate")
         shutil.rmtree(server.root, ignore_errors=True)
+
+
+def test_a_restarted_replica_resumes_the_jobs_its_dead_predecessor_held_at_once(make_pg_store):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from clip_filter.collections.pg_jobs import ReplicaJobRunner
+
+    store = make_pg_store(job_lease_s=3600)  # the lease alone would hold them for an hour
+    c = store.create_collection("c", None, MODEL)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone_pid = int(dead.stdout)  # a process of this host that has exited
+    host = socket.gethostname()
+    for job_id, owner in (("mine", f"{host}:{gone_pid}:aaaa"), ("elsewhere", f"other-host:{gone_pid}:bbbb"),
+                          ("alive", f"{host}:{os.getppid()}:cccc")):
+        store.create_job(job_id, c, "path", "/in", [JobFile(0, "a", "/in/a", {})])
+        assert store.claim_job(owner)[0].id == job_id
+    runner = ReplicaJobRunner(store, None, None, 4, [])
+    runner._expire_dead_local_owners()
+    job, taken_over = store.claim_job("new")
+    assert (job.id, taken_over) == ("mine", True)
+    assert store.claim_job("new") is None  # the other host's job and a live process's job stay held
