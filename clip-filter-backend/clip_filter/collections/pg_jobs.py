@@ -49,7 +49,9 @@ class ReplicaJobRunner(JobRunner):
         claimable now instead of after the lease, as a restart resumes a job on SQLite at once.
 
         An owner is `host:pid:token`. Same host and that pid not running, or the pid is ours (a restarted
-        container runs as the same pid) but the token is not: that process is dead.
+        container runs as the same pid) but the token is not: that process is dead. A wrong guess
+        (containers sharing the host's name in separate pid namespaces) only moves the job: the holder's
+        next commit is refused by the lease check, nothing is stored twice.
         """
         host = socket.gethostname()
         dead = {}
