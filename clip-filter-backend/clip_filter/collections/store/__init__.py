@@ -1,13 +1,14 @@
 """The collections store: the `CollectionStore` Protocol, its records, and the SQLite implementation.
 
 schema.py (SQL), records.py (dataclasses), protocol.py (what the collections layer needs from a database),
-sqlite.py (the SQLite implementation), files.py (file durability), gc.py (garbage collection).
+sqlite.py (the SQLite implementation), postgres.py (PostgreSQL + pgvector; imported only when used, by
+backends.py), files.py (file durability), gc.py (garbage collection).
 """
 
 from __future__ import annotations
 
 from clip_filter.collections.store.files import DataFiles, write_file_atomic
-from clip_filter.collections.store.protocol import CollectionStore, ModelKey
+from clip_filter.collections.store.protocol import CollectionStore, ModelKey, SearchingStore
 from clip_filter.collections.store.records import (
     Change, CollectionRecord, ItemRecord, JobFile, JobProgress, JobRecord, NewItem, VectorSet,
 )
@@ -15,5 +16,5 @@ from clip_filter.collections.store.sqlite import SqliteCollectionStore
 
 __all__ = [
     "Change", "CollectionRecord", "CollectionStore", "DataFiles", "ItemRecord", "JobFile", "JobProgress", "JobRecord",
-    "ModelKey", "NewItem", "SqliteCollectionStore", "VectorSet", "write_file_atomic",
+    "ModelKey", "NewItem", "SearchingStore", "SqliteCollectionStore", "VectorSet", "write_file_atomic",
 ]

@@ -1,6 +1,6 @@
 """`CollectionStore`: what the collections layer needs from its database, and nothing else.
 
-`SqliteCollectionStore` implements it; a PostgreSQL backend implements the same methods. Signatures carry
+`SqliteCollectionStore` and `PostgresCollectionStore` (postgres.py) implement it. Signatures carry
 only records (`records.py`), NumPy arrays and plain Python types: no connection, cursor or row types.
 Transactions stay inside the methods: each write method is one transaction, committed before it returns.
 
@@ -22,7 +22,7 @@ Durability contract (every implementation):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from clip_filter.collections.store.files import DataFiles
 from clip_filter.collections.store.records import (
     Change, CollectionRecord, ItemRecord, JobFile, JobProgress, JobRecord, NewItem, VectorSet,
 )
+
+if TYPE_CHECKING:
+    from clip_filter.collections.vector_index import Hits
 
 ModelKey = tuple[str, str, int]  # (architecture, pretrained tag or path, dimension)
 
@@ -182,4 +185,18 @@ class CollectionStore(Protocol):
     # ---- housekeeping --------------------------------------------------------------------------------
     def collect_garbage(self, min_age_s: float = 3600.0) -> dict[str, int]:
         """Remove files no committed row references, older than `min_age_s` (see gc.py)."""
+        ...
+
+
+@runtime_checkable
+class SearchingStore(Protocol):
+    """A store that is its own vector index (PostgreSQL + pgvector): the facade hands it the whole search
+    instead of ranking in an in-memory index. SQLite is not one."""
+
+    def search(
+        self, collection_id: int, query: np.ndarray, top_k: int, offset: int = 0,
+        filters: dict[str, Any] | None = None, kind: str | None = None, min_score: float | None = None,
+    ) -> Hits:
+        """Top hits by cosine (score desc, then id asc), as the in-memory index returns them; 409
+        `dimension_mismatch` when the query's dimension is not the collection's."""
         ...
