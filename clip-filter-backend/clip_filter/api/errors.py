@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +20,14 @@ log = logging.getLogger(__name__)
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
 
 
+class ErrorJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error may quote the client's input, lone surrogates included, which
+    UTF-8 cannot encode (Starlette's JSONResponse would fail with a 500 while reporting a 422)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def error_response(status: int, code: str, message: str, **details) -> JSONResponse:
     return _envelope(status, {"code": code, "message": message, **details})
 
@@ -29,7 +39,7 @@ def _envelope(status: int, error: dict) -> JSONResponse:
     if request_id is not None:
         error["request_id"] = request_id
     headers = {"X-Request-ID": request_id} if request_id is not None else None
-    return JSONResponse({"error": error}, status_code=status, headers=headers)
+    return ErrorJSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -135,5 +135,7 @@ def test_health_answers_while_the_model_and_the_worker_threads_are_busy(server_f
     assert live.status_code == 200 and live.json() == {"status": "alive"}
     assert pending > 0  # answered while the work was still in flight
     adds, embeddings = done[:48], done[48:]
-    assert {r.status_code for r in adds} <= {200, 201}, [r.text for r in adds if r.status_code >= 300][:2]
+    # Uploads answer 429 while the model queue is full instead of holding a worker thread (review M5).
+    assert {r.status_code for r in adds} <= {200, 201, 429}, [r.text for r in adds if r.status_code >= 300][:2]
+    assert any(r.status_code in (200, 201) for r in adds)
     assert {r.status_code for r in embeddings} <= {200, 429}  # a full queue refuses async requests, as it should
