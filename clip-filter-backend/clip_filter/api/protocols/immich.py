@@ -13,11 +13,12 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from clip_filter.api.deps import ModelDep, SettingsDep
 from clip_filter.api.inputs import read_form
+from clip_filter.api.schemas.common import request_body
 from clip_filter.api.protocols.common import (
     Failure,
     decode_all,
@@ -93,7 +94,15 @@ async def ping() -> PlainTextResponse:
     return PlainTextResponse("pong")
 
 
-@router.post("/predict", response_model_exclude_none=True,
+class PredictForm(BaseModel):
+    """The multipart form immich's server sends (machine-learning.repository.ts)."""
+
+    entries: str = Field(description='JSON: {"clip": {"visual" | "textual": {"modelName": ..., "options"?: {...}}}}')
+    image: bytes | None = Field(None, json_schema_extra={"format": "binary"}, description="the image (visual)")
+    text: str | None = Field(None, description="the text (textual)")
+
+
+@router.post("/predict", response_model_exclude_none=True, openapi_extra=request_body(multipart=PredictForm),
              summary="immich ML: a CLIP embedding of one image or one text (multipart)")
 async def predict(request: Request, service: ModelDep, settings: SettingsDep) -> ClipResponse:
     form = await read_form(request, max_files=2, max_fields=8)
