@@ -460,9 +460,7 @@ def _check_pixels(size: tuple[int, int], n_bytes: int, limits: ImageLimits) -> N
     )
 
 
-def _decode_failure(
-    exc: BaseException, data: bytes, mimetype: str, name: str, limits: ImageLimits
-) -> ImageDecodeError:
+def _decode_failure(exc: BaseException, data: bytes, mimetype: str, name: str, limits: ImageLimits) -> ImageDecodeError:
     message = str(exc)
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)) or (
         "Decompressed data too large" in message or "Too much memory used in text chunks" in message

@@ -88,11 +88,19 @@ def add_subparsers(commands: argparse._SubParsersAction) -> None:
 
     create = sub.add_parser("create", help="a new key; printed once on stdout, stored only as a hash")
     create.add_argument("name", help="a label for the key (who or what uses it)")
-    create.add_argument("--scope", required=True, choices=SCOPES,
-                        help="read: matching, search, listing; write: + add/change/delete items, create "
-                             "collections, jobs; admin: + delete collections, reindex")
-    create.add_argument("--collection", action="append", metavar="C",
-                        help="limit the key to this collection (repeat for several); default: all")
+    create.add_argument(
+        "--scope",
+        required=True,
+        choices=SCOPES,
+        help="read: matching, search, listing; write: + add/change/delete items, create "
+        "collections, jobs; admin: + delete collections, reindex",
+    )
+    create.add_argument(
+        "--collection",
+        action="append",
+        metavar="C",
+        help="limit the key to this collection (repeat for several); default: all",
+    )
     create.add_argument("--json", action="store_true", help="print the key and its record as JSON")
     create.set_defaults(handler=_guard(_create))
 

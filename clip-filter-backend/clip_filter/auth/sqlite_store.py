@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from clip_filter.auth.keys import (
     ApiKey,
@@ -40,8 +40,9 @@ CREATE TABLE IF NOT EXISTS api_keys (
 
 def _row_to_key(row: sqlite3.Row | tuple) -> ApiKey:
     id_, name, scope, collections, created_at, revoked_at = row
-    return ApiKey(id_, name, scope, tuple(json.loads(collections)) if collections is not None else None,
-                  created_at, revoked_at)
+    return ApiKey(
+        id_, name, scope, tuple(json.loads(collections)) if collections is not None else None, created_at, revoked_at
+    )
 
 
 _COLUMNS = "id, name, scope, collections, created_at, revoked_at"
@@ -69,8 +70,15 @@ class SqliteKeyStore:
         with self._lock:
             self._conn.execute(
                 f"INSERT INTO api_keys ({_COLUMNS}, secret_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key.id, key.name, key.scope, json.dumps(list(collections)) if collections is not None else None,
-                 key.created_at, None, hash_secret(secret)),
+                (
+                    key.id,
+                    key.name,
+                    key.scope,
+                    json.dumps(list(collections)) if collections is not None else None,
+                    key.created_at,
+                    None,
+                    hash_secret(secret),
+                ),
             )
         return key
 
@@ -112,8 +120,12 @@ class SqliteKeyStore:
                 (stamp, id_or_name, id_or_name),
             ).fetchall()
         if not rows:
-            raise ClipFilterError("key_not_found", f"No active key with id or name {id_or_name!r}.", 404,
-                                  fix="See `clip-filter keys list`.")
+            raise ClipFilterError(
+                "key_not_found",
+                f"No active key with id or name {id_or_name!r}.",
+                404,
+                fix="See `clip-filter keys list`.",
+            )
         return [_row_to_key(row) for row in rows]
 
     def count_active(self) -> int:

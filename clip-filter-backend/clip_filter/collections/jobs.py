@@ -85,11 +85,16 @@ class JobRunner:
         for job in self.store.unfinished_jobs():
             if job.state == "running":  # it was running when the process died
                 if job.attempts + 1 >= MAX_CRASHES:
-                    self.store.set_job_state(job.id, "interrupted", {
-                        "code": "interrupted",
-                        "message": f"The server stopped during this job {MAX_CRASHES} times; it was not resumed. "
-                                   "Start it again to ingest the remaining files (added ones are skipped).",
-                    }, crashed=True)
+                    self.store.set_job_state(
+                        job.id,
+                        "interrupted",
+                        {
+                            "code": "interrupted",
+                            "message": f"The server stopped during this job {MAX_CRASHES} times; it was not resumed. "
+                            "Start it again to ingest the remaining files (added ones are skipped).",
+                        },
+                        crashed=True,
+                    )
                     continue
                 self.store.set_job_state(job.id, "queued", crashed=True)
                 log.info("resuming job %s after a restart (%d/%d files done)", job.id, job.done, job.total)
@@ -121,8 +126,11 @@ class JobRunner:
                         pass
                     return
                 log.exception("job %s failed", job_id)
-                error = exc.to_dict() if isinstance(exc, ClipFilterError) else {
-                    "code": "internal_error", "message": f"The job stopped on an unexpected error: {exc}"}
+                error = (
+                    exc.to_dict()
+                    if isinstance(exc, ClipFilterError)
+                    else {"code": "internal_error", "message": f"The job stopped on an unexpected error: {exc}"}
+                )
                 try:
                     self.store.set_job_state(job_id, "failed", error)
                 except Exception:  # noqa: BLE001
@@ -233,7 +241,10 @@ def create_upload_job(store: CollectionStore, collection: CollectionRecord, uplo
 
 
 def create_path_job(
-    store: CollectionStore, collection: CollectionRecord, path_text: str, roots: list[Path],
+    store: CollectionStore,
+    collection: CollectionRecord,
+    path_text: str,
+    roots: list[Path],
     include_hidden: bool = False,
 ) -> JobRecord:
     real = resolve_allowed(path_text, roots)

@@ -20,9 +20,9 @@ import queue
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
 
 import numpy as np
 
@@ -209,8 +209,12 @@ class MapCache:
                 return
             if change.reset and change.version < 0:  # the collection was deleted
                 self._layouts.pop(change.collection_id, None)
-            elif (not change.reset and not change.added_ids and not change.removed_ids
-                  and change.version == cached.version + 1):
+            elif (
+                not change.reset
+                and not change.added_ids
+                and not change.removed_ids
+                and change.version == cached.version + 1
+            ):
                 cached.version = change.version
 
     def drop(self, collection_id: int) -> None:

@@ -35,8 +35,7 @@ _SAFE_OPEN = bool(_NOFOLLOW and _DIRECTORY) and os.open in os.supports_dir_fd  #
 def path_not_allowed(path: str) -> ClipFilterError:
     return ClipFilterError(
         "path_not_allowed",
-        f"{path!r} is not inside a folder this server may read; allowed folders are set with "
-        "CLIP_FILTER_INGEST_ROOTS.",
+        f"{path!r} is not inside a folder this server may read; allowed folders are set with CLIP_FILTER_INGEST_ROOTS.",
         403,
         path=path,
     )
@@ -44,14 +43,17 @@ def path_not_allowed(path: str) -> ClipFilterError:
 
 def not_a_regular_file(path: str) -> ClipFilterError:
     return ClipFilterError(
-        "not_a_regular_file", f"{path!r} is not a regular file (a FIFO, device or socket is never read).", 422,
+        "not_a_regular_file",
+        f"{path!r} is not a regular file (a FIFO, device or socket is never read).",
+        422,
         path=path,
     )
 
 
 def unresolvable(path: str) -> ClipFilterError:
-    return ClipFilterError("unresolvable_path", f"{path!r} cannot be resolved (a symlink loop or a broken link).", 422,
-                           path=path)
+    return ClipFilterError(
+        "unresolvable_path", f"{path!r} cannot be resolved (a symlink loop or a broken link).", 422, path=path
+    )
 
 
 def inside_roots(path: Path, roots: list[Path]) -> bool:
@@ -183,7 +185,9 @@ def read_regular_file(path: Path, max_bytes: int, root: Path | None = None) -> b
             raise not_a_regular_file(str(path))
         if info.st_size > max_bytes:
             raise ClipFilterError(
-                "file_too_large", f"The file has {info.st_size} bytes; at most {max_bytes} are accepted.", 413,
+                "file_too_large",
+                f"The file has {info.st_size} bytes; at most {max_bytes} are accepted.",
+                413,
                 limit=max_bytes,
             )
         chunks: list[bytes] = []
@@ -196,7 +200,9 @@ def read_regular_file(path: Path, max_bytes: int, root: Path | None = None) -> b
             total += len(chunk)
             if total > max_bytes:
                 raise ClipFilterError(
-                    "file_too_large", f"The file has over {max_bytes} bytes; at most {max_bytes} are accepted.", 413,
+                    "file_too_large",
+                    f"The file has over {max_bytes} bytes; at most {max_bytes} are accepted.",
+                    413,
                     limit=max_bytes,
                 )
         return b"".join(chunks)

@@ -81,7 +81,7 @@ class ExactIndex:
         vectors = np.asarray(vectors, np.float32).reshape(len(ids), self.dim)
         kinds = np.asarray(kinds, np.int8)
         with self._lock:
-            if self._n and ids.min() <= self._ids[self._n - 1] or np.any(np.diff(ids) <= 0):
+            if (self._n and ids.min() <= self._ids[self._n - 1]) or np.any(np.diff(ids) <= 0):
                 self._rebuild_sorted(ids, vectors, kinds)  # out-of-order ids: rare (imports), O(n)
                 return
             self._reserve(self._n + len(ids))
@@ -236,7 +236,7 @@ class IvfIndex:
         self._lock = threading.Lock()
 
     @classmethod
-    def build(cls, ids: np.ndarray, vectors: np.ndarray, seed: int = 1234) -> "IvfIndex":
+    def build(cls, ids: np.ndarray, vectors: np.ndarray, seed: int = 1234) -> IvfIndex:
         import faiss
 
         n, dim = vectors.shape

@@ -30,7 +30,10 @@ def check_text(value: Any, field: str, max_chars: int, index: int | None = None)
     if len(value) > max_chars:
         raise invalid(
             f"{where} has {len(value)} characters; at most {max_chars} are accepted.",
-            "text_too_long", 413, limit=max_chars, **position,
+            "text_too_long",
+            413,
+            limit=max_chars,
+            **position,
         )
     try:
         value.encode("utf-8")

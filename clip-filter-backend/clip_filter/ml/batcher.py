@@ -21,8 +21,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from clip_filter.core.errors import OverloadedError
 
@@ -117,7 +118,7 @@ class DynamicBatcher:
         self._thread.join(timeout=10)
 
     # ---- model thread --------------------------------------------------------------------------
-    def _take_batch(self) -> list[_Item] | None | type[_Idle]:
+    def _take_batch(self) -> list[_Item] | type[_Idle] | None:
         """The next batch; None once closed; _Idle when on_idle is due."""
         with self._cond:
             while not self._queue and not self._closed:
@@ -134,10 +135,7 @@ class DynamicBatcher:
             first = self._queue[0]
             idle_before = first.enqueued_at - self._free_since
             deadline = first.enqueued_at + (0.0 if idle_before > self._max_wait_s else self._max_wait_s)
-            while (
-                sum(1 for item in self._queue if item.kind == first.kind) < self._max_batch
-                and not self._closed
-            ):
+            while sum(1 for item in self._queue if item.kind == first.kind) < self._max_batch and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

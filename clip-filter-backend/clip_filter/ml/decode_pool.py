@@ -282,4 +282,3 @@ def _work(data: bytes, limits: ImageLimits, plan: PixelPlan, name: str, offset: 
     if not arena:
         segment.close()
     return ("ok", pixels.shape)
-

@@ -58,9 +58,9 @@ def resolve_weights_source(settings: Settings) -> WeightsSource:
     value = settings.pretrained.strip()
     if value.lower() == "random":
         return WeightsSource("random", None)
-    if open_clip.list_pretrained_tags_by_model(settings.model_name) and value in open_clip.list_pretrained_tags_by_model(
+    if open_clip.list_pretrained_tags_by_model(
         settings.model_name
-    ):
+    ) and value in open_clip.list_pretrained_tags_by_model(settings.model_name):
         return WeightsSource("pretrained", value)
     if os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors")) or Path(value).exists():
         return WeightsSource("checkpoint", value)
@@ -210,4 +210,3 @@ def load_encoder(settings: Settings) -> ClipEncoder:
         text_cache=TextEmbeddingCache(settings.text_cache_size),
         tokenizer_cache_size=settings.tokenizer_cache_size,
     )
-

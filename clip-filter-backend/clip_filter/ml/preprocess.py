@@ -14,7 +14,8 @@ can run it without torch); `plan()` describes this transform's geometry as one.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

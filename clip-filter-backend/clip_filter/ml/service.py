@@ -87,7 +87,9 @@ class ModelService:
 
     def require_ready(self) -> ClipEncoder:
         if self.encoder is None or self.state != READY:
-            message = "The model is loading; try again shortly." if self.state == LOADING else "The model is unavailable."
+            message = (
+                "The model is loading; try again shortly." if self.state == LOADING else "The model is unavailable."
+            )
             raise ModelUnavailableError(message, reason=self.reason or self.state, fix=self.fix)
         return self.encoder
 
@@ -113,7 +115,11 @@ class ModelService:
                 model=self.settings.model_name,
                 pretrained=self.settings.pretrained,
                 weights="random" if self.settings.is_random else None,
-                device=None, dtype=None, dim=None, logit_scale=None, context_length=None,
+                device=None,
+                dtype=None,
+                dim=None,
+                logit_scale=None,
+                context_length=None,
             )
         return out
 
@@ -121,8 +127,12 @@ class ModelService:
         """Counters since start: how well concurrent requests are being coalesced."""
         if self.batcher is None:
             return {"batches_run": 0, "items_run": 0, "busy_s": 0.0, "queued": 0}
-        return {"batches_run": self.batcher.batches_run, "items_run": self.batcher.items_run,
-                "busy_s": round(self.batcher.busy_s, 3), "queued": self.batcher.queued}
+        return {
+            "batches_run": self.batcher.batches_run,
+            "items_run": self.batcher.items_run,
+            "busy_s": round(self.batcher.busy_s, 3),
+            "queued": self.batcher.queued,
+        }
 
     def queue_has_room(self, count: int = 1) -> bool:
         """Whether the model queue would admit `count` more items now (False while there is no batcher)."""
@@ -177,7 +187,7 @@ class ModelService:
             lookup.add(dict(zip(lookup.missing, rows)))
         return lookup.batch()
 
-    def blocking_embedder(self, wait_for_room: bool = True) -> "BlockingEmbedder":
+    def blocking_embedder(self, wait_for_room: bool = True) -> BlockingEmbedder:
         """`wait_for_room=False`: a full queue raises OverloadedError (429) instead of waiting (HTTP uploads)."""
         return BlockingEmbedder(self, wait_for_room)
 

@@ -189,7 +189,9 @@ class _SpecialTokensOnly(dict):
 def bound_memo(tokenizer: SimpleTokenizer) -> None:
     """Stop open_clip's BPE memo from growing (idempotent); BpeCache does the remembering instead."""
     if not isinstance(tokenizer.cache, _SpecialTokensOnly):
-        specials = {token: token for token in tokenizer.cache if tokenizer.encoder.get(token) in tokenizer.all_special_ids}
+        specials = {
+            token: token for token in tokenizer.cache if tokenizer.encoder.get(token) in tokenizer.all_special_ids
+        }
         tokenizer.cache = _SpecialTokensOnly(specials)
 
 

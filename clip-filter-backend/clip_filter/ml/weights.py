@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import open_clip
 import torch
@@ -72,7 +72,7 @@ def parameters_on_meta() -> Iterator[BuiltBuffers]:
     def record_buffer(module: nn.Module, name: str, buffer: torch.Tensor | None):
         if buffer is not None:
             built.by_module.setdefault(module, {})[name] = buffer
-        return None
+        return
 
     with _hooks_lock:
         handles = [

@@ -657,7 +657,13 @@ def test_base64_fast_and_tolerant_paths_give_the_same_bytes():
     data = encode(noise((40, 30)), "PNG")
     plain = base64.b64encode(data).decode()
     expected = decode_image(data, LIMITS).tobytes()
-    for text in (plain, plain.rstrip("="), " " + plain + "\n", plain[:10] + "\n" + plain[10:],
-                 base64.urlsafe_b64encode(data).decode(), "data:image/png;base64," + plain):
+    for text in (
+        plain,
+        plain.rstrip("="),
+        " " + plain + "\n",
+        plain[:10] + "\n" + plain[10:],
+        base64.urlsafe_b64encode(data).decode(),
+        "data:image/png;base64," + plain,
+    ):
         assert decode_base64_image(text, LIMITS).tobytes() == expected
     assert images.base64_image_bytes(plain, LIMITS) == data

@@ -101,11 +101,15 @@ def test_delete_removes_row_vector_and_file(store):
 
 def test_metadata_filters_match_equal_values(store):
     c = store.create_collection("c", None, MODEL)
-    store.add_items(c.id, [
-        text_item("a", vec(1, 0, 0, 0), year=2023, cam="fuji", ok=True),
-        text_item("b", vec(0, 1, 0, 0), year=2024, cam="fuji", ok=False),
-        text_item("c", vec(0, 0, 1, 0), year="2023", cam="leica"),
-    ], MODEL)
+    store.add_items(
+        c.id,
+        [
+            text_item("a", vec(1, 0, 0, 0), year=2023, cam="fuji", ok=True),
+            text_item("b", vec(0, 1, 0, 0), year=2024, cam="fuji", ok=False),
+            text_item("c", vec(0, 0, 1, 0), year="2023", cam="leica"),
+        ],
+        MODEL,
+    )
     assert store.filter_ids(c.id, {"cam": "fuji"}).tolist() == [1, 2]
     assert store.filter_ids(c.id, {"year": 2023}).tolist() == [1]
     assert store.filter_ids(c.id, {"year": "2023"}).tolist() == [1, 3]  # form fields carry strings
@@ -133,8 +137,9 @@ def test_job_progress_commits_with_the_items(store):
     files = [JobFile(i, f"{i}.txt", f"/nowhere/{i}", {}) for i in range(4)]
     job = store.create_job("j1", c, "upload", None, files)
     assert (job.state, job.total, job.done) == ("queued", 4, 0)
-    store.add_items(c.id, [text_item("a", vec(1, 0, 0, 0)), text_item("b", vec(0, 1, 0, 0))], MODEL,
-                    JobProgress("j1", done=2))
+    store.add_items(
+        c.id, [text_item("a", vec(1, 0, 0, 0)), text_item("b", vec(0, 1, 0, 0))], MODEL, JobProgress("j1", done=2)
+    )
     assert store.job_done_seq("j1") == 1
     assert [f.seq for f in store.job_files("j1", store.job_done_seq("j1"), 10)] == [2, 3]
     failure = {"filename": "2.txt", "code": "x", "message": "m"}
@@ -158,7 +163,9 @@ def test_every_write_bumps_the_version_and_announces_vector_changes(store):
 def test_garbage_collection_removes_only_old_unreferenced_files(store):
     c = store.create_collection("c", None, MODEL)
     kept = store.files.write_original(c.id, "ef" * 32, ".png", b"kept")
-    store.add_items(c.id, [NewItem("image", "k.png", "image/png", 4, "ef" * 32, {}, vec(1, 0, 0, 1), original_path=kept)], MODEL)
+    store.add_items(
+        c.id, [NewItem("image", "k.png", "image/png", 4, "ef" * 32, {}, vec(1, 0, 0, 1), original_path=kept)], MODEL
+    )
     orphan = store.files.write_original(c.id, "12" * 32, ".png", b"crashed before commit")
     fresh = store.files.write_original(c.id, "34" * 32, ".png", b"another process, not committed yet")
     old = time.time() - 7200
@@ -182,7 +189,8 @@ def test_sqlite_store_implements_the_whole_protocol():
         wanted = inspect.signature(getattr(CollectionStore, name))
         actual = inspect.signature(getattr(SqliteCollectionStore, name))
         assert [(p.name, p.default) for p in actual.parameters.values()] == [
-            (p.name, p.default) for p in wanted.parameters.values()], name
+            (p.name, p.default) for p in wanted.parameters.values()
+        ], name
 
 
 # ---- security review M1, M4, M9, L2 --------------------------------------------------------------------------

@@ -179,8 +179,15 @@ def test_empty_batch(clip_tokenizer):
 
 # ---- tokenize and truncation flags -----------------------------------------------------------------------
 def test_tokens_are_the_tokenizers_own(clip_tokenizer):
-    odd = ["", "  Spaces\tand\nnewlines  ", "Caf&eacute; &amp; cr\u00e8me br\u00fbl\u00e9e",
-           "emoji \U0001F436\U0001F431", "UPPER case", "don't stop", "\u00c3\u00a9 mojibake"]
+    odd = [
+        "",
+        "  Spaces\tand\nnewlines  ",
+        "Caf&eacute; &amp; cr\u00e8me br\u00fbl\u00e9e",
+        "emoji \U0001f436\U0001f431",
+        "UPPER case",
+        "don't stop",
+        "\u00c3\u00a9 mojibake",
+    ]
     texts = SHORT + LONG + odd
     tokens, truncated = tokenize(clip_tokenizer, texts, 77)
     assert tokens.dtype == torch.long
@@ -212,7 +219,7 @@ def long_texts(seed: int, count: int) -> list[str]:
         lambda n: " ".join(rng.choice(words) for _ in range(n // 5)),
         lambda n: "".join(rng.choice(words) for _ in range(n // 5)),  # one long word of real sub-words
         lambda n: "".join(rng.choices(string.ascii_lowercase, k=n)),  # one long word of random letters
-        lambda n: "".join(rng.choices("\U0001F602\U0001F60D\U0001F1FA\U0001F1F8\U0001F44D\U0001F3FD ab", k=n)),
+        lambda n: "".join(rng.choices("\U0001f602\U0001f60d\U0001f1fa\U0001f1f8\U0001f44d\U0001f3fd ab", k=n)),
         lambda n: "".join(rng.choices("\u6f22\u5b57\u304b\u306a\u30ab\u30ca\ud55c\uad6d\uc5b4", k=n)),
         lambda n: " " * n + " a dog &amp;amp; a cat " * 40,
         lambda n: "&amp; " * (n // 6) + "<start_of_text> the end",
@@ -239,8 +246,10 @@ def test_only_what_the_context_holds_is_bpe_encoded(clip_tokenizer):
     real_bpe = tokenizer.bpe
     tokenizer.bpe = lambda word: encoded.append(len(word)) or real_bpe(word)
     rng = random.Random(3)
-    captions = [" ".join("".join(rng.choices(string.ascii_lowercase, k=7)) for _ in range(1400)),  # 10k chars
-                "".join(rng.choices(string.ascii_lowercase, k=10_000))]  # one 10,000-letter word
+    captions = [
+        " ".join("".join(rng.choices(string.ascii_lowercase, k=7)) for _ in range(1400)),  # 10k chars
+        "".join(rng.choices(string.ascii_lowercase, k=10_000)),
+    ]  # one 10,000-letter word
     for caption in captions:
         encoded.clear()
         _, truncated = tokenize(tokenizer, [caption], 77, BpeCache(0))
@@ -277,8 +286,9 @@ class _FakeHF:
     def _ids(self, text: str) -> list[int]:
         return [1000 + len(word) for word in text.split()]
 
-    def __call__(self, texts, add_special_tokens=True, truncation=False, max_length=None,
-                 padding=False, return_tensors=None, **_):
+    def __call__(
+        self, texts, add_special_tokens=True, truncation=False, max_length=None, padding=False, return_tensors=None, **_
+    ):
         single = isinstance(texts, str)
         rows = []
         for text in [texts] if single else texts:

@@ -124,7 +124,10 @@ def test_ivf_follows_adds_and_removes():
     index.add(np.array([n + 1]), new, ["text"])
     hits = index.search(new[0], 5)
     assert hits.method == "ivf" and hits.ids[0] == n + 1
-    assert index.search(new[0], 5, kind="image").ids.tolist() == index.search(new[0], 5, kind="image", exact=True).ids.tolist()
+    assert (
+        index.search(new[0], 5, kind="image").ids.tolist()
+        == index.search(new[0], 5, kind="image", exact=True).ids.tolist()
+    )
     index.remove(np.array([n + 1]))
     assert n + 1 not in index.search(new[0], 50).ids.tolist()
 

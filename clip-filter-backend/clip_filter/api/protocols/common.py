@@ -130,8 +130,10 @@ async def decode_all(items: list[str | bytes], settings: Settings, field_name: s
         if isinstance(item, str) and URL_PATTERN.match(item.strip()):
             # No server-side fetching: a URL here would let any caller make the server request any address.
             raise ClipFilterError(
-                "url_not_allowed", f"`{field_name}[{index}]` is a URL; send the image as base64 or a data URI.",
-                400, param=f"{field_name}[{index}]",
+                "url_not_allowed",
+                f"`{field_name}[{index}]` is a URL; send the image as base64 or a data URI.",
+                400,
+                param=f"{field_name}[{index}]",
             )
         decode = decode_base64_image if isinstance(item, str) else decode_image
         try:
@@ -146,8 +148,9 @@ async def decode_all(items: list[str | bytes], settings: Settings, field_name: s
 
 def check_count(count: int, limit: int, what: str) -> None:
     if count > limit:
-        raise ClipFilterError(f"too_many_{what}", f"Too many {what}: {count}; at most {limit} per request.", 413,
-                              limit=limit)
+        raise ClipFilterError(
+            f"too_many_{what}", f"Too many {what}: {count}; at most {limit} per request.", 413, limit=limit
+        )
 
 
 def weights_note(service: ModelService) -> dict[str, Any]:

@@ -69,12 +69,19 @@ def parse_entries(raw: Any) -> tuple[Literal["visual", "textual"], ModelEntry]:
     except json.JSONDecodeError as exc:
         raise _bad(f"Invalid request format: `entries` is not JSON ({exc}).", 422, "invalid_entries") from None
     if not isinstance(request, dict) or not request:
-        raise _bad("Invalid request format: `entries` must be an object such as "
-                   '{"clip": {"visual": {"modelName": "..."}}}.', 422, "invalid_entries")
+        raise _bad(
+            'Invalid request format: `entries` must be an object such as {"clip": {"visual": {"modelName": "..."}}}.',
+            422,
+            "invalid_entries",
+        )
     other = sorted(task for task in request if task != "clip")
     if other:
-        raise _bad(f"clip-filter serves CLIP only; {', '.join(other)} stays on immich's own machine-learning "
-                   "service (point that job's URL there).", 400, "unsupported_task")
+        raise _bad(
+            f"clip-filter serves CLIP only; {', '.join(other)} stays on immich's own machine-learning "
+            "service (point that job's URL there).",
+            400,
+            "unsupported_task",
+        )
     try:
         clip = Entries.model_validate(request).clip
     except ValidationError as exc:
@@ -83,8 +90,9 @@ def parse_entries(raw: Any) -> tuple[Literal["visual", "textual"], ModelEntry]:
         raise _bad(f"Invalid request format: entries.{where}: {first['msg']}", 422, "invalid_entries") from None
     chosen = [(kind, entry) for kind, entry in (("visual", clip.visual), ("textual", clip.textual)) if entry]
     if len(chosen) != 1:
-        raise _bad("Invalid request format: `entries.clip` must name exactly one of visual or textual.", 422,
-                   "invalid_entries")
+        raise _bad(
+            "Invalid request format: `entries.clip` must name exactly one of visual or textual.", 422, "invalid_entries"
+        )
     return chosen[0]
 
 
@@ -93,22 +101,31 @@ async def ping() -> PlainTextResponse:
     return PlainTextResponse("pong")
 
 
-@router.post("/predict", response_model_exclude_none=True,
-             summary="immich ML: a CLIP embedding of one image or one text (multipart)")
+@router.post(
+    "/predict",
+    response_model_exclude_none=True,
+    summary="immich ML: a CLIP embedding of one image or one text (multipart)",
+)
 async def predict(request: Request, service: ModelDep, settings: SettingsDep) -> ClipResponse:
     form = await read_form(request, max_files=2, max_fields=8)
     kind, entry = parse_entries(form.get("entries"))
     image, text = form.get("image"), form.get("text")
     if image is None and text is None:
         if form.get("assetId") is not None:
-            raise _bad("Asset-id-only requests need immich's shared storage; send the image itself.",
-                       400, "asset_id_unsupported")
+            raise _bad(
+                "Asset-id-only requests need immich's shared storage; send the image itself.",
+                400,
+                "asset_id_unsupported",
+            )
         raise _bad("Either image or text must be provided")
     info = service.info
     if not names_served_model(entry.modelName, info):
-        raise _bad(f"Model {entry.modelName!r} is not served here; this server runs {model_id(info)!r}. Set it as "
-                   "immich's CLIP model (Administration > Settings > Machine Learning > Smart Search).",
-                   400, "model_not_served")
+        raise _bad(
+            f"Model {entry.modelName!r} is not served here; this server runs {model_id(info)!r}. Set it as "
+            "immich's CLIP model (Administration > Settings > Machine Learning > Smart Search).",
+            400,
+            "model_not_served",
+        )
     if kind == "visual":
         if not isinstance(image, UploadFile):
             raise _bad("A visual request needs the `image` file part.")

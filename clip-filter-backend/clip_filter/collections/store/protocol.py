@@ -21,14 +21,22 @@ Durability contract (every implementation):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from clip_filter.collections.store.files import DataFiles
 from clip_filter.collections.store.records import (
-    Change, CollectionRecord, ItemRecord, JobFile, JobProgress, JobRecord, NewItem, VectorSet,
+    Change,
+    CollectionRecord,
+    ItemRecord,
+    JobFile,
+    JobProgress,
+    JobRecord,
+    NewItem,
+    VectorSet,
 )
 
 ModelKey = tuple[str, str, int]  # (architecture, pretrained tag or path, dimension)
@@ -151,7 +159,12 @@ class CollectionStore(Protocol):
 
     # ---- jobs ----------------------------------------------------------------------------------------
     def create_job(
-        self, job_id: str, collection: CollectionRecord, source: str, path: str | None, files: list[JobFile],
+        self,
+        job_id: str,
+        collection: CollectionRecord,
+        source: str,
+        path: str | None,
+        files: list[JobFile],
         failures: list[dict[str, Any]] | None = None,
     ) -> JobRecord:
         """A queued job and its file list, durable on return (spooled files must be fsynced before)."""
