@@ -59,5 +59,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
+        log.error("unexpected error", exc_info=exc)
         return error_response(500, "internal_error", "Unexpected server error; see the server log.")

@@ -120,7 +120,7 @@ async def read_images_and_texts(request: Request, settings: Settings, want_texts
             if not isinstance(item, UploadFile):
                 raise invalid("Every `images` part must be a file upload.")
             raw_images.append((item.filename, await item.read()))
-        texts = [value for value in form.getlist("texts")]
+        texts = list(form.getlist("texts"))
         if any(not isinstance(value, str) for value in texts):
             raise invalid("Every `texts` part must be a plain form field, not a file.")
 

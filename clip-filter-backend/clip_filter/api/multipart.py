@@ -70,7 +70,7 @@ def file_parts(form: FormData, limit: int) -> list[FilePart]:
         )
     metadata = [parse_metadata_part(raw, i) for i, raw in enumerate(metadata_parts)] or [{} for _ in files]
     parts = []
-    for upload, meta in zip(files, metadata):
+    for upload, meta in zip(files, metadata, strict=True):
         if not isinstance(upload, UploadFile):
             raise invalid("Every `files` part must be a file upload.", status=422)
         parts.append(FilePart(upload, clean_filename(upload.filename), meta))

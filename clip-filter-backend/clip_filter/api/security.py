@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -482,10 +483,9 @@ class SecurityMiddleware:
         headers = [(k, v) for k, v in start.get("headers") or [] if k.lower() != b"content-length"]
         content_type = {k.lower(): v for k, v in headers}.get(b"content-type", b"")
         if start["status"] == 200 and content_type.startswith(b"application/json"):
-            try:
+            # Not the shape we expected: pass it through unchanged.
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
                 body = json.dumps(rewrite(json.loads(body), scope), separators=(",", ":")).encode()
-            except (ValueError, TypeError, AttributeError):
-                pass  # not the shape we expected: pass it through unchanged
         headers.append((b"content-length", str(len(body)).encode()))
         await send(self._secure_start({**start, "headers": headers}, scope.get("path", "")))
         await send({"type": "http.response.body", "body": body})

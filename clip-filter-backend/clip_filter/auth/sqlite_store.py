@@ -6,6 +6,7 @@ and the CLI can manage them while a server runs (WAL; each call is one short tra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -60,10 +61,8 @@ class SqliteKeyStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(SCHEMA)
-        try:
+        with contextlib.suppress(OSError):
             self.path.chmod(0o600)  # hashes only, but nobody else needs to read them
-        except OSError:
-            pass
 
     def _insert(self, secret: str, name: str, scope: Scope, collections: tuple[str, ...] | None) -> ApiKey:
         key = ApiKey(new_key_id(), name, scope, collections, now_iso())

@@ -181,7 +181,7 @@ def _cmd_collections(args: argparse.Namespace, settings: Settings) -> int:
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())
     return EXIT_OK
 
 
@@ -304,7 +304,7 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     with _collections(settings) as service:
         result = service.search(args.collection, query)
         shown = search_view(result)
-        for hit, row in zip(result.hits, shown["results"]):
+        for hit, row in zip(result.hits, shown["results"], strict=True):
             if hit.item.kind == "image":  # the CLI runs beside the data: where the original lies
                 original = service.original_file(hit.item)
                 row["path"] = str(original) if original else None

@@ -44,7 +44,7 @@ def _plan_csv(path: Path, args: argparse.Namespace, planned: Planned) -> None:
     metadata (all of them, or those named with --metadata-column). A row with an empty path and a `text`
     column adds that text."""
     try:
-        handle = open(path, newline="", encoding="utf-8-sig")
+        handle = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - `with` below; only open()'s OSError is file_unreadable
     except OSError as exc:
         raise ClipFilterError("file_unreadable", f"{path} cannot be read: {exc.strerror or exc}", 422) from None
     with handle:

@@ -313,7 +313,7 @@ class Ingestor:
         finally:
             for item in batch.prepared:
                 item.image = None  # free decoded pixels promptly in long jobs
-        for item, (status, item_id) in zip(batch.prepared, results):
+        for item, (status, item_id) in zip(batch.prepared, results, strict=False):
             outcomes[item.index] = Outcome(item.index, item.filename, status, item_id)
         return [outcome for outcome in outcomes if outcome is not None]
 
@@ -341,13 +341,13 @@ class Ingestor:
         vectors: dict[int, Any] = {}
         truncated: dict[int, bool] = {}
         if images:
-            for p, vector in zip(images, embedder.encode_images([p.image for p in images])):
+            for p, vector in zip(images, embedder.encode_images([p.image for p in images]), strict=True):
                 vectors[p.index] = vector
                 truncated[p.index] = False
         if texts:
             cut = self.limits.max_text_chars
             batch = embedder.encode_texts([p.text[:cut] for p in texts])
-            for p, vector, was_cut in zip(texts, batch.embeddings, batch.truncated):
+            for p, vector, was_cut in zip(texts, batch.embeddings, batch.truncated, strict=True):
                 vectors[p.index] = vector
                 truncated[p.index] = bool(was_cut) or len(p.text) > cut
         return [

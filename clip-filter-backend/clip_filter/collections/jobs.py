@@ -12,6 +12,7 @@ marked `interrupted` and its progress stays visible.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -120,10 +121,8 @@ class JobRunner:
                 self._process(job_id)
             except Exception as exc:  # noqa: BLE001 - one broken job must not stop the worker
                 if self._stop.is_set():
-                    try:
+                    with contextlib.suppress(Exception):  # best effort while shutting down
                         self.store.set_job_state(job_id, "queued")  # shutting down: resumed at the next start
-                    except Exception:  # noqa: BLE001
-                        pass
                     return
                 log.exception("job %s failed", job_id)
                 error = (
@@ -207,10 +206,8 @@ class JobRunner:
         """A prepared batch that will not be committed now: remove the originals it wrote."""
         if upcoming is None:
             return
-        try:
+        with contextlib.suppress(Exception):  # its preparation failed: nothing was kept
             self.ingestor.discard(upcoming[1].result())
-        except Exception:  # noqa: BLE001 - its preparation failed: nothing was kept
-            pass
 
     def _commit_batch(self, job: JobRecord, files: list[JobFile], batch: PreparedBatch, embedder: Embedder) -> None:
         while True:

@@ -45,16 +45,17 @@ def embed_items(
         except ClipFilterError as exc:
             raise ClipFilterError(
                 "original_unreadable",
-                f"The original of item {item.id} ({item.filename}) cannot be decoded ({exc.code}); nothing was reindexed.",
+                f"The original of item {item.id} ({item.filename}) cannot be decoded ({exc.code}); "
+                "nothing was reindexed.",
                 500,
             ) from None
         images.append(item)
     if images:
-        for item, vector in zip(images, embedder.encode_images(pixels)):
+        for item, vector in zip(images, embedder.encode_images(pixels), strict=True):
             out[item.id] = (vector, False)
     if texts:
         batch = embedder.encode_texts([(item.text or "")[:max_text_chars] for item in texts])
-        for item, vector, truncated in zip(texts, batch.embeddings, batch.truncated):
+        for item, vector, truncated in zip(texts, batch.embeddings, batch.truncated, strict=True):
             out[item.id] = (vector, bool(truncated) or len(item.text or "") > max_text_chars)
     return out
 

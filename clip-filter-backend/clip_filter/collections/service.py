@@ -302,7 +302,7 @@ class Collections:
         records = self.store.items_by_ids(collection.id, [int(i) for i in found.ids])
         hits = [
             Hit(records[int(item_id)], float(score))
-            for item_id, score in zip(found.ids, found.scores)
+            for item_id, score in zip(found.ids, found.scores, strict=True)
             if int(item_id) in records
         ]  # deleted between the index read and the row read
         return SearchResult(collection, query, hits, found.method, found.total, embedder.info, truncated)
@@ -393,7 +393,7 @@ class Collections:
         found = self.store.items_by_ids(collection.id, [int(i) for i in layout.ids])
         points = [
             MapPoint(found[int(item_id)], float(x), float(y))
-            for item_id, (x, y) in zip(layout.ids, layout.coords)
+            for item_id, (x, y) in zip(layout.ids, layout.coords, strict=True)
             if int(item_id) in found
         ]
         return CollectionMap(

@@ -109,7 +109,7 @@ def _export_to_folder(
     skipped: list[dict[str, Any]] = []
     with open(folder / "items.jsonl", "w", encoding="utf-8") as lines, open(raw_path, "wb") as raw:
         for items, vectors in store.items_with_vectors(collection.id):
-            for item, vector in zip(items, vectors):
+            for item, vector in zip(items, vectors, strict=True):
                 original = None
                 if item.kind == "image":
                     source = store.original_file(item)

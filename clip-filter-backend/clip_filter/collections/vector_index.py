@@ -113,7 +113,7 @@ class ExactIndex:
         capacity = max(needed, capacity * 2)
         for name in ("_vectors", "_ids", "_kinds", "_alive"):
             old = getattr(self, name)
-            new = np.zeros((capacity,) + old.shape[1:], old.dtype)
+            new = np.zeros((capacity, *old.shape[1:]), old.dtype)
             new[: self._n] = old[: self._n]
             setattr(self, name, new)
 
@@ -382,7 +382,7 @@ class CollectionIndex:
             return self.exact.search(query, k, offset, allowed_ids, kind, min_score)
         allowed = allowed_ids
         if kind is not None:
-            vectors, ids, kinds, alive = self.exact.snapshot()
+            _vectors, ids, kinds, alive = self.exact.snapshot()
             kind_ids = ids[alive & (kinds == KIND_CODES[kind])]
             allowed = kind_ids if allowed is None else np.intersect1d(kind_ids, allowed)
         if allowed is not None and allowed.size < len(self.exact) // 4:

@@ -17,6 +17,7 @@ a batch (the service hands freed memory back to the system there, see core/memor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -177,7 +178,7 @@ class DynamicBatcher:
                 self.batches_run += 1
                 self.items_run += len(batch)
                 self._ran_since_idle = True
-            for item, (result, error) in zip(batch, outcomes):
+            for item, (result, error) in zip(batch, outcomes, strict=True):
                 _resolve(item, result, error)
 
 
@@ -197,7 +198,5 @@ def _resolve(item: _Item, result: Any, error: BaseException | None) -> None:
         else:
             item.future.set_result(result)
 
-    try:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
         item.loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # the loop is closed: nobody is waiting any more
-        pass

@@ -159,7 +159,7 @@ class ModelService:
         # Cached captions skip the queue entirely: repeated captions cost no model time.
         lookup = self.require_ready().lookup_texts(texts)
         if lookup.missing:
-            lookup.add(dict(zip(lookup.missing, await self._batcher().submit("text", lookup.missing))))
+            lookup.add(dict(zip(lookup.missing, await self._batcher().submit("text", lookup.missing), strict=True)))
         return lookup.batch()
 
     async def _pixels(self, loop: asyncio.AbstractEventLoop, encoder: ClipEncoder, image: Any) -> torch.Tensor:
@@ -184,7 +184,7 @@ class ModelService:
         lookup = self.require_ready().lookup_texts(texts)
         if lookup.missing:
             rows = self._batcher().submit_blocking("text", lookup.missing, wait_for_room)
-            lookup.add(dict(zip(lookup.missing, rows)))
+            lookup.add(dict(zip(lookup.missing, rows, strict=True)))
         return lookup.batch()
 
     def blocking_embedder(self, wait_for_room: bool = True) -> BlockingEmbedder:
@@ -201,7 +201,7 @@ class ModelService:
 
     def _run_text_batch(self, texts: list[str]) -> list[tuple[np.ndarray, bool]]:
         batch = self.encoder.encode_texts(texts)
-        return list(zip(batch.embeddings, batch.truncated))
+        return list(zip(batch.embeddings, batch.truncated, strict=True))
 
 
 class BlockingEmbedder:

@@ -128,10 +128,7 @@ def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     x = text_global_pool(x, kept, tower.pool_type, eos_token_id=tower.eos_id)
     x = tower.ln_final(x)
     if tower.text_projection is not None:
-        if isinstance(tower.text_projection, nn.Linear):
-            x = tower.text_projection(x)
-        else:
-            x = x @ tower.text_projection
+        x = tower.text_projection(x) if isinstance(tower.text_projection, nn.Linear) else x @ tower.text_projection
     return x
 
 

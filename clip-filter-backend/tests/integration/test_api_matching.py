@@ -14,7 +14,7 @@ CAPTIONS = ["a photo of a dog", "a diagram of a circuit", "a bowl of soup"]
 
 def multipart(images: list[bytes], texts: list[str], names: list[str] | None = None):
     names = names or [f"img{i}.png" for i in range(len(images))]
-    files = [("images", (name, data, "image/png")) for name, data in zip(names, images)]
+    files = [("images", (name, data, "image/png")) for name, data in zip(names, images, strict=True)]
     return {"files": files, "data": {"texts": texts}}
 
 

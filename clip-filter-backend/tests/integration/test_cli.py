@@ -74,7 +74,7 @@ def items_by_sha(data_dir: Path, name: str, originals: bool = True) -> dict[str,
         collection = store.get_collection(name)
         out = {}
         for items, vectors in store.items_with_vectors(collection.id):
-            for item, vector in zip(items, vectors):
+            for item, vector in zip(items, vectors, strict=True):
                 original = store.original_file(item)
                 out[item.sha256] = (item, vector.copy(), original.read_bytes() if original and originals else None)
         return out
@@ -263,7 +263,7 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
     embeddings = np.load(out / "embeddings.npy")
     assert embeddings.dtype == np.float32 and embeddings.shape == (len(lines), 64) == (GOOD_IMAGES + 1, 64)
     source = items_by_sha(data_dir, "meta")
-    for line, row in zip(lines, embeddings):
+    for line, row in zip(lines, embeddings, strict=True):
         assert set(line) >= {
             "id",
             "kind",

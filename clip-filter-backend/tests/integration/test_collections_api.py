@@ -226,7 +226,7 @@ def test_image_search_finds_the_indexed_image_first(client, searchable):
         f"/collections/{name}/search", files={"image": ("q.png", images[3], "image/png")}, data={"top_k": "2"}
     )
     assert multipart.status_code == 200, multipart.text
-    assert [r["id"] for r in multipart.json()["results"]][0] == ids[3] and len(multipart.json()["results"]) == 2
+    assert multipart.json()["results"][0]["id"] == ids[3] and len(multipart.json()["results"]) == 2
 
 
 def test_item_and_text_searches(client, searchable):
@@ -262,7 +262,7 @@ def test_filters_kind_and_min_score(client, searchable):
 
 
 def test_search_pages_concatenate_to_the_full_ranking(client, searchable):
-    name, _, ids = searchable
+    name, _, _ids = searchable
     full = search(client, name, text="anything at all", top_k=12)["results"]
     pages = [search(client, name, text="anything at all", top_k=5, offset=o)["results"] for o in (0, 5, 10)]
     assert [r["id"] for page in pages for r in page] == [r["id"] for r in full]

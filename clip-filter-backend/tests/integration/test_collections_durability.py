@@ -96,7 +96,7 @@ def test_kill_9_during_a_bulk_ingest_loses_no_acknowledged_item(server_factory, 
         ranked = search(client, "bulk", text="anything", top_k=1000)
         assert ranked["total"] == len(items)
         assert sorted(r["id"] for r in ranked["results"]) == sorted(item["id"] for item in items)
-        for digest, data in acknowledged.items():
+        for data in acknowledged.values():
             hit = search(client, "bulk", image=b64(data), top_k=1)["results"][0]
             assert client.get(hit["content_url"]).content == data and hit["score"] == pytest.approx(1.0, abs=1e-3)
     # The spooled upload files of the finished job are gone.

@@ -43,7 +43,7 @@ def test_keys_are_random_shown_once_and_stored_as_sha256_only(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    "name, scope, collections, code",
+    ("name", "scope", "collections", "code"),
     [
         ("bad name", "read", None, "invalid_key_name"),
         ("", "read", None, "invalid_key_name"),
@@ -87,7 +87,7 @@ def test_startup_refusals(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    "host, auth, required",
+    ("host", "auth", "required"),
     [
         ("127.0.0.1", "auto", False),
         ("127.9.9.9", "auto", False),
@@ -107,7 +107,7 @@ def test_auth_required_resolves_auto_against_the_bind(host, auth, required):
 
 
 @pytest.mark.parametrize(
-    "method, path, scope",
+    ("method", "path", "scope"),
     [
         ("GET", "/health/ready", None),
         ("GET", "/api/health/live", None),
@@ -159,7 +159,7 @@ def test_default_allowed_hosts():
 
 
 @pytest.mark.parametrize(
-    "origin, host, same",
+    ("origin", "host", "same"),
     [
         ("http://127.0.0.1:5000", "127.0.0.1:5000", True),
         ("http://localhost", "localhost:80", True),

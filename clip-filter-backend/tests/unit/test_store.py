@@ -4,6 +4,7 @@ garbage collection, and that it implements the whole CollectionStore Protocol.""
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 
 import numpy as np
@@ -40,7 +41,7 @@ def test_collections_persist_across_reopen(tmp_path):
     again = SqliteCollectionStore(tmp_path / "data")
     record = again.get_collection("photos")
     assert (record.item_count, record.text_count, record.model, record.dim) == (1, 1, "clip-filter-tiny", 4)
-    version, ids, vectors, kinds = again.load_vectors(record.id)
+    _version, ids, vectors, kinds = again.load_vectors(record.id)
     assert ids.tolist() == [1] and kinds == ["text"] and vectors[0] == pytest.approx(vec(1, 0, 0, 0))
     again.close()
 
@@ -77,7 +78,7 @@ def test_a_failed_transaction_leaves_no_half_item_and_no_file(store):
     good = NewItem("image", "x.png", "image/png", 9, "ab" * 32, {}, vec(1, 0, 0, 0), original_path=path)
     bad = text_item("b", vec(0, 1, 0, 0))
     bad.kind = "video"  # violates the CHECK constraint: the whole batch rolls back
-    with pytest.raises(Exception):
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
         store.add_items(c.id, [good, bad], MODEL)
     assert store.get_collection("c").item_count == 0
     assert store.list_items(c.id, 0, 10) == ([], 0)

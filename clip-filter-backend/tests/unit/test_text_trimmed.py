@@ -232,7 +232,7 @@ def long_texts(seed: int, count: int) -> list[str]:
 def test_long_texts_give_open_clips_tokens_exactly():
     # A fresh tokenizer as the reference: open_clip's own __call__ BPE-encodes every word of every caption.
     reference, ours = open_clip.get_tokenizer("ViT-B-32"), open_clip.get_tokenizer("ViT-B-32")
-    texts = long_texts(0, 90) + [" ".join(["word"] * 2000), "a " * 5000 + "dog"]
+    texts = [*long_texts(0, 90), " ".join(["word"] * 2000), "a " * 5000 + "dog"]
     tokens, truncated = tokenize(ours, texts, 77, BpeCache(1000))
     expected = reference(texts)
     for i, text in enumerate(texts):
@@ -311,7 +311,7 @@ def fake_hf_tokenizer(mode: str = "") -> HFTokenizer:
     return tokenizer
 
 
-@pytest.mark.parametrize("mode, limit", [("", 6), ("clips", 5)])
+@pytest.mark.parametrize(("mode", "limit"), [("", 6), ("clips", 5)])
 def test_hf_truncation_flags_match_what_the_tokenizer_keeps(mode, limit):
     tokenizer = fake_hf_tokenizer(mode)
     texts = [" ".join(["w"] * n) for n in (limit - 1, limit, limit + 1, limit + 5)]
@@ -361,7 +361,7 @@ def test_cache_rows_are_private_read_only_copies():
     stored = cache.get_many("m", ["a"])["a"][0]
     np.testing.assert_array_equal(stored, row(1))
     assert stored.dtype == np.float32 and not stored.flags.writeable
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         stored[0] = 5.0
 
 
@@ -369,7 +369,7 @@ def test_cache_capacity_zero_disables_it():
     cache = TextEmbeddingCache(0)
     cache.put_many("m", {"a": (row(1), False)})
     assert cache.get_many("m", ["a"]) == {} and len(cache) == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="capacity must be >= 0"):
         TextEmbeddingCache(-1)
 
 

@@ -73,7 +73,7 @@ def assert_same_model(encoder, reference: nn.Module, reference_preprocess) -> No
 
 
 @pytest.mark.parametrize(
-    "precision, file_name",
+    ("precision", "file_name"),
     [("fp32", "tiny.pt"), ("bf16", "tiny.pt"), ("bf16", "tiny.safetensors"), ("bf16", "tiny-legacy.pt")],
 )
 def test_checkpoint_gives_the_same_model_as_open_clips_path(tmp_path, precision, file_name):
@@ -164,14 +164,15 @@ def test_checkpoint_with_missing_or_misshapen_tensors_is_refused(tmp_path):
     torch.save(incomplete, tmp_path / "incomplete.pt")
     misshapen = {**state, "text_projection": state["text_projection"][:, :3].clone()}
     torch.save(misshapen, tmp_path / "misshapen.pt")
-    with pytest.raises(ModelLoadError, match="visual.conv1.weight"):
+    with pytest.raises(ModelLoadError, match=r"visual\.conv1\.weight"):
         load_encoder(settings("clip-filter-tiny", str(tmp_path / "incomplete.pt")))
     with pytest.raises(ModelLoadError, match="text_projection"):
         load_encoder(settings("clip-filter-tiny", str(tmp_path / "misshapen.pt")))
 
 
 def test_meta_construction_hooks_are_removed_even_after_a_failure():
-    with pytest.raises(ValueError), parameters_on_meta() as built:
+    # The failure must come from inside the context, after some construction: hence a multi-statement block.
+    with pytest.raises(ValueError, match="building failed"), parameters_on_meta() as built:  # noqa: PT012
         inside = nn.Sequential(nn.Linear(4, 4))
         inside.register_buffer("mask", torch.ones(2))
         raise ValueError("building failed")

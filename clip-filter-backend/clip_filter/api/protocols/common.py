@@ -63,7 +63,7 @@ def _failure(request: Request, exc: Exception) -> Failure:
         return Failure(422, "invalid_request", f"Invalid request: {location}: {first.get('msg', '')}", location)
     if isinstance(exc, StarletteHTTPException):
         return Failure(exc.status_code, "http_error", str(exc.detail))
-    log.exception("unexpected error in a protocol route")
+    log.error("unexpected error in a protocol route", exc_info=exc)
     return Failure(500, "internal_error", "Unexpected server error; see the server log.")
 
 

@@ -115,7 +115,7 @@ async def add_items(
     if request_kind(request) == "json":
         body = parse(AddTextsBody, await read_object(request), max_texts=settings.max_texts_per_request)
         metadata = body.metadata or [None] * len(body.texts)
-        sources = [Source(text=text, metadata=meta or {}) for text, meta in zip(body.texts, metadata)]
+        sources = [Source(text=text, metadata=meta or {}) for text, meta in zip(body.texts, metadata, strict=True)]
     else:
         limit = settings.max_images_per_request
         form = await read_form(request, max_files=limit + 1, max_fields=2 * limit + 16)

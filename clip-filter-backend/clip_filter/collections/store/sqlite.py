@@ -242,15 +242,13 @@ class SqliteCollectionStore:
         with self._write_lock:
             self._closed = True
             self._pool.close()
-            try:
+            with suppress(sqlite3.Error):
                 self._writer.close()
-            except sqlite3.Error:
-                pass
 
     # ---- collections ---------------------------------------------------------------------------------
     @staticmethod
     def _collection(row: sqlite3.Row) -> CollectionRecord:
-        return CollectionRecord(**{key: row[key] for key in row.keys()})
+        return CollectionRecord(**dict(row))  # sqlite3.Row is a mapping (iterating it yields values)
 
     def create_collection(
         self, name: str, description: str | None = None, model: tuple[str, str, int] | None = None
@@ -394,8 +392,8 @@ class SqliteCollectionStore:
                             dim=dim,
                         )
                     cursor = conn.execute(
-                        "INSERT INTO items (collection_id, kind, filename, mimetype, size, sha256, metadata, truncated, "
-                        "text, original_path, width, height, embedding, created_at) "
+                        "INSERT INTO items (collection_id, kind, filename, mimetype, size, sha256, metadata, "
+                        "truncated, text, original_path, width, height, embedding, created_at) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                         "ON CONFLICT (collection_id, sha256) DO NOTHING",
                         (
@@ -447,7 +445,7 @@ class SqliteCollectionStore:
                 self.files.remove_files([item.original_path for item in items])
             raise
         self.files.remove_files(
-            [item.original_path for item, (status, _) in zip(items, results) if status == "duplicate"]
+            [item.original_path for item, (status, _) in zip(items, results, strict=False) if status == "duplicate"]
         )
         return results
 
@@ -720,7 +718,8 @@ class SqliteCollectionStore:
         """`crashed`: the job was found running at startup, i.e. a crash interrupted it (counted in attempts)."""
         with self._transaction() as conn:
             conn.execute(
-                "UPDATE jobs SET state = ?, error = COALESCE(?, error), attempts = attempts + ?, updated_at = ? WHERE id = ?",
+                "UPDATE jobs SET state = ?, error = COALESCE(?, error), attempts = attempts + ?, updated_at = ? "
+                "WHERE id = ?",
                 (state, json.dumps(error) if error else None, int(crashed), utc_now(), job_id),
             )
 
