@@ -20,8 +20,9 @@ import binascii
 import io
 import re
 import struct
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, features
@@ -37,11 +38,10 @@ try:  # HEIC/HEIF is optional: without pillow-heif those files are refused as un
     pillow_heif.register_heif_opener()
     HEIF_SUPPORTED = True
 except Exception:  # noqa: BLE001 - any import/registration failure just disables HEIF
-    pillow_heif = None
     HEIF_SUPPORTED = False
 
 AVIF_SUPPORTED = bool(features.check("avif"))
-if not AVIF_SUPPORTED and pillow_heif is not None:
+if not AVIF_SUPPORTED and HEIF_SUPPORTED:
     # Older pillow-heif versions decode AVIF; newer ones (1.x) dropped it and lack this function.
     try:
         pillow_heif.register_avif_opener()  # type: ignore[attr-defined]
@@ -314,7 +314,7 @@ def _tiff_ifd_truncated(data: bytes) -> bool:
     """TIFF has no end marker; a first directory (IFD) that runs past the end is the best clue."""
     if data[:4] not in (b"II*\x00", b"MM\x00*"):
         return False  # BigTIFF: rely on Pillow's message
-    order = "little" if data[:2] == b"II" else "big"
+    order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
     if len(data) < 8:
         return True
     ifd = int.from_bytes(data[4:8], order)
@@ -618,7 +618,8 @@ def base64_image_bytes(text: str, limits: ImageLimits) -> bytes:
     estimated = len(payload) * 3 // 4
     if estimated > limits.max_bytes + 3 and len(payload.rstrip("=")) * 3 // 4 > limits.max_bytes:
         _refuse_too_large(len(payload.rstrip("=")) * 3 // 4, limits)
-    if payload and len(payload) % 4 == 0 and payload.isascii():
+    # strict_mode is Python 3.11+; on 3.10 every payload takes the tolerant path.
+    if sys.version_info >= (3, 11) and payload and len(payload) % 4 == 0 and payload.isascii():
         try:  # the fast path: strict mode refuses whitespace, other alphabets and bad padding
             data = binascii.a2b_base64(payload, strict_mode=True)
         except (binascii.Error, ValueError):

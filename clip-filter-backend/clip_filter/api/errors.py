@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,11 +19,11 @@ log = logging.getLogger(__name__)
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
 
 
-def error_response(status: int, code: str, message: str, **details) -> JSONResponse:
+def error_response(status: int, code: str, message: str, **details: Any) -> JSONResponse:
     return _envelope(status, {"code": code, "message": message, **details})
 
 
-def _envelope(status: int, error: dict) -> JSONResponse:
+def _envelope(status: int, error: dict[str, Any]) -> JSONResponse:
     """The one error shape, with the request id (api/request_id.py) to quote in a bug report."""
     count_error(str(error.get("code")), status)
     request_id = current_request_id()

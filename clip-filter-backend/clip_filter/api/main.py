@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from clip_filter import __version__
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 API_ROUTERS = [health.router, metrics.router, match.router, embeddings.router]
 
 
-def _collection_routers() -> list:
+def _collection_routers() -> list[APIRouter]:
     from clip_filter.api.routes import collections, jobs
     from clip_filter.api.routes import map as map_routes
 

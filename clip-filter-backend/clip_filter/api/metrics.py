@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
-disable_created_metrics()  # no `*_created` series: half the output, and nothing here reads them
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client; no `*_created` series: half the output, and nothing here reads them
 API_PREFIX = "/api"  # the UI's alias of every route (api/main.py): counted as the route itself
 # No route: matched none (404), or refused by a middleware before routing (413, ...). One label for all
 # keeps the label set bounded whatever paths clients send.
@@ -190,7 +190,7 @@ def watch(model_service: Any, collections: Any, max_queue: int) -> None:
     """Called once the app's services exist (lifespan start)."""
     MODEL_COLLECTOR.attach(model_service, max_queue)
     store = getattr(collections, "store", None)
-    if hasattr(store, "add_listener"):
+    if store is not None and hasattr(store, "add_listener"):
         store.add_listener(count_committed_items)
 
 

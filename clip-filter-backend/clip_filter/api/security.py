@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -39,6 +40,9 @@ from clip_filter.core.netaddr import (
 )
 
 log = logging.getLogger(__name__)
+
+# A buffered JSON answer's rewrite: (payload, ASGI scope) -> new payload.
+Rewrite = Callable[[Any, AsgiScope], Any]
 
 CREATE_KEY_HINT = (
     "create a key with `clip-filter keys create NAME --scope admin` (same CLIP_FILTER_DATA_DIR), or give one in "
@@ -463,7 +467,7 @@ class SecurityMiddleware:
         return {**message, "headers": kept}
 
     # -- answers other modules own, adjusted ----------------------------------------------------------------
-    async def _buffered(self, scope: AsgiScope, receive: Receive, send: Send, rewrite) -> None:
+    async def _buffered(self, scope: AsgiScope, receive: Receive, send: Send, rewrite: Rewrite) -> None:
         start: Message | None = None
         chunks: list[bytes] = []
 
@@ -478,7 +482,7 @@ class SecurityMiddleware:
 
         await self.app(scope, receive, capture)
 
-    async def _flush(self, send: Send, scope: AsgiScope, start: Message | None, body: bytes, rewrite) -> None:
+    async def _flush(self, send: Send, scope: AsgiScope, start: Message | None, body: bytes, rewrite: Rewrite) -> None:
         assert start is not None
         headers = [(k, v) for k, v in start.get("headers") or [] if k.lower() != b"content-length"]
         content_type = {k.lower(): v for k, v in headers}.get(b"content-type", b"")

@@ -9,18 +9,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from clip_filter.auth.keys import SCOPES
 
+if TYPE_CHECKING:
+    from clip_filter.auth.sqlite_store import SqliteKeyStore
 
-def _store(settings: Any):
+Handler = Callable[[argparse.Namespace, Any], int]
+
+
+def _store(settings: Any) -> SqliteKeyStore:
     from clip_filter.auth.sqlite_store import open_key_store
 
     return open_key_store(settings.data_dir)
 
 
-def _guard(handler):
+def _guard(handler: Handler) -> Handler:
     def run(args: argparse.Namespace, settings: Any) -> int:
         from clip_filter.core.errors import ClipFilterError
 
@@ -82,7 +88,7 @@ def _revoke(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-def add_subparsers(commands: argparse._SubParsersAction) -> None:
+def add_subparsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = commands.add_parser("keys", help="create, list and revoke API keys (docs/security.md)")
     sub = keys.add_subparsers(dest="keys_command", required=True)
 

@@ -9,13 +9,14 @@ the hash itself (an index), so no secret is compared byte by byte in Python.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from clip_filter.core.errors import ClipFilterError
 
@@ -66,7 +67,7 @@ class ApiKey:
     def active(self) -> bool:
         return self.revoked_at is None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,
@@ -115,7 +116,7 @@ class KeyStore(Protocol):
 
     def list(self, include_revoked: bool = False) -> list[ApiKey]: ...
 
-    def revoke(self, id_or_name: str) -> list[ApiKey]:
+    def revoke(self, id_or_name: str) -> builtins.list[ApiKey]:  # `list` is the method above
         """Revoke the key with this id, or every active key with this name; returns those revoked."""
         ...
 

@@ -6,12 +6,14 @@ and the CLI can manage them while a server runs (WAL; each call is one short tra
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from clip_filter.auth.keys import (
     ApiKey,
@@ -39,7 +41,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 """
 
 
-def _row_to_key(row: sqlite3.Row | tuple) -> ApiKey:
+def _row_to_key(row: sqlite3.Row | tuple[Any, ...]) -> ApiKey:
     id_, name, scope, collections, created_at, revoked_at = row
     return ApiKey(
         id_, name, scope, tuple(json.loads(collections)) if collections is not None else None, created_at, revoked_at
@@ -110,7 +112,7 @@ class SqliteKeyStore:
             rows = self._conn.execute(f"SELECT {_COLUMNS} FROM api_keys{where} ORDER BY created_at, rowid").fetchall()
         return [_row_to_key(row) for row in rows]
 
-    def revoke(self, id_or_name: str) -> list[ApiKey]:
+    def revoke(self, id_or_name: str) -> builtins.list[ApiKey]:  # `list` is the method above
         stamp = now_iso()
         with self._lock:
             rows = self._conn.execute(

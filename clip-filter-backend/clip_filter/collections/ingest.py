@@ -271,6 +271,7 @@ class Ingestor:
             for item in batch.prepared:
                 if item.kind == "image":
                     extension = MIME_EXTENSIONS.get(item.mimetype, "")
+                    assert item.data is not None  # _prepare keeps an image item's bytes
                     try:
                         item.original = self.store.files.write_original(
                             collection.id, item.sha256, extension, item.data
@@ -340,16 +341,19 @@ class Ingestor:
         texts = [p for p in prepared if p.kind == "text"]
         vectors: dict[int, Any] = {}
         truncated: dict[int, bool] = {}
+        # _prepare gives every image item its decoded image and every text item its text.
+        pixels = [p.image for p in images if p.image is not None]
+        captions = [p.text or "" for p in texts]
         if images:
-            for p, vector in zip(images, embedder.encode_images([p.image for p in images]), strict=True):
+            for p, vector in zip(images, embedder.encode_images(pixels), strict=True):
                 vectors[p.index] = vector
                 truncated[p.index] = False
         if texts:
             cut = self.limits.max_text_chars
-            batch = embedder.encode_texts([p.text[:cut] for p in texts])
-            for p, vector, was_cut in zip(texts, batch.embeddings, batch.truncated, strict=True):
+            batch = embedder.encode_texts([text[:cut] for text in captions])
+            for p, text, vector, was_cut in zip(texts, captions, batch.embeddings, batch.truncated, strict=True):
                 vectors[p.index] = vector
-                truncated[p.index] = bool(was_cut) or len(p.text) > cut
+                truncated[p.index] = bool(was_cut) or len(text) > cut
         return [
             NewItem(
                 kind=p.kind,

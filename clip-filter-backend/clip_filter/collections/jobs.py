@@ -63,6 +63,10 @@ class Upload:
         return self.stream.read()
 
 
+# A batch being prepared on the prefetch thread: its files and the future of its preparation.
+Upcoming = tuple[list[JobFile], Future[PreparedBatch]]
+
+
 class JobRunner:
     def __init__(
         self,
@@ -194,7 +198,7 @@ class JobRunner:
         # Read beneath the root without following links: a component swapped for a symlink is refused then.
         return Source(filename=file.filename, path=path, root=root, metadata=file.metadata)
 
-    def _prefetch(self, pool: ThreadPoolExecutor, job: JobRecord, after: int) -> tuple[list[JobFile], Future] | None:
+    def _prefetch(self, pool: ThreadPoolExecutor, job: JobRecord, after: int) -> Upcoming | None:
         """The next batch of the job's files after `after`, being prepared on the prefetch thread."""
         files = self.store.job_files(job.id, after, self.batch_size)
         if not files:
@@ -202,7 +206,7 @@ class JobRunner:
         sources = [self._source(job, f) for f in files]
         return files, pool.submit(self.ingestor.prepare_batch, self._collection(job), sources)
 
-    def _drop(self, upcoming: tuple[list[JobFile], Future] | None) -> None:
+    def _drop(self, upcoming: Upcoming | None) -> None:
         """A prepared batch that will not be committed now: remove the originals it wrote."""
         if upcoming is None:
             return

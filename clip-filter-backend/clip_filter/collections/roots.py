@@ -19,6 +19,7 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from clip_filter.collections.store import JobFile
 from clip_filter.core.errors import ClipFilterError
@@ -88,13 +89,13 @@ def resolve_allowed(path_text: object, roots: list[Path]) -> Path:
     return real
 
 
-def _entry(relative: str, error: ClipFilterError) -> dict:
+def _entry(relative: str, error: ClipFilterError) -> dict[str, Any]:
     return {"filename": relative, "code": error.code, "message": error.message}
 
 
 def list_folder(
     folder: Path, roots: list[Path], supported: Callable[[str], bool], include_hidden: bool = False
-) -> tuple[list[JobFile], list[dict]]:
+) -> tuple[list[JobFile], list[dict[str, Any]]]:
     """Supported regular files under a folder, recursively, in a stable order; failures for the rest."""
     try:
         mode = os.stat(folder).st_mode
@@ -105,7 +106,7 @@ def list_folder(
     if not stat.S_ISDIR(mode):
         raise not_a_regular_file(str(folder))
     files: list[JobFile] = []
-    failures: list[dict] = []
+    failures: list[dict[str, Any]] = []
     for directory, subdirs, names in os.walk(folder, followlinks=False):
         if not include_hidden:
             subdirs[:] = [name for name in subdirs if not name.startswith(".")]

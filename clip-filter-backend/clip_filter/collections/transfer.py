@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -187,7 +187,7 @@ def export_collection(store: CollectionStore, name: str, out: Path, progress: Pr
         result = _export_to_folder(store, collection, folder, progress, link=is_tar_path(out))
         if is_tar_path(out):
             packed = work / "export.tar"
-            mode = "w:gz" if out.name.lower().endswith((".gz", ".tgz")) else "w"
+            mode: Literal["w:gz", "w"] = "w:gz" if out.name.lower().endswith((".gz", ".tgz")) else "w"
             with tarfile.open(packed, mode) as tar:
                 # collection.json first, so a streaming reader learns the format before the bulk.
                 for name_in_tar in ("collection.json", "items.jsonl", "embeddings.npy", "originals"):
@@ -442,7 +442,7 @@ def import_collection(
         folder = _open_export(source, work, tar_limits)
         manifest = _read_manifest(folder)
         model = manifest["model"]
-        dim: int | None = int(model["dim"])
+        dim = int(model["dim"])
         target = validate_name(name or manifest.get("name"))
         entries, problems = _load_entries(folder, check_progress)
         embeddings = _load_embeddings(folder, len(entries), dim)
@@ -500,7 +500,10 @@ def import_collection(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _batches(values: list, size: int) -> Iterator[list]:
+T = TypeVar("T")
+
+
+def _batches(values: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(values), max(1, size)):
         yield values[start : start + size]
 
@@ -531,14 +534,19 @@ def _import_batch(
                 original_path = store.files.write_original(collection.id, sha, extension, data)
             text = record.get("text") if record["kind"] == "text" else None
             size = record.get("size")
+            if isinstance(size, int):
+                item_size = int(size)
+            elif text is not None:
+                item_size = len(text.encode("utf-8"))
+            else:
+                assert entry.original is not None  # _check_entry: every image entry has its original file
+                item_size = entry.original.stat().st_size
             new_items.append(
                 NewItem(
                     kind=record["kind"],
                     filename=str(record["filename"]) if record.get("filename") is not None else None,
                     mimetype=entry.mimetype,
-                    size=int(size)
-                    if isinstance(size, int)
-                    else (len(text.encode("utf-8")) if text is not None else entry.original.stat().st_size),
+                    size=item_size,
                     sha256=sha,
                     metadata=record.get("metadata") or {},
                     embedding=np.array(embeddings[row], np.float32),

@@ -23,8 +23,12 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import faiss
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +233,7 @@ def ivf_params(n: int) -> tuple[int, int]:
 class IvfIndex:
     """FAISS IndexIVFFlat (inner product) keyed by item id; thread-safe through one lock."""
 
-    def __init__(self, index, nprobe: int, trained_on: int) -> None:
+    def __init__(self, index: faiss.IndexIVFFlat, nprobe: int, trained_on: int) -> None:
         self._index = index
         self.nprobe = nprobe
         self.trained_on = trained_on
@@ -280,7 +284,7 @@ class IvfIndex:
         nprobe = self.nprobe
         if k > 256:  # deep pages need more candidates than the default probe finds
             nprobe = min(self._index.nlist, nprobe * math.ceil(k / 256))
-        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]  # SWIG takes keywords; the stub omits them
         if allowed_ids is not None:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, np.int64))
             params.sel = selector
@@ -348,6 +352,7 @@ class CollectionIndex:
                 with self._lock:
                     for op, delta_ids, delta_vectors in self._pending or []:
                         if op == "add":
+                            assert delta_vectors is not None  # an "add" delta carries its vectors
                             ann.add(delta_ids, delta_vectors)
                         else:
                             ann.remove(delta_ids)

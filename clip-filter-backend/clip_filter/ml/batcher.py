@@ -157,7 +157,8 @@ class DynamicBatcher:
             batch = self._take_batch()
             if batch is None:
                 return
-            if batch is _Idle:
+            if not isinstance(batch, list):  # _Idle, which _take_batch answers only when on_idle is set
+                assert self._on_idle is not None
                 try:
                     self._on_idle()
                 except Exception:  # noqa: BLE001 - housekeeping must never stop the model thread

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -146,7 +147,7 @@ class ModelService:
             plan = self.encoder.preprocessor.plan(self.settings.jpeg_draft, self.settings.reduce_large_images)
         return await self.decoder.prepare(items, plan)
 
-    async def embed_images(self, images: list[Image.Image | np.ndarray]) -> np.ndarray:
+    async def embed_images(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
         encoder = self.require_ready()
         if not images:
             return np.zeros((0, encoder.info.dim), np.float32)
@@ -196,10 +197,13 @@ class ModelService:
         return self.batcher
 
     # ---- run on the model thread -----------------------------------------------------------------
+    # The batcher exists only once a model is loaded; a batch that finds none fails its requests.
     def _run_image_batch(self, pixels: list[torch.Tensor]) -> list[np.ndarray]:
+        assert self.encoder is not None
         return list(self.encoder.encode_pixels(torch.stack(pixels)))
 
     def _run_text_batch(self, texts: list[str]) -> list[tuple[np.ndarray, bool]]:
+        assert self.encoder is not None
         batch = self.encoder.encode_texts(texts)
         return list(zip(batch.embeddings, batch.truncated, strict=True))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ def protocol_route(render: Callable[[Failure], Response]) -> type[APIRoute]:
     """
 
     class ProtocolRoute(APIRoute):
-        def get_route_handler(self) -> Callable:
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 
             async def guarded(request: Request) -> Response:
@@ -122,7 +122,7 @@ def names_served_model(name: str, info: ModelInfo) -> bool:
 URL_PATTERN = re.compile(r"^[a-z][a-z0-9+.\-]*://", re.IGNORECASE)
 
 
-async def decode_all(items: list[str | bytes], settings: Settings, field_name: str) -> list[Image.Image]:
+async def decode_all(items: Sequence[str | bytes], settings: Settings, field_name: str) -> list[Image.Image]:
     """Decode every image (base64/data URI strings or raw bytes); the first bad one fails the request."""
     limits = settings.image_limits()
 
@@ -135,9 +135,10 @@ async def decode_all(items: list[str | bytes], settings: Settings, field_name: s
                 400,
                 param=f"{field_name}[{index}]",
             )
-        decode = decode_base64_image if isinstance(item, str) else decode_image
         try:
-            return await run_in_threadpool(decode, item, limits)
+            if isinstance(item, str):
+                return await run_in_threadpool(decode_base64_image, item, limits)
+            return await run_in_threadpool(decode_image, item, limits)
         except ClipFilterError as exc:
             exc.message = f"`{field_name}[{index}]`: {exc.message}"
             exc.details.setdefault("param", f"{field_name}[{index}]")

@@ -88,7 +88,11 @@ def parse_entries(raw: Any) -> tuple[Literal["visual", "textual"], ModelEntry]:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise _bad(f"Invalid request format: entries.{where}: {first['msg']}", 422, "invalid_entries") from None
-    chosen = [(kind, entry) for kind, entry in (("visual", clip.visual), ("textual", clip.textual)) if entry]
+    kinds: tuple[tuple[Literal["visual", "textual"], ModelEntry | None], ...] = (
+        ("visual", clip.visual),
+        ("textual", clip.textual),
+    )
+    chosen = [(kind, entry) for kind, entry in kinds if entry]
     if len(chosen) != 1:
         raise _bad(
             "Invalid request format: `entries.clip` must name exactly one of visual or textual.", 422, "invalid_entries"

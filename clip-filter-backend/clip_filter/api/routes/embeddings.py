@@ -33,7 +33,7 @@ async def image_embeddings(request: Request, service: ModelDep, settings: Settin
     parsed = await read_images_and_texts(request, settings, want_texts=False)
     service.require_ready()
     good = [slot for slot in parsed.images if slot.image is not None]
-    vectors = await service.embed_images([slot.image for slot in good])
+    vectors = await service.embed_images([slot.image for slot in good if slot.image is not None])
     by_index = {slot.index: vectors[row].tolist() for row, slot in enumerate(good)}
     return {
         "model": service.model_summary(),

@@ -178,11 +178,11 @@ class SqliteCollectionStore:
             finally:
                 conn.execute("COMMIT")
 
-    def _select(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
+    def _select(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[sqlite3.Row]:
         with self._reader() as conn:
             return conn.execute(sql, params).fetchall()
 
-    def _select_one(self, sql: str, params: tuple | list = ()) -> sqlite3.Row | None:
+    def _select_one(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> sqlite3.Row | None:
         with self._reader() as conn:
             return conn.execute(sql, params).fetchone()
 
@@ -414,6 +414,7 @@ class SqliteCollectionStore:
                         ),
                     )
                     if cursor.rowcount == 1:
+                        assert cursor.lastrowid is not None  # set by the row just inserted
                         item_id = int(cursor.lastrowid)
                         results.append(("added", item_id))
                         counts[item.kind] += 1
@@ -498,13 +499,14 @@ class SqliteCollectionStore:
         for items in self.iter_items(collection_id, batch):
             ids = [item.id for item in items]
             marks = ",".join("?" * len(ids))
-            blobs = dict(self._select(f"SELECT id, embedding FROM items WHERE id IN ({marks})", ids))
+            rows = self._select(f"SELECT id, embedding FROM items WHERE id IN ({marks})", ids)
+            blobs: dict[int, bytes] = {row[0]: row[1] for row in rows}
             present = [item for item in items if item.id in blobs]
             if present:  # all of the batch deleted meanwhile: nothing to yield
                 yield present, np.stack([np.frombuffer(blobs[item.id], np.float32) for item in present])
 
     def update_item(
-        self, collection: CollectionRecord, item_id: int, metadata: dict | None, filename: str | None
+        self, collection: CollectionRecord, item_id: int, metadata: dict[str, Any] | None, filename: str | None
     ) -> ItemRecord:
         with self._transaction() as conn:
             sets, params = [], []
@@ -709,7 +711,9 @@ class SqliteCollectionStore:
     def job_done_seq(self, job_id: str) -> int:
         """The seq of the last file a job has committed (files are numbered 0.. in order)."""
         job = self.get_job(job_id)
-        failed_up_front = job.total - self._select_one("SELECT COUNT(*) FROM job_files WHERE job_id = ?", (job_id,))[0]
+        pending = self._select_one("SELECT COUNT(*) FROM job_files WHERE job_id = ?", (job_id,))
+        assert pending is not None  # COUNT(*) always answers one row
+        failed_up_front = job.total - pending[0]
         return job.done - failed_up_front - 1
 
     def set_job_state(
