@@ -48,7 +48,8 @@ from clip_filter.collections.store import (
 from clip_filter.collections.validation import validate_filters, validate_name
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.core.validation import check_text
-from clip_filter.images import ImageLimits, decode_base64_image, decode_image, make_thumbnail, sniff_image_mimetype
+from clip_filter.image_base64 import decode_base64_image
+from clip_filter.images import ImageLimits, decode_image, make_thumbnail, sniff_image_mimetype
 
 if TYPE_CHECKING:
     from clip_filter.core.config import Settings

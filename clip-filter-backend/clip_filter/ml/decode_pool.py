@@ -38,7 +38,8 @@ import numpy as np
 from PIL import Image
 
 from clip_filter.core.errors import ClipFilterError, OverloadedError
-from clip_filter.images import ImageHeader, ImageLimits, base64_image_bytes, decode_image
+from clip_filter.image_base64 import base64_image_bytes
+from clip_filter.images import ImageHeader, ImageLimits, decode_image
 from clip_filter.ml.pixels import PixelPlan, decode_to_pixels, probe
 
 log = logging.getLogger(__name__)

@@ -15,12 +15,12 @@ from PIL import Image
 
 from clip_filter import images
 from clip_filter.core.errors import ClipFilterError
+from clip_filter.image_base64 import base64_image_bytes, decode_base64_image
 from clip_filter.images import (
     ERROR_STATUS,
     DecodeTarget,
     ImageDecodeError,
     ImageLimits,
-    decode_base64_image,
     decode_image,
     make_thumbnail,
     probe_image,
@@ -671,4 +671,4 @@ def test_base64_fast_and_tolerant_paths_give_the_same_bytes():
         "data:image/png;base64," + plain,
     ):
         assert decode_base64_image(text, LIMITS).tobytes() == expected
-    assert images.base64_image_bytes(plain, LIMITS) == data
+    assert base64_image_bytes(plain, LIMITS) == data

@@ -20,7 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clip_filter.core.config import Settings
 from clip_filter.core.errors import ClipFilterError, OverloadedError
-from clip_filter.images import decode_base64_image, decode_image
+from clip_filter.image_base64 import decode_base64_image
+from clip_filter.images import decode_image
 from clip_filter.ml.encoder import ModelInfo
 from clip_filter.ml.service import FAILED, ModelService
 
