@@ -143,7 +143,8 @@ def bare_rate(files: list[bytes], repeats: int, reduced: bool) -> float:
     """Decode + preprocess images/s of these files in this process, one thread per core."""
     import open_clip
 
-    from clip_filter.images import ImageLimits, base64_image_bytes
+    from clip_filter.image_base64 import base64_image_bytes
+    from clip_filter.images import ImageLimits
     from clip_filter.ml.pixels import decode_to_pixels
     from clip_filter.ml.preprocess import ImagePreprocessor
 

@@ -1,4 +1,5 @@
-from clip_filter.cli import main
 import sys
+
+from clip_filter.cli import main
 
 sys.exit(main())

@@ -1,4 +1,5 @@
-"""Untrusted bytes (or base64) -> an 8-bit RGB PIL image, with limits checked before pixels are decoded.
+"""Untrusted bytes -> an 8-bit RGB PIL image, with limits checked before pixels are decoded (base64 input:
+image_base64.py).
 
 What is accepted: JPEG, PNG (and APNG), GIF, WebP, BMP, TIFF, HEIC/HEIF (when pillow-heif imports) and
 AVIF (when Pillow or pillow-heif reads it). Animated images give their first frame. Everything else is
@@ -15,13 +16,11 @@ be refused, and Pillow's own bomb check (`Image.MAX_IMAGE_PIXELS`) also stays ac
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, features
@@ -37,11 +36,10 @@ try:  # HEIC/HEIF is optional: without pillow-heif those files are refused as un
     pillow_heif.register_heif_opener()
     HEIF_SUPPORTED = True
 except Exception:  # noqa: BLE001 - any import/registration failure just disables HEIF
-    pillow_heif = None
     HEIF_SUPPORTED = False
 
 AVIF_SUPPORTED = bool(features.check("avif"))
-if not AVIF_SUPPORTED and pillow_heif is not None:
+if not AVIF_SUPPORTED and HEIF_SUPPORTED:
     # Older pillow-heif versions decode AVIF; newer ones (1.x) dropped it and lack this function.
     try:
         pillow_heif.register_avif_opener()  # type: ignore[attr-defined]
@@ -314,7 +312,7 @@ def _tiff_ifd_truncated(data: bytes) -> bool:
     """TIFF has no end marker; a first directory (IFD) that runs past the end is the best clue."""
     if data[:4] not in (b"II*\x00", b"MM\x00*"):
         return False  # BigTIFF: rely on Pillow's message
-    order = "little" if data[:2] == b"II" else "big"
+    order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
     if len(data) < 8:
         return True
     ifd = int.from_bytes(data[4:8], order)
@@ -460,9 +458,7 @@ def _check_pixels(size: tuple[int, int], n_bytes: int, limits: ImageLimits) -> N
     )
 
 
-def _decode_failure(
-    exc: BaseException, data: bytes, mimetype: str, name: str, limits: ImageLimits
-) -> ImageDecodeError:
+def _decode_failure(exc: BaseException, data: bytes, mimetype: str, name: str, limits: ImageLimits) -> ImageDecodeError:
     message = str(exc)
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)) or (
         "Decompressed data too large" in message or "Too much memory used in text chunks" in message
@@ -581,89 +577,6 @@ def _high_depth_to_uint8(image: Image.Image, mode: str) -> np.ndarray:
     np.rint(values, out=values)
     np.clip(values, 0, 255, out=values)
     return values.astype(np.uint8)
-
-
-# --- base64 ------------------------------------------------------------------------------------------
-
-_DATA_URI = re.compile(r"^data:(?P<type>[^,;]*)(?P<params>(;[^,;]*)*?),", re.I)
-_WHITESPACE = re.compile(r"\s+")
-_URL_SAFE = str.maketrans("-_", "+/")
-
-
-def decode_base64_image(text: str, limits: ImageLimits, target: DecodeTarget | None = None) -> Image.Image:
-    """Decode base64 (standard or URL-safe, padding optional, whitespace ignored) or a base64 `data:` URI."""
-    return decode_image(base64_image_bytes(text, limits), limits, target)
-
-
-def base64_image_bytes(text: str, limits: ImageLimits) -> bytes:
-    """The bytes of a base64 image (as decode_base64_image accepts it), checked against the byte limit.
-
-    Plain padded standard base64, the usual case, is decoded straight from the string (one output
-    buffer, no intermediate copies); anything else (whitespace, URL-safe letters, missing padding)
-    goes through the tolerant path.
-    """
-    if isinstance(text, (bytes, bytearray)):
-        try:
-            text = bytes(text).decode("ascii")
-        except UnicodeDecodeError:
-            raise _invalid_base64("it contains non-ASCII characters") from None
-    if not isinstance(text, str):
-        raise _invalid_base64(f"expected a string, got {type(text).__name__}")
-    payload = text
-    if payload[:5].lower() == "data:" or payload[:1].isspace():
-        payload = payload.strip()
-        match = _DATA_URI.match(payload)
-        if match:
-            if ";base64" not in match.group("params").lower():
-                raise _invalid_base64("the data URI is not base64-encoded (it needs ';base64,')")
-            payload = payload[match.end() :]
-    estimated = len(payload) * 3 // 4
-    if estimated > limits.max_bytes + 3 and len(payload.rstrip("=")) * 3 // 4 > limits.max_bytes:
-        _refuse_too_large(len(payload.rstrip("=")) * 3 // 4, limits)
-    if payload and len(payload) % 4 == 0 and payload.isascii():
-        try:  # the fast path: strict mode refuses whitespace, other alphabets and bad padding
-            data = binascii.a2b_base64(payload, strict_mode=True)
-        except (binascii.Error, ValueError):
-            pass
-        else:
-            if len(data) > limits.max_bytes:
-                _refuse_too_large(len(data), limits)
-            return data
-    return _tolerant_base64(payload, limits)
-
-
-def _refuse_too_large(estimated: int, limits: ImageLimits) -> None:
-    raise ImageDecodeError(
-        "image_too_large",
-        f"The image is about {estimated:,} bytes, over the limit of {limits.max_bytes:,} bytes; send a smaller file.",
-        limit=limits.max_bytes,
-        actual=estimated,
-    )
-
-
-def _tolerant_base64(payload: str, limits: ImageLimits) -> bytes:
-    payload = _WHITESPACE.sub("", payload.strip()).translate(_URL_SAFE)
-    if not payload:
-        raise ImageDecodeError("empty_image", f"The image is empty (no base64 data); {_accepted_sentence()}")
-    # Refuse oversized input before allocating the decoded bytes.
-    estimated = len(payload.rstrip("=")) * 3 // 4
-    if estimated > limits.max_bytes:
-        _refuse_too_large(estimated, limits)
-    stripped = payload.rstrip("=")
-    if len(stripped) % 4 == 1 or "=" in stripped:
-        raise _invalid_base64("its length or padding is wrong")
-    try:
-        return base64.b64decode(stripped + "=" * (-len(stripped) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise _invalid_base64("it contains characters outside the base64 alphabet") from None
-
-
-def _invalid_base64(reason: str) -> ImageDecodeError:
-    return ImageDecodeError(
-        "invalid_base64",
-        f"The image is not valid base64: {reason}. Send standard or URL-safe base64, or a "
-        "'data:image/...;base64,' URI.",
-    )
 
 
 # --- thumbnails --------------------------------------------------------------------------------------

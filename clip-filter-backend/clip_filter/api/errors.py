@@ -28,11 +28,11 @@ class ErrorJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def error_response(status: int, code: str, message: str, **details) -> JSONResponse:
+def error_response(status: int, code: str, message: str, **details: Any) -> JSONResponse:
     return _envelope(status, {"code": code, "message": message, **details})
 
 
-def _envelope(status: int, error: dict) -> JSONResponse:
+def _envelope(status: int, error: dict[str, Any]) -> JSONResponse:
     """The one error shape, with the request id (api/request_id.py) to quote in a bug report."""
     count_error(str(error.get("code")), status)
     request_id = current_request_id()
@@ -69,5 +69,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
+        log.error("unexpected error", exc_info=exc)
         return error_response(500, "internal_error", "Unexpected server error; see the server log.")

@@ -17,14 +17,22 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from clip_filter.api.metrics import count_image_refusal
 from clip_filter.api.json_body import read_json_object
+from clip_filter.api.metrics import count_image_refusal
 from clip_filter.core.config import Settings
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.core.validation import check_image_count, check_texts, invalid
 
-__all__ = ["ImageSlot", "ParsedRequest", "read_form", "read_images_and_texts", "read_json_object", "read_texts",
-           "request_kind", "validate_texts"]
+__all__ = [
+    "ImageSlot",
+    "ParsedRequest",
+    "read_form",
+    "read_images_and_texts",
+    "read_json_object",
+    "read_texts",
+    "request_kind",
+    "validate_texts",
+]
 
 
 @dataclass
@@ -112,7 +120,7 @@ async def read_images_and_texts(request: Request, settings: Settings, want_texts
             if not isinstance(item, UploadFile):
                 raise invalid("Every `images` part must be a file upload.")
             raw_images.append((item.filename, await item.read()))
-        texts = [value for value in form.getlist("texts")]
+        texts = list(form.getlist("texts"))
         if any(not isinstance(value, str) for value in texts):
             raise invalid("Every `texts` part must be a plain form field, not a file.")
 

@@ -75,7 +75,9 @@ def scan(raw: bytes, max_elements: int, max_depth: int) -> None:
         if values > max_elements:
             raise invalid(
                 f"The JSON body holds more than {max_elements} values, the most this server accepts.",
-                "json_too_large", 413, limit=max_elements,
+                "json_too_large",
+                413,
+                limit=max_elements,
             )
         if steps.size:
             running = depth + np.cumsum(steps, dtype=np.int64)

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from clip_filter import __version__
 from clip_filter.api import metrics
 from clip_filter.api.errors import install_error_handlers
 from clip_filter.api.limits import BodySizeLimit
+from clip_filter.api.protocols import enabled_routers
 from clip_filter.api.ratelimit import RequestRateLimiter, enforce_rate_limit
 from clip_filter.api.request_id import RequestIdMiddleware
-from clip_filter.api.protocols import enabled_routers
 from clip_filter.api.routes import embeddings, health, match
 from clip_filter.api.security import install_security, require_access
 from clip_filter.core.config import Settings, get_settings
@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 API_ROUTERS = [health.router, metrics.router, match.router, embeddings.router]
 
 
-def _collection_routers() -> list:
-    from clip_filter.api.routes import collections, jobs, map as map_routes
+def _collection_routers() -> list[APIRouter]:
+    from clip_filter.api.routes import collections, jobs
+    from clip_filter.api.routes import map as map_routes
 
     return [collections.router, jobs.router, map_routes.router]
 

@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
-disable_created_metrics()  # no `*_created` series: half the output, and nothing here reads them
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client; no `*_created` series: half the output, and nothing here reads them
 API_PREFIX = "/api"  # the UI's alias of every route (api/main.py): counted as the route itself
 # No route: matched none (404), or refused by a middleware before routing (413, ...). One label for all
 # keeps the label set bounded whatever paths clients send.
@@ -50,17 +50,21 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 HTTP_REQUESTS = Counter(
-    "clip_filter_http_requests", "HTTP requests answered, by method, route template and status.",
+    "clip_filter_http_requests",
+    "HTTP requests answered, by method, route template and status.",
     ["method", "route", "status"],
 )
 HTTP_LATENCY = Histogram(
-    "clip_filter_http_request_duration_seconds", "Time from request start to the last byte of the response.",
-    ["method", "route"], buckets=LATENCY_BUCKETS,
+    "clip_filter_http_request_duration_seconds",
+    "Time from request start to the last byte of the response.",
+    ["method", "route"],
+    buckets=LATENCY_BUCKETS,
 )
 HTTP_IN_PROGRESS = Gauge("clip_filter_http_requests_in_progress", "HTTP requests being answered now.")
 ERRORS = Counter("clip_filter_errors", "Error responses by their stable error code and status.", ["code", "status"])
-AUTH_FAILURES = Counter("clip_filter_auth_failures", "Requests refused for authentication (401) or permission (403).",
-                        ["status"])
+AUTH_FAILURES = Counter(
+    "clip_filter_auth_failures", "Requests refused for authentication (401) or permission (403).", ["status"]
+)
 IMAGE_REFUSALS = Counter(
     "clip_filter_image_refusals", "Images refused while being checked or decoded, by error code.", ["code"]
 )
@@ -87,7 +91,7 @@ def route_template(scope: Scope) -> str | None:
     if isinstance(prefix, str) and prefix and not path.startswith(prefix + "/"):
         path = prefix + path
     if path.startswith(API_PREFIX + "/"):
-        path = path[len(API_PREFIX):]
+        path = path[len(API_PREFIX) :]
     return path
 
 
@@ -186,7 +190,7 @@ def watch(model_service: Any, collections: Any, max_queue: int) -> None:
     """Called once the app's services exist (lifespan start)."""
     MODEL_COLLECTOR.attach(model_service, max_queue)
     store = getattr(collections, "store", None)
-    if hasattr(store, "add_listener"):
+    if store is not None and hasattr(store, "add_listener"):
         store.add_listener(count_committed_items)
 
 

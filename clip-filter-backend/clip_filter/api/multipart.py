@@ -38,15 +38,18 @@ def clean_filename(name: str | None) -> str | None:
 def parse_metadata_part(raw: Any, position: int) -> dict[str, Any]:
     """A multipart `metadata` part: a JSON object (an empty part means none)."""
     if isinstance(raw, UploadFile):
-        raise invalid("Every `metadata` part must be a plain form field holding a JSON object.", "invalid_metadata", 422)
+        raise invalid(
+            "Every `metadata` part must be a plain form field holding a JSON object.", "invalid_metadata", 422
+        )
     if raw is None or not raw.strip():
         return {}
     try:
         # The same scanning parser as JSON bodies: huge integers, deep nesting and floods are 4xx, not 500s.
         value = json_body.parse(raw, METADATA_MAX_ELEMENTS, METADATA_MAX_DEPTH)
     except ClipFilterError as exc:
-        raise invalid(f"`metadata` {position} is not valid JSON: {exc.message}", "invalid_metadata", 422,
-                      index=position) from None
+        raise invalid(
+            f"`metadata` {position} is not valid JSON: {exc.message}", "invalid_metadata", 422, index=position
+        ) from None
     return validate_metadata(value, f"metadata[{position}]")
 
 
@@ -61,11 +64,13 @@ def file_parts(form: FormData, limit: int) -> list[FilePart]:
     if metadata_parts and len(metadata_parts) != len(files):
         raise invalid(
             f"{len(metadata_parts)} `metadata` parts for {len(files)} files: send one per file, in the same order, "
-            "or none.", "invalid_metadata", 422,
+            "or none.",
+            "invalid_metadata",
+            422,
         )
     metadata = [parse_metadata_part(raw, i) for i, raw in enumerate(metadata_parts)] or [{} for _ in files]
     parts = []
-    for upload, meta in zip(files, metadata):
+    for upload, meta in zip(files, metadata, strict=True):
         if not isinstance(upload, UploadFile):
             raise invalid("Every `files` part must be a file upload.", status=422)
         parts.append(FilePart(upload, clean_filename(upload.filename), meta))

@@ -9,8 +9,8 @@ A class's budget is shared by all its routes and by their `/api` aliases.
 The check is an app-wide dependency, so it runs after routing (the route template is known) and
 after the auth dependency has set `request.state.principal`; it runs before the route decodes an image
 or runs the model (a body the route declares as a pydantic model is parsed by FastAPI before any
-dependency runs, within the body and JSON limits). Counters live in this process's memory (`limits`' MemoryStorage): one server
-process, one budget; a restart starts afresh.
+dependency runs, within the body and JSON limits). Counters live in this process's memory (`limits`'
+MemoryStorage): one server process, one budget; a restart starts afresh.
 
 Behind a reverse proxy the client address is the proxy's unless uvicorn trusts it to forward the
 real one: set `FORWARDED_ALLOW_IPS` to the proxy's address (see docs/observability.md).

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -39,6 +41,9 @@ from clip_filter.core.netaddr import (
 
 log = logging.getLogger(__name__)
 
+# A buffered JSON answer's rewrite: (payload, ASGI scope) -> new payload.
+Rewrite = Callable[[Any, AsgiScope], Any]
+
 CREATE_KEY_HINT = (
     "create a key with `clip-filter keys create NAME --scope admin` (same CLIP_FILTER_DATA_DIR), or give one in "
     "CLIP_FILTER_BOOTSTRAP_KEY / CLIP_FILTER_BOOTSTRAP_KEY_FILE (at least 32 random characters, e.g. "
@@ -49,11 +54,20 @@ CREATE_KEY_HINT = (
 PUBLIC_PREFIXES = ("/health/", "/.well-known/")
 PUBLIC_PATHS = frozenset({"/ping", "/"})  # "/": the UI's page, or the service's name card
 # POST routes that only compute or read: a read key may call them.
-READ_ONLY_POSTS = frozenset({
-    "/image_text_similarity_best_match", "/similarity", "/embeddings/images", "/embeddings/texts",
-    "/collections/{name}/search", "/collections/{name}/map/project",
-    "/v1/embeddings", "/embeddings", "/vectorize", "/predict",  # the protocol adapters (OpenAI, Weaviate, immich)
-})
+READ_ONLY_POSTS = frozenset(
+    {
+        "/image_text_similarity_best_match",
+        "/similarity",
+        "/embeddings/images",
+        "/embeddings/texts",
+        "/collections/{name}/search",
+        "/collections/{name}/map/project",
+        "/v1/embeddings",
+        "/embeddings",
+        "/vectorize",
+        "/predict",  # the protocol adapters (OpenAI, Weaviate, immich)
+    }
+)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 WWW_AUTHENTICATE = 'Bearer realm="clip-filter"'
@@ -77,8 +91,12 @@ def required_scope(method: str, path: str) -> Scope | None:
     if is_public(path):
         return None
     method = method.upper()
-    if (method == "DELETE" and path == "/collections/{name}") or path.endswith("/reindex") or path == "/keys" \
-            or path.startswith("/keys/"):
+    if (
+        (method == "DELETE" and path == "/collections/{name}")
+        or path.endswith("/reindex")
+        or path == "/keys"
+        or path.startswith("/keys/")
+    ):
         return "admin"
     if method in SAFE_METHODS or (method == "POST" and path in READ_ONLY_POSTS):
         return "read"
@@ -124,8 +142,11 @@ def read_key(request_headers: Any) -> str | None:
         kind, _, value = authorization.strip().partition(" ")
         if kind.lower() == "bearer" and value.strip():
             return value.strip()
-        raise AuthError(401, "The Authorization header is not 'Bearer <key>'.",
-                        "Send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
+        raise AuthError(
+            401,
+            "The Authorization header is not 'Bearer <key>'.",
+            "Send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
+        )
     key = request_headers.get("x-api-key")
     return key.strip() if key and key.strip() else None
 
@@ -155,15 +176,19 @@ def _bootstrap_secret(settings: Settings) -> str | None:
         try:
             secret = settings.bootstrap_key_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise StartupRefused(f"error: CLIP_FILTER_BOOTSTRAP_KEY_FILE={settings.bootstrap_key_file} cannot be "
-                                 f"read: {exc.strerror or exc}") from None
+            raise StartupRefused(
+                f"error: CLIP_FILTER_BOOTSTRAP_KEY_FILE={settings.bootstrap_key_file} cannot be "
+                f"read: {exc.strerror or exc}"
+            ) from None
     else:
         secret = (settings.bootstrap_key or "").strip()
     if not secret:
         return None
     if len(secret) < MIN_BOOTSTRAP_CHARS or any(c.isspace() or ord(c) < 33 or ord(c) > 126 for c in secret):
-        raise StartupRefused(f"error: the bootstrap key must be at least {MIN_BOOTSTRAP_CHARS} printable ASCII "
-                             "characters without spaces; fix: use e.g. `openssl rand -hex 32`")
+        raise StartupRefused(
+            f"error: the bootstrap key must be at least {MIN_BOOTSTRAP_CHARS} printable ASCII "
+            "characters without spaces; fix: use e.g. `openssl rand -hex 32`"
+        )
     return secret
 
 
@@ -180,8 +205,11 @@ def open_access_control(settings: Settings) -> AccessControl:
                 log.warning("the configured bootstrap key %s was revoked; it stays revoked", key.id)
         access = AccessControl(settings, store)
         if access.required and store.count_active() == 0:
-            why = ("CLIP_FILTER_AUTH=keys" if settings.auth == "keys"
-                   else f"the server binds {settings.host!r}, not loopback")
+            why = (
+                "CLIP_FILTER_AUTH=keys"
+                if settings.auth == "keys"
+                else f"the server binds {settings.host!r}, not loopback"
+            )
             raise StartupRefused(
                 f"error: API keys are required ({why}) but none exists.\n"
                 f"fix: {CREATE_KEY_HINT}; or bind 127.0.0.1; or set CLIP_FILTER_AUTH=off to serve everyone "
@@ -213,26 +241,39 @@ async def require_access(request: Request) -> Principal:
         return ANONYMOUS_FULL
     secret = read_key(request.headers)
     if secret is None:
-        raise AuthError(401, "This API needs a key.",
-                        "Send 'Authorization: Bearer <key>' (or 'X-API-Key'); an admin makes one with "
-                        "`clip-filter keys create NAME --scope read`.")
+        raise AuthError(
+            401,
+            "This API needs a key.",
+            "Send 'Authorization: Bearer <key>' (or 'X-API-Key'); an admin makes one with "
+            "`clip-filter keys create NAME --scope read`.",
+        )
     key = access.authenticate(secret)  # one indexed SQLite read: microseconds, fine on the loop
     if key is None:
-        raise AuthError(401, "The API key is unknown or revoked.",
-                        "Check the key; `clip-filter keys list` shows the active ones.")
+        raise AuthError(
+            401, "The API key is unknown or revoked.", "Check the key; `clip-filter keys list` shows the active ones."
+        )
     principal = Principal.from_key(key)
     request.state.principal = principal
     if not scope_allows(principal.scope, needed):
-        raise AuthError(403, f"This needs a key with the {needed!r} scope; key {key.id} has {key.scope!r}.",
-                        f"Use a key created with --scope {needed}.")
+        raise AuthError(
+            403,
+            f"This needs a key with the {needed!r} scope; key {key.id} has {key.scope!r}.",
+            f"Use a key created with --scope {needed}.",
+        )
     collection = request.path_params.get("name")
     if principal.collections is not None:
         if isinstance(collection, str) and not principal.may_use(collection):
-            raise AuthError(403, f"Key {key.id} may not use collection {collection!r}.",
-                            "Use a key for this collection, or one without a collection limit.")
+            raise AuthError(
+                403,
+                f"Key {key.id} may not use collection {collection!r}.",
+                "Use a key for this collection, or one without a collection limit.",
+            )
         if collection is None and request.method == "POST" and api_path(template) == "/collections":
-            raise AuthError(403, f"Key {key.id} is limited to named collections and cannot create collections.",
-                            "Create collections with a key that has no collection limit.")
+            raise AuthError(
+                403,
+                f"Key {key.id} is limited to named collections and cannot create collections.",
+                "Create collections with a key that has no collection limit.",
+            )
     return principal
 
 
@@ -307,9 +348,12 @@ class SecurityMiddleware:
             return None
         # 421 Misdirected Request (RFC 9110 15.5.20): this server is not configured to answer for that authority,
         # which is exactly the case; 400 would say the request itself is malformed.
-        return _error_body(421, "invalid_host", f"This server does not answer for the host {host!r}.",
-                           "Use the address the server is configured for, or add the name to "
-                           "CLIP_FILTER_ALLOWED_HOSTS.")
+        return _error_body(
+            421,
+            "invalid_host",
+            f"This server does not answer for the host {host!r}.",
+            "Use the address the server is configured for, or add the name to CLIP_FILTER_ALLOWED_HOSTS.",
+        )
 
     def _check_cross_site(self, headers: dict[bytes, bytes], host: str) -> tuple[int, bytes] | None:
         origin = headers.get(b"origin", b"").decode("latin-1").strip().rstrip("/")
@@ -321,8 +365,12 @@ class SecurityMiddleware:
             pass  # an opaque origin (sandboxed page, file:) or a browser that says it comes from elsewhere
         else:
             return None  # no Origin and no Sec-Fetch-Site: not a browser page (curl, SDKs, servers)
-        return _error_body(403, "cross_site_request", "A state-changing request from another web site is refused.",
-                           "Call the API from its own origin, or add the page's origin to CLIP_FILTER_CORS_ORIGINS.")
+        return _error_body(
+            403,
+            "cross_site_request",
+            "A state-changing request from another web site is refused.",
+            "Call the API from its own origin, or add the page's origin to CLIP_FILTER_CORS_ORIGINS.",
+        )
 
     @staticmethod
     def _check_body_type(headers: dict[bytes, bytes]) -> tuple[int, bytes] | None:
@@ -331,13 +379,19 @@ class SecurityMiddleware:
         if not has_body:
             return None
         media = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
-        if media == "application/json" or media == "multipart/form-data" or (
-                media.startswith("application/") and media.endswith("+json")):
+        if (
+            media == "application/json"
+            or media == "multipart/form-data"
+            or (media.startswith("application/") and media.endswith("+json"))
+        ):
             return None
         shown = media or "none"
-        return _error_body(415, "unsupported_media_type",
-                           f"Request bodies must be JSON or multipart/form-data (Content-Type was {shown}).",
-                           "Send 'Content-Type: application/json' with a JSON body, or a multipart form.")
+        return _error_body(
+            415,
+            "unsupported_media_type",
+            f"Request bodies must be JSON or multipart/form-data (Content-Type was {shown}).",
+            "Send 'Content-Type: application/json' with a JSON body, or a multipart form.",
+        )
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -374,9 +428,13 @@ class SecurityMiddleware:
     # -- response headers -----------------------------------------------------------------------------------
     @staticmethod
     def _headers(path: str, content_type: str, disposition: str | None) -> dict[str, str]:
-        out = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
-               # No other site may embed our answers (<img>, <script>) either; CORS requests are not affected.
-               "Cross-Origin-Resource-Policy": "same-origin"}
+        out = {
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "X-Frame-Options": "DENY",
+            # No other site may embed our answers (<img>, <script>) either; CORS requests are not affected.
+            "Cross-Origin-Resource-Policy": "same-origin",
+        }
         media = content_type.split(";")[0].strip().lower()
         if _is_content_path(path) and not media.startswith("image/"):
             # An original that is not an image: never rendered by the browser on our origin.
@@ -409,7 +467,7 @@ class SecurityMiddleware:
         return {**message, "headers": kept}
 
     # -- answers other modules own, adjusted ----------------------------------------------------------------
-    async def _buffered(self, scope: AsgiScope, receive: Receive, send: Send, rewrite) -> None:
+    async def _buffered(self, scope: AsgiScope, receive: Receive, send: Send, rewrite: Rewrite) -> None:
         start: Message | None = None
         chunks: list[bytes] = []
 
@@ -424,15 +482,14 @@ class SecurityMiddleware:
 
         await self.app(scope, receive, capture)
 
-    async def _flush(self, send: Send, scope: AsgiScope, start: Message | None, body: bytes, rewrite) -> None:
+    async def _flush(self, send: Send, scope: AsgiScope, start: Message | None, body: bytes, rewrite: Rewrite) -> None:
         assert start is not None
         headers = [(k, v) for k, v in start.get("headers") or [] if k.lower() != b"content-length"]
         content_type = {k.lower(): v for k, v in headers}.get(b"content-type", b"")
         if start["status"] == 200 and content_type.startswith(b"application/json"):
-            try:
+            # Not the shape we expected: pass it through unchanged.
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
                 body = json.dumps(rewrite(json.loads(body), scope), separators=(",", ":")).encode()
-            except (ValueError, TypeError, AttributeError):
-                pass  # not the shape we expected: pass it through unchanged
         headers.append((b"content-length", str(len(body)).encode()))
         await send(self._secure_start({**start, "headers": headers}, scope.get("path", "")))
         await send({"type": "http.response.body", "body": body})
@@ -490,9 +547,12 @@ def install_security(app: FastAPI, settings: Settings) -> AccessControl:
     origins = cors_origins(settings)
     if origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=origins, allow_methods=["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type"], allow_credentials=False, max_age=600,
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            allow_credentials=False,
+            max_age=600,
         )
     app.add_middleware(SecurityMiddleware, settings=settings, access=access)
     return access
-

@@ -9,18 +9,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from clip_filter.auth.keys import SCOPES
 
+if TYPE_CHECKING:
+    from clip_filter.auth.sqlite_store import SqliteKeyStore
 
-def _store(settings: Any):
+Handler = Callable[[argparse.Namespace, Any], int]
+
+
+def _store(settings: Any) -> SqliteKeyStore:
     from clip_filter.auth.sqlite_store import open_key_store
 
     return open_key_store(settings.data_dir)
 
 
-def _guard(handler):
+def _guard(handler: Handler) -> Handler:
     def run(args: argparse.Namespace, settings: Any) -> int:
         from clip_filter.core.errors import ClipFilterError
 
@@ -82,17 +88,25 @@ def _revoke(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-def add_subparsers(commands: argparse._SubParsersAction) -> None:
+def add_subparsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = commands.add_parser("keys", help="create, list and revoke API keys (docs/security.md)")
     sub = keys.add_subparsers(dest="keys_command", required=True)
 
     create = sub.add_parser("create", help="a new key; printed once on stdout, stored only as a hash")
     create.add_argument("name", help="a label for the key (who or what uses it)")
-    create.add_argument("--scope", required=True, choices=SCOPES,
-                        help="read: matching, search, listing; write: + add/change/delete items, create "
-                             "collections, jobs; admin: + delete collections, reindex")
-    create.add_argument("--collection", action="append", metavar="C",
-                        help="limit the key to this collection (repeat for several); default: all")
+    create.add_argument(
+        "--scope",
+        required=True,
+        choices=SCOPES,
+        help="read: matching, search, listing; write: + add/change/delete items, create "
+        "collections, jobs; admin: + delete collections, reindex",
+    )
+    create.add_argument(
+        "--collection",
+        action="append",
+        metavar="C",
+        help="limit the key to this collection (repeat for several); default: all",
+    )
     create.add_argument("--json", action="store_true", help="print the key and its record as JSON")
     create.set_defaults(handler=_guard(_create))
 

@@ -9,12 +9,14 @@ the hash itself (an index), so no secret is compared byte by byte in Python.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Literal, Protocol, Sequence, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from clip_filter.core.errors import ClipFilterError
 
@@ -65,18 +67,27 @@ class ApiKey:
     def active(self) -> bool:
         return self.revoked_at is None
 
-    def to_dict(self) -> dict:
-        return {"id": self.id, "name": self.name, "scope": self.scope,
-                "collections": list(self.collections) if self.collections is not None else None,
-                "created_at": self.created_at, "revoked_at": self.revoked_at}
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "scope": self.scope,
+            "collections": list(self.collections) if self.collections is not None else None,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        }
 
 
 def validate_new_key(
     name: str, scope: str, collections: Sequence[str] | None
 ) -> tuple[str, Scope, tuple[str, ...] | None]:
     if not NAME_PATTERN.fullmatch(name):
-        raise ClipFilterError("invalid_key_name", f"Invalid key name {name!r}.", 422,
-                              fix="Use 1-64 letters, digits, '_', '.', '@' or '-'.")
+        raise ClipFilterError(
+            "invalid_key_name",
+            f"Invalid key name {name!r}.",
+            422,
+            fix="Use 1-64 letters, digits, '_', '.', '@' or '-'.",
+        )
     if scope not in SCOPES:
         raise ClipFilterError("invalid_scope", f"Unknown scope {scope!r}.", 422, fix="Use read, write or admin.")
     limited = None
@@ -103,15 +114,12 @@ class KeyStore(Protocol):
         """The active key with this secret, or None (unknown or revoked)."""
         ...
 
-    def list(self, include_revoked: bool = False) -> list[ApiKey]:
-        ...
+    def list(self, include_revoked: bool = False) -> list[ApiKey]: ...
 
-    def revoke(self, id_or_name: str) -> list[ApiKey]:
+    def revoke(self, id_or_name: str) -> builtins.list[ApiKey]:  # `list` is the method above
         """Revoke the key with this id, or every active key with this name; returns those revoked."""
         ...
 
-    def count_active(self) -> int:
-        ...
+    def count_active(self) -> int: ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...

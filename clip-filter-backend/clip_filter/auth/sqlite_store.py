@@ -6,11 +6,14 @@ and the CLI can manage them while a server runs (WAL; each call is one short tra
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import json
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 from clip_filter.auth.keys import (
     ApiKey,
@@ -38,10 +41,11 @@ CREATE TABLE IF NOT EXISTS api_keys (
 """
 
 
-def _row_to_key(row: sqlite3.Row | tuple) -> ApiKey:
+def _row_to_key(row: sqlite3.Row | tuple[Any, ...]) -> ApiKey:
     id_, name, scope, collections, created_at, revoked_at = row
-    return ApiKey(id_, name, scope, tuple(json.loads(collections)) if collections is not None else None,
-                  created_at, revoked_at)
+    return ApiKey(
+        id_, name, scope, tuple(json.loads(collections)) if collections is not None else None, created_at, revoked_at
+    )
 
 
 _COLUMNS = "id, name, scope, collections, created_at, revoked_at"
@@ -59,18 +63,23 @@ class SqliteKeyStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(SCHEMA)
-        try:
+        with contextlib.suppress(OSError):
             self.path.chmod(0o600)  # hashes only, but nobody else needs to read them
-        except OSError:
-            pass
 
     def _insert(self, secret: str, name: str, scope: Scope, collections: tuple[str, ...] | None) -> ApiKey:
         key = ApiKey(new_key_id(), name, scope, collections, now_iso())
         with self._lock:
             self._conn.execute(
                 f"INSERT INTO api_keys ({_COLUMNS}, secret_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key.id, key.name, key.scope, json.dumps(list(collections)) if collections is not None else None,
-                 key.created_at, None, hash_secret(secret)),
+                (
+                    key.id,
+                    key.name,
+                    key.scope,
+                    json.dumps(list(collections)) if collections is not None else None,
+                    key.created_at,
+                    None,
+                    hash_secret(secret),
+                ),
             )
         return key
 
@@ -103,7 +112,7 @@ class SqliteKeyStore:
             rows = self._conn.execute(f"SELECT {_COLUMNS} FROM api_keys{where} ORDER BY created_at, rowid").fetchall()
         return [_row_to_key(row) for row in rows]
 
-    def revoke(self, id_or_name: str) -> list[ApiKey]:
+    def revoke(self, id_or_name: str) -> builtins.list[ApiKey]:  # `list` is the method above
         stamp = now_iso()
         with self._lock:
             rows = self._conn.execute(
@@ -112,8 +121,12 @@ class SqliteKeyStore:
                 (stamp, id_or_name, id_or_name),
             ).fetchall()
         if not rows:
-            raise ClipFilterError("key_not_found", f"No active key with id or name {id_or_name!r}.", 404,
-                                  fix="See `clip-filter keys list`.")
+            raise ClipFilterError(
+                "key_not_found",
+                f"No active key with id or name {id_or_name!r}.",
+                404,
+                fix="See `clip-filter keys list`.",
+            )
         return [_row_to_key(row) for row in rows]
 
     def count_active(self) -> int:

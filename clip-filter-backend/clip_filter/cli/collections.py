@@ -18,9 +18,10 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from clip_filter.core.config import Settings
 
@@ -57,7 +58,9 @@ def _guarded(handler: Handler) -> Handler:
             print("\ninterrupted: what was committed is kept; run the command again to resume.", file=sys.stderr)
             return EXIT_INTERRUPTED
         except ClipFilterError as error:
-            return _fatal(error.message, error.details.get("fix") if isinstance(error.details.get("fix"), str) else None)
+            return _fatal(
+                error.message, error.details.get("fix") if isinstance(error.details.get("fix"), str) else None
+            )
         except OSError as error:  # disk full, permissions on the data dir, ...
             return _fatal(str(error))
 
@@ -95,8 +98,15 @@ class LocalModel:
             finally:
                 root.setLevel(level)
             info = encoder.info
-            log.info("model %s (%s, %s weights, dim %d) on %s, %s", info.model, info.pretrained, info.weights,
-                     info.dim, info.device, info.dtype)
+            log.info(
+                "model %s (%s, %s weights, dim %d) on %s, %s",
+                info.model,
+                info.pretrained,
+                info.weights,
+                info.dim,
+                info.device,
+                info.dtype,
+            )
             self._encoder = encoder
         return self._encoder
 
@@ -158,11 +168,20 @@ def _cmd_collections(args: argparse.Namespace, settings: Settings) -> int:
         print(f"No collections in {settings.data_dir}.")
         return EXIT_OK
     rows = [("NAME", "ITEMS", "IMAGES", "TEXTS", "MODEL", "CREATED")]
-    rows += [(c.name, str(c.item_count), str(c.image_count), str(c.text_count),
-              _model_text(c.model, c.pretrained, c.dim), c.created_at) for c in records]
+    rows += [
+        (
+            c.name,
+            str(c.item_count),
+            str(c.image_count),
+            str(c.text_count),
+            _model_text(c.model, c.pretrained, c.dim),
+            c.created_at,
+        )
+        for c in records
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())
     return EXIT_OK
 
 
@@ -185,8 +204,10 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             if exc.code != "collection_not_found":
                 raise
             if not args.create:
-                return _fatal(f"Collection {args.collection!r} does not exist.",
-                              "Add --create to create it, or pick one of `clip-filter collections`.")
+                return _fatal(
+                    f"Collection {args.collection!r} does not exist.",
+                    "Add --create to create it, or pick one of `clip-filter collections`.",
+                )
             collection = service.create_collection(args.collection, args.description)
             print(f"Created collection {collection.name!r}.", file=sys.stderr)
         with _progress_bar(total, f"ingest {collection.name}", "file", not args.no_progress) as bar:
@@ -201,28 +222,39 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                     failures.append({"filename": shown, "code": outcome.error.code, "message": outcome.error.message})
                     tqdm.write(f"skipped {shown}: {outcome.error.code}: {outcome.error.message}", file=sys.stderr)
                 bar.update(len(batch))
-                bar.set_postfix(added=counts["added"], duplicates=counts["duplicates"], failed=len(failures),
-                                refresh=False)
+                bar.set_postfix(
+                    added=counts["added"], duplicates=counts["duplicates"], failed=len(failures), refresh=False
+                )
 
             try:
                 result = service.ingest(collection, planned.sources, args.batch_size or settings.batch_size, on_batch)
             except ClipFilterError:
                 bar.close()
-                print(f"stopped after {counts['added']} added, {counts['duplicates']} duplicates, {len(failures)} "
-                      "failed; what was added is kept, and running the same command again resumes.", file=sys.stderr)
+                print(
+                    f"stopped after {counts['added']} added, {counts['duplicates']} duplicates, {len(failures)} "
+                    "failed; what was added is kept, and running the same command again resumes.",
+                    file=sys.stderr,
+                )
                 raise
     collection = result.collection
     summary = {
-        "collection": collection.name, "total": total, "added": result.added, "duplicates": result.duplicates,
-        "failed": len(failures), "failures": failures, "item_count": collection.item_count,
+        "collection": collection.name,
+        "total": total,
+        "added": result.added,
+        "duplicates": result.duplicates,
+        "failed": len(failures),
+        "failures": failures,
+        "item_count": collection.item_count,
         "model": model_view(collection),
     }
     if args.json:
         _print_json(summary)
     else:
-        print(f"Ingested into {collection.name!r}: {result.added} added, {result.duplicates} duplicates (already in "
-              f"the collection), {len(failures)} failed, of {total} files. The collection now has "
-              f"{collection.item_count} items.")
+        print(
+            f"Ingested into {collection.name!r}: {result.added} added, {result.duplicates} duplicates (already in "
+            f"the collection), {len(failures)} failed, of {total} files. The collection now has "
+            f"{collection.item_count} items."
+        )
         if failures:
             print("Failed:")
             for failure in failures:
@@ -261,19 +293,30 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
             image = Path(args.image).read_bytes()
         except OSError as exc:
             return _fatal(f"{args.image} cannot be read: {exc.strerror or exc}")
-    query = SearchQuery(text=args.query, image=image, top_k=args.top_k, kind=args.kind, min_score=args.min_score,
-                        filters=_parse_filters(args.filter) or None)
+    query = SearchQuery(
+        text=args.query,
+        image=image,
+        top_k=args.top_k,
+        kind=args.kind,
+        min_score=args.min_score,
+        filters=_parse_filters(args.filter) or None,
+    )
     with _collections(settings) as service:
         result = service.search(args.collection, query)
         shown = search_view(result)
-        for hit, row in zip(result.hits, shown["results"]):
+        for hit, row in zip(result.hits, shown["results"], strict=True):
             if hit.item.kind == "image":  # the CLI runs beside the data: where the original lies
                 original = service.original_file(hit.item)
                 row["path"] = str(original) if original else None
     collection = result.collection
     if args.json:
-        _print_json({"collection": collection.name,
-                     "query": {"text": args.query} if args.image is None else {"image": args.image}, **shown})
+        _print_json(
+            {
+                "collection": collection.name,
+                "query": {"text": args.query} if args.image is None else {"image": args.image},
+                **shown,
+            }
+        )
         return EXIT_OK
     if result.model.weights == "random":
         print("note: the model has random weights (CLIP_PRETRAINED=random): scores are meaningless.", file=sys.stderr)
@@ -308,9 +351,11 @@ def _cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json({"collection": after.name, "items": result.items, "model": model_view(after)})
     else:
-        print(f"Reindexed {after.name!r}: {after.item_count} items re-embedded. Model: "
-              f"{_model_text(before.model, before.pretrained, before.dim)} -> "
-              f"{_model_text(after.model, after.pretrained, after.dim)}.")
+        print(
+            f"Reindexed {after.name!r}: {after.item_count} items re-embedded. Model: "
+            f"{_model_text(before.model, before.pretrained, before.dim)} -> "
+            f"{_model_text(after.model, after.pretrained, after.dim)}."
+        )
     return EXIT_OK
 
 
@@ -320,8 +365,10 @@ def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         collection = service.get_collection(args.collection)
         with _progress_bar(collection.item_count, f"export {collection.name}", "item", not args.no_progress) as bar:
             result = service.export(collection.name, Path(args.out), progress=bar.update)
-    print(f"Exported {collection.name!r} to {result.path}: {result.items} items ({result.images} images, "
-          f"{result.texts} texts), {result.dim}-dimensional embeddings.")
+    print(
+        f"Exported {collection.name!r} to {result.path}: {result.items} items ({result.images} images, "
+        f"{result.texts} texts), {result.dim}-dimensional embeddings."
+    )
     if result.skipped:
         print(f"{len(result.skipped)} items were deleted while exporting and are not in the export.")
     return EXIT_OK
@@ -342,8 +389,13 @@ def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
         try:
             result = service.import_(
-                Path(args.source), name=args.name, merge=args.merge, skip_invalid=args.skip_invalid,
-                batch_size=args.batch_size, progress=imported, check_progress=bar.update,
+                Path(args.source),
+                name=args.name,
+                merge=args.merge,
+                skip_invalid=args.skip_invalid,
+                batch_size=args.batch_size,
+                progress=imported,
+                check_progress=bar.update,
             )
         except ClipFilterError as exc:
             problems = exc.details.get("problems") or []
@@ -355,8 +407,10 @@ def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"  ... and {len(problems) - 50} more", file=sys.stderr)
             raise
     verb = "Created" if result.created else "Merged into"
-    print(f"{verb} {result.name!r}: {result.added} added, {result.duplicates} duplicates skipped, "
-          f"{len(result.invalid)} invalid skipped, of {result.total} items in the export.")
+    print(
+        f"{verb} {result.name!r}: {result.added} added, {result.duplicates} duplicates skipped, "
+        f"{len(result.invalid)} invalid skipped, of {result.total} items in the export."
+    )
     for problem in result.invalid:
         print(f"  skipped line {problem['line']} ({problem.get('filename')}): {problem['reason']}")
     return EXIT_OK
@@ -369,7 +423,8 @@ def add_subparsers(commands: Any) -> None:
     listing.set_defaults(handler=_guarded(_cmd_collections))
 
     ingest = commands.add_parser(
-        "ingest", help="add image/text files (folders recursively, or a CSV with a `path` column) to a collection",
+        "ingest",
+        help="add image/text files (folders recursively, or a CSV with a `path` column) to a collection",
         description="Add files to a collection. Folders are walked recursively for images and .txt/.md files; a "
         ".csv file lists files in its `path` column (relative to the CSV) and its other columns become each "
         "item's metadata. Content already in the collection (same sha256) is skipped without re-encoding, so "
@@ -379,11 +434,20 @@ def add_subparsers(commands: Any) -> None:
     ingest.add_argument("--collection", "-c", required=True, help="the collection to add to")
     ingest.add_argument("--create", action="store_true", help="create the collection if it does not exist")
     ingest.add_argument("--description", help="description of a collection made with --create")
-    ingest.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
-                        help="files per model batch and per transaction (default CLIP_BATCH_SIZE)")
-    ingest.add_argument("--metadata-column", action="append", metavar="COLUMN",
-                        help="CSV: store only these columns as metadata (repeatable; default: every column "
-                        "except the path column and `text`)")
+    ingest.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="files per model batch and per transaction (default CLIP_BATCH_SIZE)",
+    )
+    ingest.add_argument(
+        "--metadata-column",
+        action="append",
+        metavar="COLUMN",
+        help="CSV: store only these columns as metadata (repeatable; default: every column "
+        "except the path column and `text`)",
+    )
     ingest.add_argument("--path-column", default="path", metavar="COLUMN", help="CSV: the column with file paths")
     ingest.add_argument("--json", action="store_true", help="print the summary as JSON")
     ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -401,7 +465,8 @@ def add_subparsers(commands: Any) -> None:
     search.set_defaults(handler=_guarded(_cmd_search))
 
     reindex = commands.add_parser(
-        "reindex", help="re-embed every item with the current model (all or nothing)",
+        "reindex",
+        help="re-embed every item with the current model (all or nothing)",
         description="Re-embed every item of a collection from its stored original with the model of the current "
         "settings (CLIP_MODEL, CLIP_PRETRAINED), then swap all vectors and the recorded model in one transaction.",
     )
@@ -412,7 +477,8 @@ def add_subparsers(commands: Any) -> None:
     reindex.set_defaults(handler=_guarded(_cmd_reindex))
 
     export = commands.add_parser(
-        "export", help="write a collection to a folder or .tar (collection.json, items.jsonl, embeddings.npy, originals/)"
+        "export",
+        help="write a collection to a folder or .tar (collection.json, items.jsonl, embeddings.npy, originals/)",
     )
     export.add_argument("collection")
     export.add_argument("out", metavar="OUT", help="a new folder, or a file ending in .tar, .tar.gz or .tgz")
@@ -420,17 +486,22 @@ def add_subparsers(commands: Any) -> None:
     export.set_defaults(handler=_guarded(_cmd_export))
 
     importer = commands.add_parser(
-        "import", help="import a collection export (folder or tar); no model needed",
+        "import",
+        help="import a collection export (folder or tar); no model needed",
         description="Import an export made by `clip-filter export`. Every original's sha256, the embeddings' shape, "
         "dtype and norms are checked before anything is written.",
     )
     importer.add_argument("source", metavar="IN", help="an export folder or .tar/.tar.gz file")
     importer.add_argument("--name", help="the new collection's name (default: the exported name)")
-    importer.add_argument("--merge", action="store_true",
-                          help="add to an existing collection of the same model (duplicates are skipped); also "
-                          "resumes an interrupted import")
-    importer.add_argument("--skip-invalid", action="store_true",
-                          help="import the valid items even if some fail their checks")
+    importer.add_argument(
+        "--merge",
+        action="store_true",
+        help="add to an existing collection of the same model (duplicates are skipped); also "
+        "resumes an interrupted import",
+    )
+    importer.add_argument(
+        "--skip-invalid", action="store_true", help="import the valid items even if some fail their checks"
+    )
     importer.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="items per transaction")
     importer.add_argument("--no-progress", action="store_true", help="no progress bar")
     importer.set_defaults(handler=_guarded(_cmd_import))

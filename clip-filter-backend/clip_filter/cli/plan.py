@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from clip_filter.collections.ingest import Source, is_supported_filename
 from clip_filter.core.errors import ClipFilterError
@@ -43,7 +44,7 @@ def _plan_csv(path: Path, args: argparse.Namespace, planned: Planned) -> None:
     metadata (all of them, or those named with --metadata-column). A row with an empty path and a `text`
     column adds that text."""
     try:
-        handle = open(path, newline="", encoding="utf-8-sig")
+        handle = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - `with` below; only open()'s OSError is file_unreadable
     except OSError as exc:
         raise ClipFilterError("file_unreadable", f"{path} cannot be read: {exc.strerror or exc}", 422) from None
     with handle:
@@ -52,7 +53,9 @@ def _plan_csv(path: Path, args: argparse.Namespace, planned: Planned) -> None:
         path_column = args.path_column
         if path_column not in columns:
             raise ClipFilterError(
-                "invalid_csv", f"{path} has no {path_column!r} column (columns: {', '.join(columns) or 'none'}).", 422,
+                "invalid_csv",
+                f"{path} has no {path_column!r} column (columns: {', '.join(columns) or 'none'}).",
+                422,
                 fix=f"Name the column with the file paths {path_column!r}, or pass --path-column NAME.",
             )
         wanted = args.metadata_column
@@ -74,15 +77,22 @@ def _plan_csv(path: Path, args: argparse.Namespace, planned: Planned) -> None:
                     if text and text.strip():
                         planned.sources.append(Source(filename=where, text=text, metadata=metadata))
                     else:
-                        planned.failures.append({"filename": where, "code": "invalid_csv_row",
-                                                 "message": f"The row has no {path_column!r} (nor a text)."})
+                        planned.failures.append(
+                            {
+                                "filename": where,
+                                "code": "invalid_csv_row",
+                                "message": f"The row has no {path_column!r} (nor a text).",
+                            }
+                        )
                     continue
                 file = Path(value).expanduser()
                 if not file.is_absolute():
                     file = base / file
                 planned.sources.append(Source(filename=value, path=file, metadata=metadata))
         except csv.Error as exc:
-            raise ClipFilterError("invalid_csv", f"{path} is not valid CSV (line {reader.line_num}): {exc}", 422) from None
+            raise ClipFilterError(
+                "invalid_csv", f"{path} is not valid CSV (line {reader.line_num}): {exc}", 422
+            ) from None
 
 
 def plan(args: argparse.Namespace) -> Planned:

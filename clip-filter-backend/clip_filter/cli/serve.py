@@ -25,8 +25,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.model_copy(update=overrides)
     # One worker process: the model lives in it once; concurrency comes from the batcher.
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=5, log_config=logging_config(settings.log_format),
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=5,
+        log_config=logging_config(settings.log_format),
     )
     return 0
 

@@ -17,14 +17,14 @@ if TYPE_CHECKING:  # no torch import at runtime for the web layer's sake
 
 class Embedder(Protocol):
     @property
-    def info(self) -> "ModelInfo": ...
+    def info(self) -> ModelInfo: ...
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray: ...
 
-    def encode_texts(self, texts: list[str]) -> "TextBatch": ...
+    def encode_texts(self, texts: list[str]) -> TextBatch: ...
 
 
-def model_key(info: "ModelInfo") -> tuple[str, str, int]:
+def model_key(info: ModelInfo) -> tuple[str, str, int]:
     """What a collection records and compares: (architecture, pretrained tag or path, dimension)."""
     return (info.model, info.pretrained, int(info.dim))
 
@@ -36,7 +36,7 @@ class ModelSource(Protocol):
     def ready(self) -> bool: ...
 
     @property
-    def info(self) -> "ModelInfo": ...  # raises ModelUnavailableError (503) while there is no model
+    def info(self) -> ModelInfo: ...  # raises ModelUnavailableError (503) while there is no model
 
     def require_ready(self) -> object: ...  # raises ModelUnavailableError (503) while there is no model
 

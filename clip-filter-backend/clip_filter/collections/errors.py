@@ -34,4 +34,3 @@ class ModelMismatchError(ClipFilterError):
             current_model={"name": current[0], "pretrained": current[1], "dim": current[2]},
             fix=fix,
         )
-

@@ -9,7 +9,7 @@ store, the source of truth.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

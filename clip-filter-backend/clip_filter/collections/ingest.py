@@ -26,13 +26,34 @@ from clip_filter.images import ImageLimits, decode_image, sniff_image_mimetype
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff",
-    ".heic", ".heif", ".avif",
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".png",
+    ".apng",
+    ".webp",
+    ".gif",
+    ".bmp",
+    ".dib",
+    ".tif",
+    ".tiff",
+    ".heic",
+    ".heif",
+    ".avif",
 }
 TEXT_EXTENSIONS = {".txt", ".text", ".md", ".markdown"}
 MIME_EXTENSIONS = {
-    "image/jpeg": ".jpg", "image/png": ".png", "image/apng": ".png", "image/webp": ".webp", "image/gif": ".gif",
-    "image/bmp": ".bmp", "image/tiff": ".tif", "image/heic": ".heic", "image/heif": ".heif", "image/avif": ".avif",
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/apng": ".png",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "image/bmp": ".bmp",
+    "image/tiff": ".tif",
+    "image/heic": ".heic",
+    "image/heif": ".heif",
+    "image/avif": ".avif",
 }
 
 
@@ -49,15 +70,20 @@ class IngestLimits:
     max_stored_text_bytes: int = 1024 * 1024  # a longer text is refused (413 text_too_long)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "IngestLimits":
-        return cls(ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
-                   settings.max_text_chars, settings.max_stored_text_bytes)
+    def from_settings(cls, settings: Any) -> IngestLimits:
+        return cls(
+            ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
+            settings.max_text_chars,
+            settings.max_stored_text_bytes,
+        )
 
 
 def text_too_long(size: int, limit: int) -> ClipFilterError:
     return ClipFilterError(
-        "text_too_long", f"The text has {size} bytes of UTF-8; at most {limit} are stored "
-        "(CLIP_FILTER_MAX_STORED_TEXT_BYTES).", 413, limit=limit,
+        "text_too_long",
+        f"The text has {size} bytes of UTF-8; at most {limit} are stored (CLIP_FILTER_MAX_STORED_TEXT_BYTES).",
+        413,
+        limit=limit,
     )
 
 
@@ -161,8 +187,9 @@ def prepare(index: int, source: Source, limits: IngestLimits) -> _Prepared:
         encoded = text.encode("utf-8")
         if len(encoded) > limits.max_stored_text_bytes:
             raise text_too_long(len(encoded), limits.max_stored_text_bytes)
-        return _Prepared(index, "text", sha256_hex(encoded), "text/plain", len(encoded), source.filename,
-                         source.metadata, text=text)
+        return _Prepared(
+            index, "text", sha256_hex(encoded), "text/plain", len(encoded), source.filename, source.metadata, text=text
+        )
     data = _read(source, limits)
     if not data:
         raise ClipFilterError("empty_file", "The file is empty.", 400)
@@ -175,11 +202,28 @@ def prepare(index: int, source: Source, limits: IngestLimits) -> _Prepared:
             raise text_too_long(len(text.encode("utf-8")), limits.max_stored_text_bytes)
         # Texts hash as their UTF-8, so the same text added as a file or as JSON is one item.
         encoded = text.encode("utf-8")
-        return _Prepared(index, "text", sha256_hex(encoded), _text_mimetype(source.filename), len(encoded),
-                         source.filename, source.metadata, text=text)
+        return _Prepared(
+            index,
+            "text",
+            sha256_hex(encoded),
+            _text_mimetype(source.filename),
+            len(encoded),
+            source.filename,
+            source.metadata,
+            text=text,
+        )
     image = decode_image(data, limits.image)  # raises the precise error for non-images too
-    return _Prepared(index, "image", sha256_hex(data), image_type or "application/octet-stream", len(data),
-                     source.filename, source.metadata, data=data, image=image)
+    return _Prepared(
+        index,
+        "image",
+        sha256_hex(data),
+        image_type or "application/octet-stream",
+        len(data),
+        source.filename,
+        source.metadata,
+        data=data,
+        image=image,
+    )
 
 
 def failure_entry(filename: str | None, error: ClipFilterError) -> dict[str, Any]:
@@ -227,9 +271,11 @@ class Ingestor:
             for item in batch.prepared:
                 if item.kind == "image":
                     extension = MIME_EXTENSIONS.get(item.mimetype, "")
+                    assert item.data is not None  # _prepare keeps an image item's bytes
                     try:
                         item.original = self.store.files.write_original(
-                            collection.id, item.sha256, extension, item.data)
+                            collection.id, item.sha256, extension, item.data
+                        )
                     except OSError as exc:
                         raise ClipFilterError("storage_failed", f"Storing the original failed: {exc}", 507) from exc
         except BaseException:
@@ -252,7 +298,9 @@ class Ingestor:
             if job_id is not None:
                 errors = [o for o in outcomes if o is not None and o.status == "error"]
                 progress = JobProgress(
-                    job_id, done=batch.size, failed=len(errors),
+                    job_id,
+                    done=batch.size,
+                    failed=len(errors),
                     duplicates=sum(1 for o in outcomes if o is not None and o.status == "duplicate"),
                     failures=[failure_entry(o.filename, o.error) for o in errors if o.error is not None],
                 )
@@ -266,7 +314,7 @@ class Ingestor:
         finally:
             for item in batch.prepared:
                 item.image = None  # free decoded pixels promptly in long jobs
-        for item, (status, item_id) in zip(batch.prepared, results):
+        for item, (status, item_id) in zip(batch.prepared, results, strict=False):
             outcomes[item.index] = Outcome(item.index, item.filename, status, item_id)
         return [outcome for outcome in outcomes if outcome is not None]
 
@@ -293,20 +341,30 @@ class Ingestor:
         texts = [p for p in prepared if p.kind == "text"]
         vectors: dict[int, Any] = {}
         truncated: dict[int, bool] = {}
+        # _prepare gives every image item its decoded image and every text item its text.
+        pixels = [p.image for p in images if p.image is not None]
+        captions = [p.text or "" for p in texts]
         if images:
-            for p, vector in zip(images, embedder.encode_images([p.image for p in images])):
+            for p, vector in zip(images, embedder.encode_images(pixels), strict=True):
                 vectors[p.index] = vector
                 truncated[p.index] = False
         if texts:
             cut = self.limits.max_text_chars
-            batch = embedder.encode_texts([p.text[:cut] for p in texts])
-            for p, vector, was_cut in zip(texts, batch.embeddings, batch.truncated):
+            batch = embedder.encode_texts([text[:cut] for text in captions])
+            for p, text, vector, was_cut in zip(texts, captions, batch.embeddings, batch.truncated, strict=True):
                 vectors[p.index] = vector
-                truncated[p.index] = bool(was_cut) or len(p.text) > cut
+                truncated[p.index] = bool(was_cut) or len(text) > cut
         return [
             NewItem(
-                kind=p.kind, filename=p.filename, mimetype=p.mimetype, size=p.size, sha256=p.sha256,
-                metadata=p.metadata, embedding=vectors[p.index], truncated=truncated[p.index], text=p.text,
+                kind=p.kind,
+                filename=p.filename,
+                mimetype=p.mimetype,
+                size=p.size,
+                sha256=p.sha256,
+                metadata=p.metadata,
+                embedding=vectors[p.index],
+                truncated=truncated[p.index],
+                text=p.text,
                 original_path=p.original,
                 width=p.image.size[0] if p.image is not None else None,
                 height=p.image.size[1] if p.image is not None else None,

@@ -12,6 +12,7 @@ marked `interrupted` and its progress stays visible.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -62,6 +63,10 @@ class Upload:
         return self.stream.read()
 
 
+# A batch being prepared on the prefetch thread: its files and the future of its preparation.
+Upcoming = tuple[list[JobFile], Future[PreparedBatch]]
+
+
 class JobRunner:
     def __init__(
         self,
@@ -85,11 +90,16 @@ class JobRunner:
         for job in self.store.unfinished_jobs():
             if job.state == "running":  # it was running when the process died
                 if job.attempts + 1 >= MAX_CRASHES:
-                    self.store.set_job_state(job.id, "interrupted", {
-                        "code": "interrupted",
-                        "message": f"The server stopped during this job {MAX_CRASHES} times; it was not resumed. "
-                                   "Start it again to ingest the remaining files (added ones are skipped).",
-                    }, crashed=True)
+                    self.store.set_job_state(
+                        job.id,
+                        "interrupted",
+                        {
+                            "code": "interrupted",
+                            "message": f"The server stopped during this job {MAX_CRASHES} times; it was not resumed. "
+                            "Start it again to ingest the remaining files (added ones are skipped).",
+                        },
+                        crashed=True,
+                    )
                     continue
                 self.store.set_job_state(job.id, "queued", crashed=True)
                 log.info("resuming job %s after a restart (%d/%d files done)", job.id, job.done, job.total)
@@ -115,14 +125,15 @@ class JobRunner:
                 self._process(job_id)
             except Exception as exc:  # noqa: BLE001 - one broken job must not stop the worker
                 if self._stop.is_set():
-                    try:
+                    with contextlib.suppress(Exception):  # best effort while shutting down
                         self.store.set_job_state(job_id, "queued")  # shutting down: resumed at the next start
-                    except Exception:  # noqa: BLE001
-                        pass
                     return
                 log.exception("job %s failed", job_id)
-                error = exc.to_dict() if isinstance(exc, ClipFilterError) else {
-                    "code": "internal_error", "message": f"The job stopped on an unexpected error: {exc}"}
+                error = (
+                    exc.to_dict()
+                    if isinstance(exc, ClipFilterError)
+                    else {"code": "internal_error", "message": f"The job stopped on an unexpected error: {exc}"}
+                )
                 try:
                     self.store.set_job_state(job_id, "failed", error)
                 except Exception:  # noqa: BLE001
@@ -187,7 +198,7 @@ class JobRunner:
         # Read beneath the root without following links: a component swapped for a symlink is refused then.
         return Source(filename=file.filename, path=path, root=root, metadata=file.metadata)
 
-    def _prefetch(self, pool: ThreadPoolExecutor, job: JobRecord, after: int) -> tuple[list[JobFile], Future] | None:
+    def _prefetch(self, pool: ThreadPoolExecutor, job: JobRecord, after: int) -> Upcoming | None:
         """The next batch of the job's files after `after`, being prepared on the prefetch thread."""
         files = self.store.job_files(job.id, after, self.batch_size)
         if not files:
@@ -195,14 +206,12 @@ class JobRunner:
         sources = [self._source(job, f) for f in files]
         return files, pool.submit(self.ingestor.prepare_batch, self._collection(job), sources)
 
-    def _drop(self, upcoming: tuple[list[JobFile], Future] | None) -> None:
+    def _drop(self, upcoming: Upcoming | None) -> None:
         """A prepared batch that will not be committed now: remove the originals it wrote."""
         if upcoming is None:
             return
-        try:
+        with contextlib.suppress(Exception):  # its preparation failed: nothing was kept
             self.ingestor.discard(upcoming[1].result())
-        except Exception:  # noqa: BLE001 - its preparation failed: nothing was kept
-            pass
 
     def _commit_batch(self, job: JobRecord, files: list[JobFile], batch: PreparedBatch, embedder: Embedder) -> None:
         while True:
@@ -233,7 +242,10 @@ def create_upload_job(store: CollectionStore, collection: CollectionRecord, uplo
 
 
 def create_path_job(
-    store: CollectionStore, collection: CollectionRecord, path_text: str, roots: list[Path],
+    store: CollectionStore,
+    collection: CollectionRecord,
+    path_text: str,
+    roots: list[Path],
     include_hidden: bool = False,
 ) -> JobRecord:
     real = resolve_allowed(path_text, roots)

@@ -20,9 +20,9 @@ import queue
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
 
 import numpy as np
 
@@ -36,13 +36,16 @@ UMAP_MIN_ITEMS = 15
 DETERMINISTIC_MAX = 1000  # UMAP with a random_state runs single-threaded: only worth it for small maps
 
 
+Project = Callable[[np.ndarray], np.ndarray]  # (dim,) -> raw 2-D coordinates
+
+
 @dataclass
 class MapLayout:
     method: str  # "umap" | "pca" | "trivial"
     ids: np.ndarray
     coords: np.ndarray  # (n, 2) in [-1, 1]
     total: int  # items in the collection (len(ids) < total when sampled)
-    project_raw: Callable[[np.ndarray], np.ndarray]  # (dim,) -> raw 2-D coordinates
+    project_raw: Project
     center: np.ndarray
     scale: float
     computed_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
@@ -62,7 +65,7 @@ def _scaling(raw: np.ndarray) -> tuple[np.ndarray, float]:
     return center, half if half > 1e-9 else 1.0
 
 
-def _trivial(ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, Callable]:
+def _trivial(ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, Project]:
     n = len(ids)
     if n == 2:
         raw = np.array([[-1.0, 0.0], [1.0, 0.0]])
@@ -75,7 +78,7 @@ def _trivial(ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, Callable
     return np.zeros((n, 2)), lambda v: np.zeros(2)
 
 
-def _pca(vectors: np.ndarray) -> tuple[np.ndarray, Callable]:
+def _pca(vectors: np.ndarray) -> tuple[np.ndarray, Project]:
     mean = vectors.mean(0)
     _, _, vt = np.linalg.svd(vectors - mean, full_matrices=False)
     components = vt[:2]
@@ -88,7 +91,7 @@ def _pca(vectors: np.ndarray) -> tuple[np.ndarray, Callable]:
     return raw, lambda v: (v - mean) @ components.T
 
 
-def _umap(vectors: np.ndarray) -> tuple[np.ndarray, Callable]:
+def _umap(vectors: np.ndarray) -> tuple[np.ndarray, Project]:
     import umap  # heavy import (numba): only when a map is asked for
 
     n = vectors.shape[0]
@@ -209,8 +212,12 @@ class MapCache:
                 return
             if change.reset and change.version < 0:  # the collection was deleted
                 self._layouts.pop(change.collection_id, None)
-            elif (not change.reset and not change.added_ids and not change.removed_ids
-                  and change.version == cached.version + 1):
+            elif (
+                not change.reset
+                and not change.added_ids
+                and not change.removed_ids
+                and change.version == cached.version + 1
+            ):
                 cached.version = change.version
 
     def drop(self, collection_id: int) -> None:

@@ -14,6 +14,7 @@ this runner instead polls the database:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -91,14 +92,22 @@ class ReplicaJobRunner(JobRunner):
             job, taken_over = claimed
             if taken_over:
                 if job.attempts >= MAX_CRASHES:
-                    self.store.set_job_state(job.id, "interrupted", {
-                        "code": "interrupted",
-                        "message": f"Replicas stopped during this job {MAX_CRASHES} times; it was not resumed. "
-                                   "Start it again to ingest the remaining files (added ones are skipped).",
-                    })
+                    self.store.set_job_state(
+                        job.id,
+                        "interrupted",
+                        {
+                            "code": "interrupted",
+                            "message": f"Replicas stopped during this job {MAX_CRASHES} times; it was not resumed. "
+                            "Start it again to ingest the remaining files (added ones are skipped).",
+                        },
+                    )
                     continue
-                log.info("taking over job %s from a replica whose lease expired (%d/%d files done)", job.id,
-                         job.done, job.total)
+                log.info(
+                    "taking over job %s from a replica whose lease expired (%d/%d files done)",
+                    job.id,
+                    job.done,
+                    job.total,
+                )
             try:
                 self._process(job.id)
             except ClipFilterError as exc:
@@ -113,15 +122,16 @@ class ReplicaJobRunner(JobRunner):
                 self._failed(job.id, exc)
 
     def _release(self, job_id: str) -> None:
-        try:
+        with contextlib.suppress(Exception):  # its lease expires anyway
             self.store.release_job(job_id, self.owner)
-        except Exception:  # noqa: BLE001 - its lease expires anyway
-            pass
 
     def _failed(self, job_id: str, exc: Exception) -> None:
-        log.exception("job %s failed", job_id, exc_info=exc)
-        error = exc.to_dict() if isinstance(exc, ClipFilterError) else {
-            "code": "internal_error", "message": f"The job stopped on an unexpected error: {exc}"}
+        log.error("job %s failed", job_id, exc_info=exc)
+        error = (
+            exc.to_dict()
+            if isinstance(exc, ClipFilterError)
+            else {"code": "internal_error", "message": f"The job stopped on an unexpected error: {exc}"}
+        )
         try:
             self.store.set_job_state(job_id, "failed", error)
         except Exception:  # noqa: BLE001
@@ -152,4 +162,3 @@ def job_runner_class(store: CollectionStore) -> type[JobRunner]:
     from clip_filter.collections.store.postgres import PostgresCollectionStore  # no psycopg import at module level
 
     return ReplicaJobRunner if isinstance(store, PostgresCollectionStore) else JobRunner
-

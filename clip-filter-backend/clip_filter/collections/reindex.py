@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -32,27 +32,30 @@ def embed_items(
         if data is None:
             raise ClipFilterError(
                 "original_missing",
-                f"Item {item.id} ({item.filename}) has no readable original at {path}; nothing was reindexed.", 500,
+                f"Item {item.id} ({item.filename}) has no readable original at {path}; nothing was reindexed.",
+                500,
                 fix="Delete that item (DELETE /collections/{name}/items/{id}) and run reindex again.",
             )
         # The original was accepted once: let it through even if the limits were lowered since.
-        accepted = ImageLimits(max(limits.max_bytes, len(data)),
-                               max(limits.max_pixels, (item.width or 0) * (item.height or 0)))
+        accepted = ImageLimits(
+            max(limits.max_bytes, len(data)), max(limits.max_pixels, (item.width or 0) * (item.height or 0))
+        )
         try:
             pixels.append(decode_image(data, accepted))
         except ClipFilterError as exc:
             raise ClipFilterError(
                 "original_unreadable",
-                f"The original of item {item.id} ({item.filename}) cannot be decoded ({exc.code}); nothing was reindexed.",
+                f"The original of item {item.id} ({item.filename}) cannot be decoded ({exc.code}); "
+                "nothing was reindexed.",
                 500,
             ) from None
         images.append(item)
     if images:
-        for item, vector in zip(images, embedder.encode_images(pixels)):
+        for item, vector in zip(images, embedder.encode_images(pixels), strict=True):
             out[item.id] = (vector, False)
     if texts:
         batch = embedder.encode_texts([(item.text or "")[:max_text_chars] for item in texts])
-        for item, vector, truncated in zip(texts, batch.embeddings, batch.truncated):
+        for item, vector, truncated in zip(texts, batch.embeddings, batch.truncated, strict=True):
             out[item.id] = (vector, bool(truncated) or len(item.text or "") > max_text_chars)
     return out
 

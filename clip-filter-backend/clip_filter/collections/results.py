@@ -39,7 +39,7 @@ class SearchResult:
     hits: list[Hit]  # best first; items deleted between the index read and the row read are left out
     method: str  # "exact" | "ivf" | "empty"
     total: int | None  # how many items matched the filters (exact searches only)
-    model: "ModelInfo"
+    model: ModelInfo
     query_truncated: bool | None = None  # text queries: the tokenizer cut the text
 
 

@@ -19,6 +19,7 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from clip_filter.collections.store import JobFile
 from clip_filter.core.errors import ClipFilterError
@@ -35,8 +36,7 @@ _SAFE_OPEN = bool(_NOFOLLOW and _DIRECTORY) and os.open in os.supports_dir_fd  #
 def path_not_allowed(path: str) -> ClipFilterError:
     return ClipFilterError(
         "path_not_allowed",
-        f"{path!r} is not inside a folder this server may read; allowed folders are set with "
-        "CLIP_FILTER_INGEST_ROOTS.",
+        f"{path!r} is not inside a folder this server may read; allowed folders are set with CLIP_FILTER_INGEST_ROOTS.",
         403,
         path=path,
     )
@@ -44,14 +44,17 @@ def path_not_allowed(path: str) -> ClipFilterError:
 
 def not_a_regular_file(path: str) -> ClipFilterError:
     return ClipFilterError(
-        "not_a_regular_file", f"{path!r} is not a regular file (a FIFO, device or socket is never read).", 422,
+        "not_a_regular_file",
+        f"{path!r} is not a regular file (a FIFO, device or socket is never read).",
+        422,
         path=path,
     )
 
 
 def unresolvable(path: str) -> ClipFilterError:
-    return ClipFilterError("unresolvable_path", f"{path!r} cannot be resolved (a symlink loop or a broken link).", 422,
-                           path=path)
+    return ClipFilterError(
+        "unresolvable_path", f"{path!r} cannot be resolved (a symlink loop or a broken link).", 422, path=path
+    )
 
 
 def inside_roots(path: Path, roots: list[Path]) -> bool:
@@ -86,13 +89,13 @@ def resolve_allowed(path_text: object, roots: list[Path]) -> Path:
     return real
 
 
-def _entry(relative: str, error: ClipFilterError) -> dict:
+def _entry(relative: str, error: ClipFilterError) -> dict[str, Any]:
     return {"filename": relative, "code": error.code, "message": error.message}
 
 
 def list_folder(
     folder: Path, roots: list[Path], supported: Callable[[str], bool], include_hidden: bool = False
-) -> tuple[list[JobFile], list[dict]]:
+) -> tuple[list[JobFile], list[dict[str, Any]]]:
     """Supported regular files under a folder, recursively, in a stable order; failures for the rest."""
     try:
         mode = os.stat(folder).st_mode
@@ -103,7 +106,7 @@ def list_folder(
     if not stat.S_ISDIR(mode):
         raise not_a_regular_file(str(folder))
     files: list[JobFile] = []
-    failures: list[dict] = []
+    failures: list[dict[str, Any]] = []
     for directory, subdirs, names in os.walk(folder, followlinks=False):
         if not include_hidden:
             subdirs[:] = [name for name in subdirs if not name.startswith(".")]
@@ -183,7 +186,9 @@ def read_regular_file(path: Path, max_bytes: int, root: Path | None = None) -> b
             raise not_a_regular_file(str(path))
         if info.st_size > max_bytes:
             raise ClipFilterError(
-                "file_too_large", f"The file has {info.st_size} bytes; at most {max_bytes} are accepted.", 413,
+                "file_too_large",
+                f"The file has {info.st_size} bytes; at most {max_bytes} are accepted.",
+                413,
                 limit=max_bytes,
             )
         chunks: list[bytes] = []
@@ -196,7 +201,9 @@ def read_regular_file(path: Path, max_bytes: int, root: Path | None = None) -> b
             total += len(chunk)
             if total > max_bytes:
                 raise ClipFilterError(
-                    "file_too_large", f"The file has over {max_bytes} bytes; at most {max_bytes} are accepted.", 413,
+                    "file_too_large",
+                    f"The file has over {max_bytes} bytes; at most {max_bytes} are accepted.",
+                    413,
                     limit=max_bytes,
                 )
         return b"".join(chunks)

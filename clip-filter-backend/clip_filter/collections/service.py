@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,22 +28,35 @@ from clip_filter.collections.jobs import Upload, create_path_job, create_upload_
 from clip_filter.collections.map import MapCache, MapLayout, compute_layout
 from clip_filter.collections.pg_jobs import job_runner_class
 from clip_filter.collections.results import (
-    AddResult, CollectionMap, Hit, IngestSummary, ItemPage, MapPoint, Projection, ReindexResult, SearchQuery,
+    AddResult,
+    CollectionMap,
+    Hit,
+    IngestSummary,
+    ItemPage,
+    MapPoint,
+    Projection,
+    ReindexResult,
+    SearchQuery,
     SearchResult,
 )
 from clip_filter.collections.store import (
-    CollectionRecord, CollectionStore, ItemRecord, JobRecord, SearchingStore, write_file_atomic,
+    CollectionRecord,
+    CollectionStore,
+    ItemRecord,
+    JobRecord,
+    SearchingStore,
+    write_file_atomic,
 )
 from clip_filter.collections.validation import validate_filters, validate_name
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.core.validation import check_text
-from clip_filter.images import ImageLimits, decode_base64_image, decode_image, make_thumbnail, sniff_image_mimetype
+from clip_filter.image_base64 import decode_base64_image
+from clip_filter.images import ImageLimits, decode_image, make_thumbnail, sniff_image_mimetype
 
 if TYPE_CHECKING:
     from clip_filter.core.config import Settings
 
 log = logging.getLogger(__name__)
-
 
 
 class Collections:
@@ -64,7 +78,10 @@ class Collections:
         self.store.add_listener(self.maps.apply)
         self.indexes = IndexCache(self.store, settings.ann_min_items, self.maps.drop)
         self.jobs = job_runner_class(self.store)(  # replicas share PostgreSQL's jobs under leases
-            self.store, self.ingestor, model_service.blocking_embedder, settings.batch_size,
+            self.store,
+            self.ingestor,
+            model_service.blocking_embedder,
+            settings.batch_size,
             settings.ingest_root_paths,
         )
         if start_jobs:
@@ -183,9 +200,7 @@ class Collections:
     def get_item(self, name: str, item_id: int) -> ItemRecord:
         return self.store.get_item(self.get_collection(name), item_id)
 
-    def update_item(
-        self, name: str, item_id: int, metadata: dict[str, Any] | None, filename: str | None
-    ) -> ItemRecord:
+    def update_item(self, name: str, item_id: int, metadata: dict[str, Any] | None, filename: str | None) -> ItemRecord:
         return self.store.update_item(self.get_collection(name), item_id, metadata, filename)
 
     def delete_item(self, name: str, item_id: int) -> None:
@@ -223,8 +238,9 @@ class Collections:
             return path.read_bytes()
         except FileNotFoundError:
             pass
-        limits = ImageLimits(max_bytes=max(self.settings.max_image_bytes, item.size),
-                             max_pixels=self.settings.max_image_pixels)
+        limits = ImageLimits(
+            max_bytes=max(self.settings.max_image_bytes, item.size), max_pixels=self.settings.max_image_pixels
+        )
         data = make_thumbnail(decode_image(self.read_content(item), limits), size)
         try:
             write_file_atomic(path, data, sync_dir=False)  # a cache: losing it costs a re-render, no fsync
@@ -235,8 +251,11 @@ class Collections:
     # ---- search ---------------------------------------------------------------------------------------
     def search(self, name: str, query: SearchQuery) -> SearchResult:
         """Rank the collection's items by cosine similarity to the query (score desc, then id asc)."""
-        given = [key for key, value in (("text", query.text), ("image", query.image), ("item_id", query.item_id))
-                 if value not in (None, "")]
+        given = [
+            key
+            for key, value in (("text", query.text), ("image", query.image), ("item_id", query.item_id))
+            if value not in (None, "")
+        ]
         if len(given) != 1:
             raise ClipFilterError(
                 "invalid_query", "Send exactly one query: `text`, `image` or `item_id`.", 422, given=given
@@ -252,8 +271,11 @@ class Collections:
             vector, truncated = batch.embeddings[0], bool(batch.truncated[0])
         elif query.image is not None and query.image != "":
             limits = self.limits.image
-            image = decode_base64_image(query.image, limits) if isinstance(query.image, str) else decode_image(
-                query.image, limits)
+            image = (
+                decode_base64_image(query.image, limits)
+                if isinstance(query.image, str)
+                else decode_image(query.image, limits)
+            )
             vector = embedder.encode_images([image])[0]
         else:
             assert query.item_id is not None
@@ -261,27 +283,37 @@ class Collections:
         return self._rank(collection, np.asarray(vector, np.float32), query, filters, truncated, embedder)
 
     def _rank(
-        self, collection: CollectionRecord, vector: np.ndarray, query: SearchQuery, filters: dict[str, Any] | None,
-        truncated: bool | None, embedder: Embedder,
+        self,
+        collection: CollectionRecord,
+        vector: np.ndarray,
+        query: SearchQuery,
+        filters: dict[str, Any] | None,
+        truncated: bool | None,
+        embedder: Embedder,
     ) -> SearchResult:
         vector = vector.reshape(-1)
         if isinstance(self.store, SearchingStore):  # PostgreSQL: the database is the vector index
-            found = self.store.search(collection.id, vector, query.top_k, query.offset, filters, query.kind,
-                                      query.min_score)
+            found = self.store.search(
+                collection.id, vector, query.top_k, query.offset, filters, query.kind, query.min_score
+            )
         else:
             index = self.indexes.get(collection)
             if index is None:
                 return SearchResult(collection, query, [], "exact", 0, embedder.info, truncated)
             if vector.shape[0] != index.dim:
                 raise ClipFilterError(
-                    "dimension_mismatch", f"The query has {vector.shape[0]} dimensions, the collection {index.dim}.",
+                    "dimension_mismatch",
+                    f"The query has {vector.shape[0]} dimensions, the collection {index.dim}.",
                     409,
                 )
             allowed = self.store.filter_ids(collection.id, filters) if filters else None
             found = index.search(vector, query.top_k, query.offset, allowed, query.kind, query.min_score)
         records = self.store.items_by_ids(collection.id, [int(i) for i in found.ids])
-        hits = [Hit(records[int(item_id)], float(score)) for item_id, score in zip(found.ids, found.scores)
-                if int(item_id) in records]  # deleted between the index read and the row read
+        hits = [
+            Hit(records[int(item_id)], float(score))
+            for item_id, score in zip(found.ids, found.scores, strict=True)
+            if int(item_id) in records
+        ]  # deleted between the index read and the row read
         return SearchResult(collection, query, hits, found.method, found.total, embedder.info, truncated)
 
     # ---- jobs -----------------------------------------------------------------------------------------
@@ -301,7 +333,8 @@ class Collections:
         """A bulk job of a server-side folder inside CLIP_FILTER_INGEST_ROOTS (regular files; hidden ones only
         when asked)."""
         job = create_path_job(
-            self.store, self._job_collection(name), path, self.settings.ingest_root_paths, include_hidden)
+            self.store, self._job_collection(name), path, self.settings.ingest_root_paths, include_hidden
+        )
         self.jobs.submit(job.id)
         return job
 
@@ -316,8 +349,13 @@ class Collections:
         before = self.get_collection(name)
         embedder = self.embedder()
         count = reindexing.reindex(
-            self.store, before, embedder, self.limits.image, self.settings.max_text_chars,
-            batch_size or self.settings.batch_size, progress,
+            self.store,
+            before,
+            embedder,
+            self.limits.image,
+            self.settings.max_text_chars,
+            batch_size or self.settings.batch_size,
+            progress,
         )
         return ReindexResult(self._fresh(before), before, count)
 
@@ -336,8 +374,14 @@ class Collections:
     ) -> transfer.ImportResult:
         """Import an export (no model needed: its embeddings are used as they are)."""
         return transfer.import_collection(
-            self.store, source, name=name, merge=merge, skip_invalid=skip_invalid, batch_size=batch_size,
-            progress=progress, check_progress=check_progress,
+            self.store,
+            source,
+            name=name,
+            merge=merge,
+            skip_invalid=skip_invalid,
+            batch_size=batch_size,
+            progress=progress,
+            check_progress=check_progress,
             tar_limits=transfer.TarLimits(self.settings.import_max_members, self.settings.import_max_bytes),
         )
 
@@ -358,11 +402,12 @@ class Collections:
         found = self.store.items_by_ids(collection.id, [int(i) for i in layout.ids])
         points = [
             MapPoint(found[int(item_id)], float(x), float(y))
-            for item_id, (x, y) in zip(layout.ids, layout.coords)
+            for item_id, (x, y) in zip(layout.ids, layout.coords, strict=True)
             if int(item_id) in found
         ]
-        return CollectionMap(layout.method, points, layout.total, len(layout.ids) < layout.total, stale,
-                             layout.computed_at)
+        return CollectionMap(
+            layout.method, points, layout.total, len(layout.ids) < layout.total, stale, layout.computed_at
+        )
 
     def project_text(self, name: str, text: str) -> Projection:
         """Where a text lands on the collection's map."""

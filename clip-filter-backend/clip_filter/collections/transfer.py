@@ -28,9 +28,10 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -94,7 +95,10 @@ def _place(source: Path, target: Path, link: bool) -> None:
 
 
 def _export_to_folder(
-    store: CollectionStore, collection: CollectionRecord, folder: Path, progress: Progress | None,
+    store: CollectionStore,
+    collection: CollectionRecord,
+    folder: Path,
+    progress: Progress | None,
     link: bool = False,
 ) -> ExportResult:
     originals = folder / "originals"
@@ -105,7 +109,7 @@ def _export_to_folder(
     skipped: list[dict[str, Any]] = []
     with open(folder / "items.jsonl", "w", encoding="utf-8") as lines, open(raw_path, "wb") as raw:
         for items, vectors in store.items_with_vectors(collection.id):
-            for item, vector in zip(items, vectors):
+            for item, vector in zip(items, vectors, strict=True):
                 original = None
                 if item.kind == "image":
                     source = store.original_file(item)
@@ -118,17 +122,25 @@ def _export_to_folder(
                             raise FileNotFoundError(item.original_path)
                         _place(source, folder / original, link)
                     except FileNotFoundError:
-                        skipped.append({"id": item.id, "filename": item.filename,
-                                        "reason": "deleted while exporting"})
+                        skipped.append({"id": item.id, "filename": item.filename, "reason": "deleted while exporting"})
                         continue
                 vector = np.ascontiguousarray(vector, "<f4")
                 if not dim:
                     dim = vector.size
                 record = {
-                    "id": item.id, "kind": item.kind, "filename": item.filename, "mimetype": item.mimetype,
-                    "size": item.size, "sha256": item.sha256, "metadata": item.metadata,
-                    "truncated": item.truncated, "text": item.text, "width": item.width, "height": item.height,
-                    "created_at": item.created_at, "original": original,
+                    "id": item.id,
+                    "kind": item.kind,
+                    "filename": item.filename,
+                    "mimetype": item.mimetype,
+                    "size": item.size,
+                    "sha256": item.sha256,
+                    "metadata": item.metadata,
+                    "truncated": item.truncated,
+                    "text": item.text,
+                    "width": item.width,
+                    "height": item.height,
+                    "created_at": item.created_at,
+                    "original": original,
                 }
                 lines.write(json.dumps(record, ensure_ascii=False) + "\n")
                 raw.write(vector.tobytes())
@@ -158,9 +170,7 @@ def _export_to_folder(
     return ExportResult(folder, rows, images, texts, dim, skipped)
 
 
-def export_collection(
-    store: CollectionStore, name: str, out: Path, progress: Progress | None = None
-) -> ExportResult:
+def export_collection(store: CollectionStore, name: str, out: Path, progress: Progress | None = None) -> ExportResult:
     """Write collection `name` to `out`: a new folder, or a .tar/.tar.gz/.tgz file.
 
     The export is assembled beside `out` and moved into place at the end, so `out` is either
@@ -177,7 +187,7 @@ def export_collection(
         result = _export_to_folder(store, collection, folder, progress, link=is_tar_path(out))
         if is_tar_path(out):
             packed = work / "export.tar"
-            mode = "w:gz" if out.name.lower().endswith((".gz", ".tgz")) else "w"
+            mode: Literal["w:gz", "w"] = "w:gz" if out.name.lower().endswith((".gz", ".tgz")) else "w"
             with tarfile.open(packed, mode) as tar:
                 # collection.json first, so a streaming reader learns the format before the bulk.
                 for name_in_tar in ("collection.json", "items.jsonl", "embeddings.npy", "originals"):
@@ -230,7 +240,8 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     # collection would fail every search.
     if not isinstance(model.get("name"), str) or not model["name"].strip():
         raise _invalid(
-            "collection.json names no model (`model.name`); embeddings of an unknown model are not imported.")
+            "collection.json names no model (`model.name`); embeddings of an unknown model are not imported."
+        )
     if not isinstance(model.get("dim"), int) or isinstance(model.get("dim"), bool) or model["dim"] < 1:
         raise _invalid("collection.json gives no embedding dimension (`model.dim`).")
     if model.get("pretrained") is not None and not isinstance(model.get("pretrained"), str):
@@ -339,7 +350,8 @@ def _load_embeddings(folder: Path, rows: int, dim: int | None) -> np.ndarray:
     if rows and dim is not None and embeddings.shape[1] != dim:
         raise _invalid(
             f"embeddings.npy has dimension {embeddings.shape[1]}, collection.json says {dim}.",
-            dim=int(embeddings.shape[1]), expected_dim=dim,
+            dim=int(embeddings.shape[1]),
+            expected_dim=dim,
         )
     for start in range(0, rows, 65536):
         chunk = np.asarray(embeddings[start : start + 65536], np.float32)
@@ -348,7 +360,9 @@ def _load_embeddings(folder: Path, rows: int, dim: int | None) -> np.ndarray:
         norms = np.linalg.norm(chunk, axis=1)
         bad = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)
         if bad.size:
-            raise _invalid(f"Row {start + int(bad[0])} of embeddings.npy is not L2-normalised (norm {norms[bad[0]]:.4f}).")
+            raise _invalid(
+                f"Row {start + int(bad[0])} of embeddings.npy is not L2-normalised (norm {norms[bad[0]]:.4f})."
+            )
     return embeddings
 
 
@@ -368,12 +382,18 @@ def _checked_members(tar: tarfile.TarFile, path: Path, limits: TarLimits) -> lis
         total += max(0, member.size) if member.isfile() else 0
         if len(members) > limits.max_members:
             raise ClipFilterError(
-                "export_too_large", f"{path} has more than {limits.max_members} members "
-                "(CLIP_FILTER_IMPORT_MAX_MEMBERS).", 413, limit=limits.max_members)
+                "export_too_large",
+                f"{path} has more than {limits.max_members} members (CLIP_FILTER_IMPORT_MAX_MEMBERS).",
+                413,
+                limit=limits.max_members,
+            )
         if total > limits.max_bytes:
             raise ClipFilterError(
-                "export_too_large", f"{path} unpacks to more than {limits.max_bytes} bytes "
-                "(CLIP_FILTER_IMPORT_MAX_BYTES).", 413, limit=limits.max_bytes)
+                "export_too_large",
+                f"{path} unpacks to more than {limits.max_bytes} bytes (CLIP_FILTER_IMPORT_MAX_BYTES).",
+                413,
+                limit=limits.max_bytes,
+            )
     return members
 
 
@@ -422,7 +442,7 @@ def import_collection(
         folder = _open_export(source, work, tar_limits)
         manifest = _read_manifest(folder)
         model = manifest["model"]
-        dim: int | None = int(model["dim"])
+        dim = int(model["dim"])
         target = validate_name(name or manifest.get("name"))
         entries, problems = _load_entries(folder, check_progress)
         embeddings = _load_embeddings(folder, len(entries), dim)
@@ -433,7 +453,8 @@ def import_collection(
                 "invalid_export",
                 f"{len(problems)} of {len(entries)} items of the export failed their checks; nothing was imported. "
                 "Use --skip-invalid to import the others.",
-                422, problems=problems,
+                422,
+                problems=problems,
             )
         model_key = (str(model["name"]), str(model.get("pretrained") or ""), int(dim))
 
@@ -451,14 +472,18 @@ def import_collection(
                     "collection_exists",
                     f"Collection {target!r} already exists. Import under another name (--name NEW), or add the "
                     "export's items to it with --merge (content it already holds is skipped).",
-                    409, collection=target,
+                    409,
+                    collection=target,
                 )
             if collection.dim and dim and collection.dim != dim:  # also an empty one with a recorded model
                 raise ClipFilterError(
                     "dimension_mismatch",
                     f"Collection {target!r} holds {collection.dim}-dimensional embeddings; the export's are {dim}-"
                     "dimensional. Import under another name (--name NEW).",
-                    409, collection=target, dim=collection.dim, export_dim=dim,
+                    409,
+                    collection=target,
+                    dim=collection.dim,
+                    export_dim=dim,
                 )
             if model_key is not None:
                 collection.check_model(*model_key)  # the same dim but another model is refused too
@@ -475,7 +500,10 @@ def import_collection(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _batches(values: list, size: int) -> Iterator[list]:
+T = TypeVar("T")
+
+
+def _batches(values: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(values), max(1, size)):
         yield values[start : start + size]
 
@@ -506,20 +534,29 @@ def _import_batch(
                 original_path = store.files.write_original(collection.id, sha, extension, data)
             text = record.get("text") if record["kind"] == "text" else None
             size = record.get("size")
-            new_items.append(NewItem(
-                kind=record["kind"],
-                filename=str(record["filename"]) if record.get("filename") is not None else None,
-                mimetype=entry.mimetype,
-                size=int(size) if isinstance(size, int) else (len(text.encode("utf-8")) if text is not None else entry.original.stat().st_size),
-                sha256=sha,
-                metadata=record.get("metadata") or {},
-                embedding=np.array(embeddings[row], np.float32),
-                truncated=bool(record.get("truncated", False)),
-                text=text,
-                original_path=original_path,
-                width=record.get("width") if isinstance(record.get("width"), int) else None,
-                height=record.get("height") if isinstance(record.get("height"), int) else None,
-            ))
+            if isinstance(size, int):
+                item_size = int(size)
+            elif text is not None:
+                item_size = len(text.encode("utf-8"))
+            else:
+                assert entry.original is not None  # _check_entry: every image entry has its original file
+                item_size = entry.original.stat().st_size
+            new_items.append(
+                NewItem(
+                    kind=record["kind"],
+                    filename=str(record["filename"]) if record.get("filename") is not None else None,
+                    mimetype=entry.mimetype,
+                    size=item_size,
+                    sha256=sha,
+                    metadata=record.get("metadata") or {},
+                    embedding=np.array(embeddings[row], np.float32),
+                    truncated=bool(record.get("truncated", False)),
+                    text=text,
+                    original_path=original_path,
+                    width=record.get("width") if isinstance(record.get("width"), int) else None,
+                    height=record.get("height") if isinstance(record.get("height"), int) else None,
+                )
+            )
     except BaseException:
         store.files.remove_files([item.original_path for item in new_items])
         raise

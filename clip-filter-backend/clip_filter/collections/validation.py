@@ -41,7 +41,10 @@ def validate_metadata(value: Any, where: str = "metadata") -> dict[str, Any]:
         raise ClipFilterError("invalid_metadata", f"`{where}` is not valid JSON: {exc}", 422) from exc
     if len(encoded) > MAX_METADATA_BYTES:
         raise ClipFilterError(
-            "metadata_too_large", f"`{where}` is over {MAX_METADATA_BYTES} bytes of JSON.", 413, limit=MAX_METADATA_BYTES
+            "metadata_too_large",
+            f"`{where}` is over {MAX_METADATA_BYTES} bytes of JSON.",
+            413,
+            limit=MAX_METADATA_BYTES,
         )
     return value
 
@@ -58,8 +61,13 @@ def validate_filters(filters: Any) -> dict[str, Any]:
         )
     for key, value in filters.items():
         # Control characters (NUL above all: SQLite reads the JSON path as a C string) are refused too.
-        if (not key or '"' in key or "\\" in key or len(key) > 256
-                or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key)):
+        if (
+            not key
+            or '"' in key
+            or "\\" in key
+            or len(key) > 256
+            or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key)
+        ):
             raise ClipFilterError(
                 "invalid_filters",
                 f"Filter key {key!r} is not allowed (1-256 characters, no quotes, backslashes or control characters).",
@@ -78,4 +86,3 @@ def validate_filters(filters: Any) -> dict[str, Any]:
         except UnicodeEncodeError:
             raise ClipFilterError("invalid_filters", "Filters must be valid Unicode text.", 422) from None
     return filters
-

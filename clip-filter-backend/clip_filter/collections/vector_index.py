@@ -23,8 +23,12 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import faiss
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,7 @@ class ExactIndex:
         vectors = np.asarray(vectors, np.float32).reshape(len(ids), self.dim)
         kinds = np.asarray(kinds, np.int8)
         with self._lock:
-            if self._n and ids.min() <= self._ids[self._n - 1] or np.any(np.diff(ids) <= 0):
+            if (self._n and ids.min() <= self._ids[self._n - 1]) or np.any(np.diff(ids) <= 0):
                 self._rebuild_sorted(ids, vectors, kinds)  # out-of-order ids: rare (imports), O(n)
                 return
             self._reserve(self._n + len(ids))
@@ -113,7 +117,7 @@ class ExactIndex:
         capacity = max(needed, capacity * 2)
         for name in ("_vectors", "_ids", "_kinds", "_alive"):
             old = getattr(self, name)
-            new = np.zeros((capacity,) + old.shape[1:], old.dtype)
+            new = np.zeros((capacity, *old.shape[1:]), old.dtype)
             new[: self._n] = old[: self._n]
             setattr(self, name, new)
 
@@ -229,14 +233,14 @@ def ivf_params(n: int) -> tuple[int, int]:
 class IvfIndex:
     """FAISS IndexIVFFlat (inner product) keyed by item id; thread-safe through one lock."""
 
-    def __init__(self, index, nprobe: int, trained_on: int) -> None:
+    def __init__(self, index: faiss.IndexIVFFlat, nprobe: int, trained_on: int) -> None:
         self._index = index
         self.nprobe = nprobe
         self.trained_on = trained_on
         self._lock = threading.Lock()
 
     @classmethod
-    def build(cls, ids: np.ndarray, vectors: np.ndarray, seed: int = 1234) -> "IvfIndex":
+    def build(cls, ids: np.ndarray, vectors: np.ndarray, seed: int = 1234) -> IvfIndex:
         import faiss
 
         n, dim = vectors.shape
@@ -280,7 +284,7 @@ class IvfIndex:
         nprobe = self.nprobe
         if k > 256:  # deep pages need more candidates than the default probe finds
             nprobe = min(self._index.nlist, nprobe * math.ceil(k / 256))
-        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]  # SWIG takes keywords; the stub omits them
         if allowed_ids is not None:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, np.int64))
             params.sel = selector
@@ -348,6 +352,7 @@ class CollectionIndex:
                 with self._lock:
                     for op, delta_ids, delta_vectors in self._pending or []:
                         if op == "add":
+                            assert delta_vectors is not None  # an "add" delta carries its vectors
                             ann.add(delta_ids, delta_vectors)
                         else:
                             ann.remove(delta_ids)
@@ -382,7 +387,7 @@ class CollectionIndex:
             return self.exact.search(query, k, offset, allowed_ids, kind, min_score)
         allowed = allowed_ids
         if kind is not None:
-            vectors, ids, kinds, alive = self.exact.snapshot()
+            _vectors, ids, kinds, alive = self.exact.snapshot()
             kind_ids = ids[alive & (kinds == KIND_CODES[kind])]
             allowed = kind_ids if allowed is None else np.intersect1d(kind_ids, allowed)
         if allowed is not None and allowed.size < len(self.exact) // 4:

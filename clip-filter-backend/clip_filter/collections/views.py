@@ -15,9 +15,15 @@ SNIPPET_CHARS = 200  # text shown per map point
 
 def collection_view(record: CollectionRecord) -> dict[str, Any]:
     return {
-        "name": record.name, "description": record.description, "model": record.model,
-        "pretrained": record.pretrained, "dim": record.dim, "item_count": record.item_count,
-        "image_count": record.image_count, "text_count": record.text_count, "created_at": record.created_at,
+        "name": record.name,
+        "description": record.description,
+        "model": record.model,
+        "pretrained": record.pretrained,
+        "dim": record.dim,
+        "item_count": record.item_count,
+        "image_count": record.image_count,
+        "text_count": record.text_count,
+        "created_at": record.created_at,
         "updated_at": record.updated_at,
     }
 
@@ -42,9 +48,18 @@ def text_fields(item: ItemRecord, preview: int | None) -> dict[str, Any]:
 
 def item_view(collection: str, item: ItemRecord, preview: int | None = None) -> dict[str, Any]:
     out = {
-        "id": item.id, "kind": item.kind, "filename": item.filename, "mimetype": item.mimetype, "size": item.size,
-        "sha256": item.sha256, "metadata": item.metadata, "truncated": item.truncated, "width": item.width,
-        "height": item.height, "created_at": item.created_at, **item_urls(collection, item),
+        "id": item.id,
+        "kind": item.kind,
+        "filename": item.filename,
+        "mimetype": item.mimetype,
+        "size": item.size,
+        "sha256": item.sha256,
+        "metadata": item.metadata,
+        "truncated": item.truncated,
+        "width": item.width,
+        "height": item.height,
+        "created_at": item.created_at,
+        **item_urls(collection, item),
     }
     if item.kind == "text":
         out.update(text_fields(item, preview))
@@ -52,8 +67,12 @@ def item_view(collection: str, item: ItemRecord, preview: int | None = None) -> 
 
 
 def item_page_view(collection: str, page: ItemPage, preview: int | None = None) -> dict[str, Any]:
-    return {"items": [item_view(collection, i, preview) for i in page.items], "total": page.total,
-            "offset": page.offset, "limit": page.limit}
+    return {
+        "items": [item_view(collection, i, preview) for i in page.items],
+        "total": page.total,
+        "offset": page.offset,
+        "limit": page.limit,
+    }
 
 
 def error_view(error: ClipFilterError) -> dict[str, Any]:
@@ -85,8 +104,15 @@ def add_result_view(result: AddResult, preview: int | None = None) -> dict[str, 
 
 def hit_view(collection: str, hit: Hit, preview: int | None = None) -> dict[str, Any]:
     item = hit.item
-    out = {"id": item.id, "kind": item.kind, "filename": item.filename, "mimetype": item.mimetype, "score": hit.score,
-           "metadata": item.metadata, **item_urls(collection, item)}
+    out = {
+        "id": item.id,
+        "kind": item.kind,
+        "filename": item.filename,
+        "mimetype": item.mimetype,
+        "score": hit.score,
+        "metadata": item.metadata,
+        **item_urls(collection, item),
+    }
     if item.kind == "text":
         out.update(text_fields(item, preview))
     return out
@@ -97,22 +123,37 @@ def search_view(result: SearchResult, preview: int | None = None) -> dict[str, A
     out: dict[str, Any] = {}
     if result.query_truncated is not None:
         out["query_truncated"] = result.query_truncated
-    out.update(results=[hit_view(name, hit, preview) for hit in result.hits], offset=result.query.offset,
-               top_k=result.query.top_k, method=result.method)
+    out.update(
+        results=[hit_view(name, hit, preview) for hit in result.hits],
+        offset=result.query.offset,
+        top_k=result.query.top_k,
+        method=result.method,
+    )
     if result.total is not None:
         out["total"] = result.total
     info = result.model
-    out.update(model={"name": info.model, "pretrained": info.pretrained, "weights": info.weights, "dim": info.dim},
-               weights=info.weights)
+    out.update(
+        model={"name": info.model, "pretrained": info.pretrained, "weights": info.weights, "dim": info.dim},
+        weights=info.weights,
+    )
     return out
 
 
 def job_view(job: JobRecord) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "id": job.id, "job_id": job.id, "collection": job.collection, "state": job.state,
-        "done": job.done, "total": job.total, "added": job.added, "duplicates": job.duplicates,
-        "failed": job.failed, "failures": job.failures, "created_at": job.created_at,
-        "updated_at": job.updated_at, "source": job.source,
+        "id": job.id,
+        "job_id": job.id,
+        "collection": job.collection,
+        "state": job.state,
+        "done": job.done,
+        "total": job.total,
+        "added": job.added,
+        "duplicates": job.duplicates,
+        "failed": job.failed,
+        "failures": job.failures,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "source": job.source,
         "restarts": job.attempts,  # how often a crash interrupted it (it was resumed each time)
     }
     if job.error:
@@ -124,13 +165,25 @@ def map_view(collection: str, result: CollectionMap) -> dict[str, Any]:
     points = []
     for point in result.points:
         item = point.item
-        shown = {"id": item.id, "x": point.x, "y": point.y, "kind": item.kind, "filename": item.filename,
-                 "thumbnail_url": item_urls(collection, item)["thumbnail_url"]}
+        shown = {
+            "id": item.id,
+            "x": point.x,
+            "y": point.y,
+            "kind": item.kind,
+            "filename": item.filename,
+            "thumbnail_url": item_urls(collection, item)["thumbnail_url"],
+        }
         if item.kind == "text":
             shown["text"] = (item.text or "")[:SNIPPET_CHARS]
         points.append(shown)
-    return {"method": result.method, "points": points, "total": result.total, "sampled": result.sampled,
-            "stale": result.stale, "computed_at": result.computed_at}
+    return {
+        "method": result.method,
+        "points": points,
+        "total": result.total,
+        "sampled": result.sampled,
+        "stale": result.stale,
+        "computed_at": result.computed_at,
+    }
 
 
 def projection_view(projection: Projection) -> dict[str, Any]:

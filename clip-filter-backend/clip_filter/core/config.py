@@ -121,6 +121,7 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"{value!r} is not a rate limit such as '600/minute' or '10/second;600/hour'") from exc
         return value
+
     # --- collections: durability and limits (issue 11: items 4 and 5; docs/architecture.md) -------
     # A stored text (JSON `texts`, a text file) over this many UTF-8 bytes is refused (413 text_too_long).
     max_stored_text_bytes: int = Field(1 * MB, ge=1, validation_alias="CLIP_FILTER_MAX_STORED_TEXT_BYTES")
@@ -232,8 +233,9 @@ class Settings(BaseSettings):
         """
         from clip_filter.images import ImageLimits  # here, not at the top: config stays free of PIL
 
-        return ImageLimits(max_bytes=max(self.max_image_bytes, accepted_bytes),
-                           max_pixels=max(self.max_image_pixels, accepted_pixels))
+        return ImageLimits(
+            max_bytes=max(self.max_image_bytes, accepted_bytes), max_pixels=max(self.max_image_pixels, accepted_pixels)
+        )
 
     @property
     def is_random(self) -> bool:

@@ -37,7 +37,5 @@ class OverloadedError(ClipFilterError):
     """The inference queue is full (429); the client should retry after `retry_after` seconds."""
 
     def __init__(self, retry_after: int = 1) -> None:
-        super().__init__(
-            "overloaded", "The model queue is full; retry shortly.", 429, retry_after=retry_after
-        )
+        super().__init__("overloaded", "The model queue is full; retry shortly.", 429, retry_after=retry_after)
         self.retry_after = retry_after

@@ -36,7 +36,8 @@ def _glibc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt, libc.malloc_trim, libc.madvise  # musl (Alpine) has no mallopt nor malloc_trim
+        if not all(hasattr(libc, name) for name in ("mallopt", "malloc_trim", "madvise")):
+            return None  # musl (Alpine) has no mallopt nor malloc_trim
     except (OSError, AttributeError):
         return None
     return libc

@@ -22,7 +22,7 @@ def invalid(message: str, code: str = "invalid_request", status: int = 422, **de
 def check_text(value: Any, field: str, max_chars: int, index: int | None = None) -> str:
     """A non-empty, valid-Unicode string of at most `max_chars` characters, else a 4xx with one code per rule."""
     where = f"`{field}`" if index is None else f"`{field}[{index}]`"
-    position = {} if index is None else {"index": index}
+    position: dict[str, Any] = {} if index is None else {"index": index}
     if not isinstance(value, str):
         raise invalid(f"{where} must be a string.", **position)
     if not value.strip():
@@ -30,7 +30,10 @@ def check_text(value: Any, field: str, max_chars: int, index: int | None = None)
     if len(value) > max_chars:
         raise invalid(
             f"{where} has {len(value)} characters; at most {max_chars} are accepted.",
-            "text_too_long", 413, limit=max_chars, **position,
+            "text_too_long",
+            413,
+            limit=max_chars,
+            **position,
         )
     try:
         value.encode("utf-8")

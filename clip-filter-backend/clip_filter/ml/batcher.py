@@ -17,12 +17,14 @@ a batch (the service hands freed memory back to the system there, see core/memor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from clip_filter.core.errors import OverloadedError
 
@@ -117,7 +119,7 @@ class DynamicBatcher:
         self._thread.join(timeout=10)
 
     # ---- model thread --------------------------------------------------------------------------
-    def _take_batch(self) -> list[_Item] | None | type[_Idle]:
+    def _take_batch(self) -> list[_Item] | type[_Idle] | None:
         """The next batch; None once closed; _Idle when on_idle is due."""
         with self._cond:
             while not self._queue and not self._closed:
@@ -134,10 +136,7 @@ class DynamicBatcher:
             first = self._queue[0]
             idle_before = first.enqueued_at - self._free_since
             deadline = first.enqueued_at + (0.0 if idle_before > self._max_wait_s else self._max_wait_s)
-            while (
-                sum(1 for item in self._queue if item.kind == first.kind) < self._max_batch
-                and not self._closed
-            ):
+            while sum(1 for item in self._queue if item.kind == first.kind) < self._max_batch and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -158,7 +157,8 @@ class DynamicBatcher:
             batch = self._take_batch()
             if batch is None:
                 return
-            if batch is _Idle:
+            if not isinstance(batch, list):  # _Idle, which _take_batch answers only when on_idle is set
+                assert self._on_idle is not None
                 try:
                     self._on_idle()
                 except Exception:  # noqa: BLE001 - housekeeping must never stop the model thread
@@ -179,7 +179,7 @@ class DynamicBatcher:
                 self.batches_run += 1
                 self.items_run += len(batch)
                 self._ran_since_idle = True
-            for item, (result, error) in zip(batch, outcomes):
+            for item, (result, error) in zip(batch, outcomes, strict=True):
                 _resolve(item, result, error)
 
 
@@ -199,7 +199,5 @@ def _resolve(item: _Item, result: Any, error: BaseException | None) -> None:
         else:
             item.future.set_result(result)
 
-    try:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
         item.loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # the loop is closed: nobody is waiting any more
-        pass

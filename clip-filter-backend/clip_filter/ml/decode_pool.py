@@ -38,7 +38,8 @@ import numpy as np
 from PIL import Image
 
 from clip_filter.core.errors import ClipFilterError, OverloadedError
-from clip_filter.images import ImageHeader, ImageLimits, base64_image_bytes, decode_image
+from clip_filter.image_base64 import base64_image_bytes
+from clip_filter.images import ImageHeader, ImageLimits, decode_image
 from clip_filter.ml.pixels import PixelPlan, decode_to_pixels, probe
 
 log = logging.getLogger(__name__)
@@ -162,9 +163,10 @@ class DecodePipeline:
     async def _decode_one(self, loop: asyncio.AbstractEventLoop, checked: _Checked, plan: PixelPlan | None) -> Prepared:
         if checked.error is not None:
             return checked.error
+        assert checked.data is not None  # _check_all: an item without an error has its bytes
         try:
             if plan is None:
-                return await loop.run_in_executor(self._threads, decode_image, checked.data, self.limits)
+                return await loop.run_in_executor(self._threads, decode_image, checked.data, self.limits, None)
             if self._n_processes:
                 return await self._process_pool(plan).decode(checked.data, self.limits, plan)
             return await loop.run_in_executor(self._threads, decode_to_pixels, checked.data, self.limits, plan)
@@ -246,6 +248,7 @@ class ProcessPixelPool:
                 raise ClipFilterError(code, message, status, **details)
             shape = outcome[1]
             segment = extra if extra is not None else self._arena
+            assert segment.buf is not None  # mapped until _give_slot / close
             count = int(np.prod(shape))
             return np.frombuffer(segment.buf, np.uint8, count, offset).reshape(shape).copy()
         finally:
@@ -267,7 +270,7 @@ def _attach(name: str) -> shared_memory.SharedMemory:
     return segment
 
 
-def _work(data: bytes, limits: ImageLimits, plan: PixelPlan, name: str, offset: int, arena: bool) -> tuple:
+def _work(data: bytes, limits: ImageLimits, plan: PixelPlan, name: str, offset: int, arena: bool) -> tuple[Any, ...]:
     """In a worker process: decode into the slot; errors come back as plain values (always picklable)."""
     try:
         pixels = decode_to_pixels(data, limits, plan)
@@ -278,8 +281,8 @@ def _work(data: bytes, limits: ImageLimits, plan: PixelPlan, name: str, offset: 
         segment = _attach(name)
         if arena:
             _attached[name] = segment  # the arena stays mapped for the worker's life
+    assert segment.buf is not None  # just attached
     np.frombuffer(segment.buf, np.uint8, pixels.size, offset)[:] = pixels.reshape(-1)
     if not arena:
         segment.close()
     return ("ok", pixels.shape)
-

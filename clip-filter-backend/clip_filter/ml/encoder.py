@@ -6,9 +6,9 @@ One thread (the batcher's model thread, or the CLI) calls the encode methods; `p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,9 +48,9 @@ class TextBatch:
 class TextLookup:
     """The text-cache flow, written once for every caller (model thread, event loop, worker threads):
 
-        lookup = encoder.lookup_texts(texts)      # what the cache already has
-        lookup.add(dict(zip(lookup.missing, rows)))  # rows computed however the caller computes them
-        return lookup.batch()                     # stacked in the callers' order
+    lookup = encoder.lookup_texts(texts)      # what the cache already has
+    lookup.add(dict(zip(lookup.missing, rows)))  # rows computed however the caller computes them
+    return lookup.batch()                     # stacked in the callers' order
     """
 
     def __init__(self, texts: list[str], known: dict[str, tuple[np.ndarray, bool]], dim: int) -> None:

@@ -14,9 +14,11 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
+from torch import nn
 
 from clip_filter.core.config import Settings
 from clip_filter.ml.encoder import ClipEncoder, ModelInfo
@@ -58,9 +60,9 @@ def resolve_weights_source(settings: Settings) -> WeightsSource:
     value = settings.pretrained.strip()
     if value.lower() == "random":
         return WeightsSource("random", None)
-    if open_clip.list_pretrained_tags_by_model(settings.model_name) and value in open_clip.list_pretrained_tags_by_model(
+    if open_clip.list_pretrained_tags_by_model(
         settings.model_name
-    ):
+    ) and value in open_clip.list_pretrained_tags_by_model(settings.model_name):
         return WeightsSource("pretrained", value)
     if os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors")) or Path(value).exists():
         return WeightsSource("checkpoint", value)
@@ -94,7 +96,7 @@ def _check_checkpoint(path: Path, expected_sha256: str | None) -> None:
             )
 
 
-def _build_random(settings: Settings, device: torch.device, dtype: torch.dtype):
+def _build_random(settings: Settings, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     """open_clip's own initialisation from a fixed seed, in fp32 (so the weights are the same whatever
     precision runs them), then cast."""
     torch.manual_seed(settings.random_seed)  # random mode is deterministic
@@ -102,9 +104,10 @@ def _build_random(settings: Settings, device: torch.device, dtype: torch.dtype):
     return cast_model(model.eval().to(device), dtype), preprocess
 
 
-def _locate_weights(settings: Settings, source: WeightsSource) -> tuple[str, dict]:
+def _locate_weights(settings: Settings, source: WeightsSource) -> tuple[str, dict[str, Any]]:
     """The checkpoint file to read, and what a pretrained tag prescribes for building the model: its
     preprocessing (mean, std, resize) and its activation."""
+    assert source.value is not None  # only a random source has no value, and it reads no weights
     if source.kind == "checkpoint":
         _check_checkpoint(Path(source.value), settings.checkpoint_sha256)
         return source.value, {}
@@ -132,7 +135,9 @@ def _locate_weights(settings: Settings, source: WeightsSource) -> tuple[str, dic
     return path, build_options
 
 
-def _build_from_weights(settings: Settings, source: WeightsSource, device: torch.device, dtype: torch.dtype):
+def _build_from_weights(
+    settings: Settings, source: WeightsSource, device: torch.device, dtype: torch.dtype
+) -> tuple[nn.Module, Any]:
     """Build the architecture without allocating its weights, then fill it from the checkpoint directly
     in the target device and dtype (see ml/weights.py: about half the peak memory of open_clip's path)."""
     path, build_options = _locate_weights(settings, source)
@@ -184,11 +189,12 @@ def load_encoder(settings: Settings) -> ClipEncoder:
         ) from exc
 
     tokenizer = open_clip.get_tokenizer(settings.model_name, cache_dir=str(settings.cache_dir))
-    context_length = int(getattr(tokenizer, "context_length", None) or getattr(model, "context_length", 77))
+    context_length = int(getattr(tokenizer, "context_length", 0) or getattr(model, "context_length", 77))
+    clip: Any = model  # open_clip's CLIP: its parameters and methods come through nn.Module.__getattr__
     with torch.no_grad():
-        logit_scale = float(model.logit_scale.float().exp().item())
+        logit_scale = float(clip.logit_scale.float().exp().item())
         # Encoding one caption is the one way to learn the dimension that works for every tower type.
-        embed_dim = int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
+        embed_dim = int(clip.encode_text(tokenizer(["a"]).to(device)).shape[-1])
 
     info = ModelInfo(
         model=settings.model_name,
@@ -210,4 +216,3 @@ def load_encoder(settings: Settings) -> ClipEncoder:
         text_cache=TextEmbeddingCache(settings.text_cache_size),
         tokenizer_cache_size=settings.tokenizer_cache_size,
     )
-

@@ -33,8 +33,14 @@ class InstantEncoder(ClipEncoder):
         tokenizer = open_clip.get_tokenizer(settings.model_name, cache_dir=str(settings.cache_dir))
         dim = int(config.get("embed_dim", 512))
         info = ModelInfo(
-            model=settings.model_name, pretrained=INSTANT_TAG, weights=INSTANT_TAG, device="cpu", dtype="none",
-            dim=dim, logit_scale=100.0, context_length=int(getattr(tokenizer, "context_length", 77)),
+            model=settings.model_name,
+            pretrained=INSTANT_TAG,
+            weights=INSTANT_TAG,
+            device="cpu",
+            dtype="none",
+            dim=dim,
+            logit_scale=100.0,
+            context_length=int(getattr(tokenizer, "context_length", 77)),
         )
         self.model = torch.nn.Identity()
         from clip_filter.ml.preprocess import ImagePreprocessor

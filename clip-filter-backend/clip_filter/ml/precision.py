@@ -50,7 +50,7 @@ def _mps_available() -> bool:
 
 
 def resolve_device(setting: str) -> torch.device:
-    """"auto" | "cpu" | "mps" | "cuda" | "cuda:N" -> the torch device; raises `device_unavailable`."""
+    """ "auto" | "cpu" | "mps" | "cuda" | "cuda:N" -> the torch device; raises `device_unavailable`."""
     value = setting.strip().lower()
     if value == "auto":
         if torch.cuda.is_available():
@@ -68,7 +68,9 @@ def resolve_device(setting: str) -> torch.device:
         _, colon, index_text = value.partition(":")
         if colon and not index_text.isdigit():
             raise ClipFilterError(
-                "invalid_device", f"CLIP_DEVICE={setting!r} is not a device: use cuda or cuda:N.", 400,
+                "invalid_device",
+                f"CLIP_DEVICE={setting!r} is not a device: use cuda or cuda:N.",
+                400,
                 device=setting,
             )
         if not torch.cuda.is_available():
@@ -79,7 +81,9 @@ def resolve_device(setting: str) -> torch.device:
             raise _device_unavailable(setting, f"only {count} CUDA device(s) are visible")
         return torch.device(value)
     raise ClipFilterError(
-        "invalid_device", f"CLIP_DEVICE={setting!r} is not one of auto, cpu, mps, cuda, cuda:N.", 400,
+        "invalid_device",
+        f"CLIP_DEVICE={setting!r} is not one of auto, cpu, mps, cuda, cuda:N.",
+        400,
         device=setting,
     )
 

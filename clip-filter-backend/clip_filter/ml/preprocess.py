@@ -14,7 +14,8 @@ can run it without torch); `plan()` describes this transform's geometry as one.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,11 +60,13 @@ class ImagePreprocessor:
         """(n, 3, H, W) from image_to_tensor -> float32 model input, as open_clip's transform makes it."""
         if pixels.dtype != torch.uint8:
             return pixels  # already normalised by the transform itself
+        # uint8 pixels come only from the split transform (image_to_tensor, plan()), which has mean and std.
+        assert self._mean is not None and self._std is not None
         # Exactly ToTensor's `.float().div(255)` then Normalize's `.sub_(mean).div_(std)`.
         return pixels.contiguous().float().div(255).sub_(self._mean).div_(self._std)
 
 
-def _split(transform: Any) -> tuple[list | None, torch.Tensor | None, torch.Tensor | None]:
+def _split(transform: Any) -> tuple[list[Any] | None, torch.Tensor | None, torch.Tensor | None]:
     """(geometry steps, mean, std) when the transform is [geometry..., to RGB, ToTensor, Normalize]."""
     steps = list(getattr(transform, "transforms", []))
     if len(steps) < 3 or not isinstance(steps[-1], T.Normalize) or not isinstance(steps[-2], T.ToTensor):
@@ -84,7 +87,7 @@ def _is_rgb_conversion(step: Any) -> bool:
     return name in ("MaybeConvertMode", "_convert_to_rgb") and getattr(step, "mode", "RGB") == "RGB"
 
 
-def _plan_of(geometry: list) -> PixelPlan | None:
+def _plan_of(geometry: list[Any]) -> PixelPlan | None:
     """[Resize, CenterCrop] as a PixelPlan; None for any other geometry (run by torchvision's steps)."""
     if len(geometry) != 2 or not isinstance(geometry[0], T.Resize) or not isinstance(geometry[1], T.CenterCrop):
         return None

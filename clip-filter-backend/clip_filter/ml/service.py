@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -87,7 +88,9 @@ class ModelService:
 
     def require_ready(self) -> ClipEncoder:
         if self.encoder is None or self.state != READY:
-            message = "The model is loading; try again shortly." if self.state == LOADING else "The model is unavailable."
+            message = (
+                "The model is loading; try again shortly." if self.state == LOADING else "The model is unavailable."
+            )
             raise ModelUnavailableError(message, reason=self.reason or self.state, fix=self.fix)
         return self.encoder
 
@@ -113,7 +116,11 @@ class ModelService:
                 model=self.settings.model_name,
                 pretrained=self.settings.pretrained,
                 weights="random" if self.settings.is_random else None,
-                device=None, dtype=None, dim=None, logit_scale=None, context_length=None,
+                device=None,
+                dtype=None,
+                dim=None,
+                logit_scale=None,
+                context_length=None,
             )
         return out
 
@@ -121,8 +128,12 @@ class ModelService:
         """Counters since start: how well concurrent requests are being coalesced."""
         if self.batcher is None:
             return {"batches_run": 0, "items_run": 0, "busy_s": 0.0, "queued": 0}
-        return {"batches_run": self.batcher.batches_run, "items_run": self.batcher.items_run,
-                "busy_s": round(self.batcher.busy_s, 3), "queued": self.batcher.queued}
+        return {
+            "batches_run": self.batcher.batches_run,
+            "items_run": self.batcher.items_run,
+            "busy_s": round(self.batcher.busy_s, 3),
+            "queued": self.batcher.queued,
+        }
 
     def queue_has_room(self, count: int = 1) -> bool:
         """Whether the model queue would admit `count` more items now (False while there is no batcher)."""
@@ -136,7 +147,7 @@ class ModelService:
             plan = self.encoder.preprocessor.plan(self.settings.jpeg_draft, self.settings.reduce_large_images)
         return await self.decoder.prepare(items, plan)
 
-    async def embed_images(self, images: list[Image.Image | np.ndarray]) -> np.ndarray:
+    async def embed_images(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
         encoder = self.require_ready()
         if not images:
             return np.zeros((0, encoder.info.dim), np.float32)
@@ -149,7 +160,7 @@ class ModelService:
         # Cached captions skip the queue entirely: repeated captions cost no model time.
         lookup = self.require_ready().lookup_texts(texts)
         if lookup.missing:
-            lookup.add(dict(zip(lookup.missing, await self._batcher().submit("text", lookup.missing))))
+            lookup.add(dict(zip(lookup.missing, await self._batcher().submit("text", lookup.missing), strict=True)))
         return lookup.batch()
 
     async def _pixels(self, loop: asyncio.AbstractEventLoop, encoder: ClipEncoder, image: Any) -> torch.Tensor:
@@ -174,10 +185,10 @@ class ModelService:
         lookup = self.require_ready().lookup_texts(texts)
         if lookup.missing:
             rows = self._batcher().submit_blocking("text", lookup.missing, wait_for_room)
-            lookup.add(dict(zip(lookup.missing, rows)))
+            lookup.add(dict(zip(lookup.missing, rows, strict=True)))
         return lookup.batch()
 
-    def blocking_embedder(self, wait_for_room: bool = True) -> "BlockingEmbedder":
+    def blocking_embedder(self, wait_for_room: bool = True) -> BlockingEmbedder:
         """`wait_for_room=False`: a full queue raises OverloadedError (429) instead of waiting (HTTP uploads)."""
         return BlockingEmbedder(self, wait_for_room)
 
@@ -186,12 +197,15 @@ class ModelService:
         return self.batcher
 
     # ---- run on the model thread -----------------------------------------------------------------
+    # The batcher exists only once a model is loaded; a batch that finds none fails its requests.
     def _run_image_batch(self, pixels: list[torch.Tensor]) -> list[np.ndarray]:
+        assert self.encoder is not None
         return list(self.encoder.encode_pixels(torch.stack(pixels)))
 
     def _run_text_batch(self, texts: list[str]) -> list[tuple[np.ndarray, bool]]:
+        assert self.encoder is not None
         batch = self.encoder.encode_texts(texts)
-        return list(zip(batch.embeddings, batch.truncated))
+        return list(zip(batch.embeddings, batch.truncated, strict=True))
 
 
 class BlockingEmbedder:

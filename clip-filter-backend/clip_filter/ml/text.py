@@ -90,7 +90,7 @@ def _pooled_positions(tokens: torch.Tensor, tower: _TextTower) -> torch.Tensor:
     """Per row, the position text_global_pool will read (the same rule it uses)."""
     if tower.pool_type == "argmax":
         return tokens.argmax(dim=-1)  # EOT has the highest id in the CLIP vocabulary
-    return (tokens == tower.eos_id).int().argmax(dim=-1)
+    return tokens.eq(tower.eos_id).int().argmax(dim=-1)
 
 
 def can_trim(model: nn.Module) -> bool:
@@ -115,7 +115,7 @@ def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     # The positions kept must not attend to the ones cut off; true for the causal (-inf above the
     # diagonal) mask open_clip builds, checked rather than assumed in case a model carries another.
     mask = tower.attn_mask
-    if not bool(torch.isneginf(mask[:length, length:]).all()):
+    if mask is None or not bool(torch.isneginf(mask[:length, length:]).all()):
         return model.encode_text(tokens)
 
     kept = tokens[:, :length]
@@ -128,10 +128,7 @@ def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     x = text_global_pool(x, kept, tower.pool_type, eos_token_id=tower.eos_id)
     x = tower.ln_final(x)
     if tower.text_projection is not None:
-        if isinstance(tower.text_projection, nn.Linear):
-            x = tower.text_projection(x)
-        else:
-            x = x @ tower.text_projection
+        x = tower.text_projection(x) if isinstance(tower.text_projection, nn.Linear) else x @ tower.text_projection
     return x
 
 
@@ -179,7 +176,7 @@ class BpeCache:
                 self._items.popitem(last=False)
 
 
-class _SpecialTokensOnly(dict):
+class _SpecialTokensOnly(dict[str, str]):
     """open_clip's BPE memo, kept to its special tokens: it reads them from here, and writes are dropped."""
 
     def __setitem__(self, key: str, value: str) -> None:
@@ -189,7 +186,9 @@ class _SpecialTokensOnly(dict):
 def bound_memo(tokenizer: SimpleTokenizer) -> None:
     """Stop open_clip's BPE memo from growing (idempotent); BpeCache does the remembering instead."""
     if not isinstance(tokenizer.cache, _SpecialTokensOnly):
-        specials = {token: token for token in tokenizer.cache if tokenizer.encoder.get(token) in tokenizer.all_special_ids}
+        specials = {
+            token: token for token in tokenizer.cache if tokenizer.encoder.get(token) in tokenizer.all_special_ids
+        }
         tokenizer.cache = _SpecialTokensOnly(specials)
 
 

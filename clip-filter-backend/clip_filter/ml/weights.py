@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any
 
 import open_clip
 import torch
@@ -64,19 +65,19 @@ def parameters_on_meta() -> Iterator[BuiltBuffers]:
     """
     built = BuiltBuffers()
 
-    def parameter_to_meta(module: nn.Module, name: str, param: nn.Parameter | None):
+    def parameter_to_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> nn.Parameter | None:
         if param is None or param.is_meta:
             return None
         return type(param)(param.to("meta"), requires_grad=param.requires_grad)
 
-    def record_buffer(module: nn.Module, name: str, buffer: torch.Tensor | None):
+    def record_buffer(module: nn.Module, name: str, buffer: torch.Tensor | None) -> None:
         if buffer is not None:
             built.by_module.setdefault(module, {})[name] = buffer
-        return None
 
     with _hooks_lock:
         handles = [
-            register_module_parameter_registration_hook(parameter_to_meta),
+            # torch registers the Parameter a hook returns instead (documented); its stub types the hook -> None.
+            register_module_parameter_registration_hook(parameter_to_meta),  # type: ignore[arg-type]
             register_module_buffer_registration_hook(record_buffer),
         ]
         try:
@@ -122,7 +123,7 @@ def load_checkpoint_into(model: nn.Module, path: str, device: torch.device, dtyp
     Raises RuntimeError (from PyTorch) on missing, unexpected or misshapen keys.
     """
 
-    def convert_and_assign(state_dict: dict[str, torch.Tensor], strict: bool = True):
+    def convert_and_assign(state_dict: dict[str, torch.Tensor], strict: bool = True) -> Any:
         mappings = file_mappings(path)  # where the checkpoint's pages are, if it is mapped
         converted: dict[str, torch.Tensor] = {}
         for key in list(state_dict):
@@ -137,7 +138,7 @@ def load_checkpoint_into(model: nn.Module, path: str, device: torch.device, dtyp
         return nn.Module.load_state_dict(model, converted, strict=strict, assign=True)
 
     # An instance attribute shadows the method for this one call; open_clip calls model.load_state_dict.
-    model.load_state_dict = convert_and_assign  # type: ignore[method-assign]
+    model.load_state_dict = convert_and_assign  # type: ignore[method-assign,assignment]
     try:
         try:
             with torch_load_mmap(True):

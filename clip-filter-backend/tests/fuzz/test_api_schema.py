@@ -51,7 +51,9 @@ def schemathesis_config(base_url: str) -> schemathesis.Config:
             "examples": {"enabled": True, "fill-missing": True, "extra-data-sources": {"responses": False}},
             "coverage": {"enabled": True, "extra-data-sources": {"responses": False}},
             "fuzzing": {
-                "enabled": True, "extra-data-sources": {"responses": False}, "error-feedback": {"enabled": False},
+                "enabled": True,
+                "extra-data-sources": {"responses": False},
+                "error-feedback": {"enabled": False},
             },
             "stateful": {"enabled": False},  # the schema has no links; state is steered by the hooks below
         },

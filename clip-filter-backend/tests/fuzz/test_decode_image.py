@@ -23,7 +23,8 @@ from PIL import Image
 from unit.image_factory import animated, encode, noise, png_header_only, with_orientation
 
 from clip_filter.core.errors import ClipFilterError
-from clip_filter.images import ImageLimits, decode_base64_image, decode_image
+from clip_filter.image_base64 import decode_base64_image
+from clip_filter.images import ImageLimits, decode_image
 
 from .conftest import FUZZ_SETTINGS
 

@@ -76,8 +76,24 @@ def _with_raw(base: dict[str, Any], key: str, raw_value: str) -> bytes:
 def _all_keys(base: dict[str, Any], raw_value: str) -> bytes:
     """Every top-level field the routes read, set to the same raw value (whichever the route reads first hits it)."""
     body = raw_value
-    keys = ("texts", "images", "text", "image", "name", "description", "metadata", "filters", "path", "filename",
-            "top_k", "offset", "item_id", "input", "query", "vector")
+    keys = (
+        "texts",
+        "images",
+        "text",
+        "image",
+        "name",
+        "description",
+        "metadata",
+        "filters",
+        "path",
+        "filename",
+        "top_k",
+        "offset",
+        "item_id",
+        "input",
+        "query",
+        "vector",
+    )
     return ("{" + ",".join(f'"{key}":{body}' for key in keys) + "}").encode()
 
 
@@ -193,7 +209,10 @@ def test_hostile_json_never_gives_5xx(shape: str, json_operations, fuzz_state: F
         label = operation_label(method, template)
         body = HOSTILE[shape](base_body(label, fuzz_state), root)
         response = send(
-            fuzz_state, method, concrete_path(template, fuzz_state), content=body,
+            fuzz_state,
+            method,
+            concrete_path(template, fuzz_state),
+            content=body,
             headers={"content-type": "application/json"},
         )
         if isinstance(response, str):
@@ -209,24 +228,39 @@ def test_hostile_json_never_gives_5xx(shape: str, json_operations, fuzz_state: F
 
 
 MULTIPART: dict[str, tuple[str, list[tuple[str, tuple[str | None, bytes | str, str | None]]]]] = {
-    "metadata-int-5000-digits": ("/collections/{name}/items", [
-        ("files", ("a.png", png_bytes(971), "image/png")), ("metadata", (None, '{"n": ' + "1" * 5000 + "}", None))]),
-    "metadata-deep-100k": ("/collections/{name}/items", [
-        ("files", ("a.png", png_bytes(972), "image/png")), ("metadata", (None, nested(100_000), None))]),
-    "metadata-lone-surrogate": ("/collections/{name}/items", [
-        ("files", ("a.png", png_bytes(973), "image/png")), ("metadata", (None, '{"k": "\\ud800"}', None))]),
-    "job-metadata-int-5000-digits": ("/collections/{name}/jobs", [
-        ("files", ("a.png", png_bytes(974), "image/png")), ("metadata", (None, '{"n": ' + "1" * 5000 + "}", None))]),
-    "search-filters-int-5000-digits": ("/collections/{name}/search", [
-        ("text", (None, "a cat", None)), ("filters", (None, '{"n": ' + "1" * 5000 + "}", None))]),
-    "search-filters-nul-key": ("/collections/{name}/search", [
-        ("text", (None, "a cat", None)), ("filters", (None, '{"a\\u0000b": 1}', None))]),
-    "search-filters-1200": ("/collections/{name}/search", [
-        ("text", (None, "a cat", None)), ("filters", (None, json.dumps({f"k{i}": i for i in range(1200)}), None))]),
-    "filename-nul-newline": ("/collections/{name}/items", [
-        ("files", ("a\u0000\n.png", png_bytes(975), "image/png"))]),
-    "similarity-caption-invalid-utf8": ("/similarity", [
-        ("images", ("a.png", png_bytes(976), "image/png")), ("texts", (None, b"\xff\xfe", None))]),
+    "metadata-int-5000-digits": (
+        "/collections/{name}/items",
+        [("files", ("a.png", png_bytes(971), "image/png")), ("metadata", (None, '{"n": ' + "1" * 5000 + "}", None))],
+    ),
+    "metadata-deep-100k": (
+        "/collections/{name}/items",
+        [("files", ("a.png", png_bytes(972), "image/png")), ("metadata", (None, nested(100_000), None))],
+    ),
+    "metadata-lone-surrogate": (
+        "/collections/{name}/items",
+        [("files", ("a.png", png_bytes(973), "image/png")), ("metadata", (None, '{"k": "\\ud800"}', None))],
+    ),
+    "job-metadata-int-5000-digits": (
+        "/collections/{name}/jobs",
+        [("files", ("a.png", png_bytes(974), "image/png")), ("metadata", (None, '{"n": ' + "1" * 5000 + "}", None))],
+    ),
+    "search-filters-int-5000-digits": (
+        "/collections/{name}/search",
+        [("text", (None, "a cat", None)), ("filters", (None, '{"n": ' + "1" * 5000 + "}", None))],
+    ),
+    "search-filters-nul-key": (
+        "/collections/{name}/search",
+        [("text", (None, "a cat", None)), ("filters", (None, '{"a\\u0000b": 1}', None))],
+    ),
+    "search-filters-1200": (
+        "/collections/{name}/search",
+        [("text", (None, "a cat", None)), ("filters", (None, json.dumps({f"k{i}": i for i in range(1200)}), None))],
+    ),
+    "filename-nul-newline": ("/collections/{name}/items", [("files", ("a\u0000\n.png", png_bytes(975), "image/png"))]),
+    "similarity-caption-invalid-utf8": (
+        "/similarity",
+        [("images", ("a.png", png_bytes(976), "image/png")), ("texts", (None, b"\xff\xfe", None))],
+    ),
 }
 
 

@@ -47,9 +47,16 @@ def read(body: bytes) -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
 
     scope = {
-        "type": "http", "method": "POST", "path": "/similarity", "raw_path": b"/similarity", "query_string": b"",
+        "type": "http",
+        "method": "POST",
+        "path": "/similarity",
+        "raw_path": b"/similarity",
+        "query_string": b"",
         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 5000), "client": ("127.0.0.1", 1),
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("127.0.0.1", 5000),
+        "client": ("127.0.0.1", 1),
     }
     request = Request(scope, receive)
     coroutine = READER(request, SETTINGS) if TAKES_SETTINGS else READER(request)
@@ -118,9 +125,7 @@ numbers = st.one_of(
 scalars = st.one_of(st.none(), st.booleans(), numbers, hostile_text)
 json_values = st.recursive(
     scalars,
-    lambda children: st.one_of(
-        st.lists(children, max_size=6), st.dictionaries(hostile_text, children, max_size=6)
-    ),
+    lambda children: st.one_of(st.lists(children, max_size=6), st.dictionaries(hostile_text, children, max_size=6)),
     max_leaves=40,
 )
 # Bodies shaped like the routes' requests, so nested values also reach the keys they read.

@@ -14,9 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import httpx
 import pytest
@@ -116,7 +116,9 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
         pytest.skip("needs to start its own server; CLIP_FILTER_TEST_BASE_URL points at an external one")
     started: list[LiveServer] = []
 
-    def factory(env: dict[str, str] | None = None, data_dir: Path | None = None, wait: str | None = "ready") -> LiveServer:
+    def factory(
+        env: dict[str, str] | None = None, data_dir: Path | None = None, wait: str | None = "ready"
+    ) -> LiveServer:
         server = start_server(data_dir or tmp_path / f"data{len(started)}", env, wait)
         started.append(server)
         return server
@@ -155,7 +157,9 @@ def rate_limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
     if EXTERNAL_URL:
         pytest.skip("needs to start its own server; CLIP_FILTER_TEST_BASE_URL points at an external one")
     env = {
-        **TIGHT_RATE_LIMITS, "CLIP_FILTER_LOG_FORMAT": "json", "CLIP_FILTER_LOG_LEVEL": "info",
+        **TIGHT_RATE_LIMITS,
+        "CLIP_FILTER_LOG_FORMAT": "json",
+        "CLIP_FILTER_LOG_LEVEL": "info",
         "CLIP_FILTER_MAX_REQUEST_BYTES": str(1024 * 1024),
     }
     live = start_server(tmp_path_factory.mktemp("rate-limited") / "data", env)

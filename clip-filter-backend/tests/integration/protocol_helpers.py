@@ -23,8 +23,13 @@ def native_images(http, images_b64: list[str]) -> np.ndarray:
 
 def served_model(http) -> dict:
     info = http.get("/info").json()
-    return {"id": f"{info['model']}__{info['pretrained']}", "dim": info["dim"], "weights": info["weights"],
-            "model": info["model"], "pretrained": info["pretrained"]}
+    return {
+        "id": f"{info['model']}__{info['pretrained']}",
+        "dim": info["dim"],
+        "weights": info["weights"],
+        "model": info["model"],
+        "pretrained": info["pretrained"],
+    }
 
 
 def assert_same_vectors(got, expected) -> None:

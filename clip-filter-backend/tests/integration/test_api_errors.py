@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import zlib
 import struct
+import zlib
 
 import pytest
 from PIL import Image
@@ -16,6 +16,7 @@ URL = "/image_text_similarity_best_match"
 
 def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
     """A valid PNG header claiming 900 MP, with a tiny (zlib-compressed zero) body."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -53,7 +54,11 @@ def assert_error(response, status: int, code: str | None = None) -> dict:
         ({"json": {"images": [b64(png_bytes(1))], "texts": ["ok", 5]}}, 422, "invalid_request"),
         ({"json": {"images": "not a list", "texts": ["a"]}}, 422, "invalid_request"),
         ({"json": {"images": [b64(png_bytes(1))] * 65, "texts": ["a"]}}, 413, "too_many_images"),
-        ({"files": [("images", ("a.png", png_bytes(1), "image/png"))] * 66, "data": {"texts": ["a"]}}, 413, "too_many_files"),
+        (
+            {"files": [("images", ("a.png", png_bytes(1), "image/png"))] * 66, "data": {"texts": ["a"]}},
+            413,
+            "too_many_files",
+        ),
         ({"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data"}}, 400, "invalid_multipart"),
         ({"json": {"images": [b64(png_bytes(1))], "texts": ["a"] * 257}}, 413, "too_many_texts"),
         ({"json": {"images": [b64(png_bytes(1))], "texts": ["a" * 10_001]}}, 413, "text_too_long"),
@@ -62,7 +67,11 @@ def assert_error(response, status: int, code: str | None = None) -> dict:
         ({"json": {"image_base64": b64(b""), "text_input1": "a", "text_input2": "b"}}, 400, None),
         ({"json": {"image_base64": b64(bomb_png()), "text_input1": "a", "text_input2": "b"}}, 413, None),
         ({"json": {"image_base64": b64(truncated_jpeg()), "text_input1": "a", "text_input2": "b"}}, 422, None),
-        ({"json": {"image_base64": b64(b"%PDF-1.4\n%\xe2\xe3\n1 0 obj"), "text_input1": "a", "text_input2": "b"}}, 415, None),
+        (
+            {"json": {"image_base64": b64(b"%PDF-1.4\n%\xe2\xe3\n1 0 obj"), "text_input1": "a", "text_input2": "b"}},
+            415,
+            None,
+        ),
     ],
 )
 def test_bad_requests_get_clear_json_errors(client, kwargs, status, code):

@@ -37,7 +37,9 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
 
 @pytest.mark.parametrize("url", MODEL_ROUTES)
 def test_deep_nesting_is_a_400_not_a_500(client, url):
-    error = assert_error(post_raw(client, url, b'{"texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), 400, "invalid_json")
+    error = assert_error(
+        post_raw(client, url, b'{"texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), 400, "invalid_json"
+    )
     assert error["limit"] == 64
     # Just inside the budget parses (and is then refused for its shape, not its depth).
     nested = b'{"texts": ["a"], "x": ' + b"[" * 62 + b"]" * 62 + b"}"
@@ -50,9 +52,13 @@ def collection_json_routes(client) -> list[tuple[str, str]]:
     assert client.post("/collections", json={"name": name}).status_code == 201
     item = client.post(f"/collections/{name}/items", json={"texts": ["a red square"]}).json()["results"][0]["id"]
     return [
-        ("POST", "/collections"), ("PATCH", f"/collections/{name}"), ("POST", f"/collections/{name}/items"),
-        ("PATCH", f"/collections/{name}/items/{item}"), ("POST", f"/collections/{name}/search"),
-        ("POST", f"/collections/{name}/map/project"), ("POST", f"/collections/{name}/jobs"),
+        ("POST", "/collections"),
+        ("PATCH", f"/collections/{name}"),
+        ("POST", f"/collections/{name}/items"),
+        ("PATCH", f"/collections/{name}/items/{item}"),
+        ("POST", f"/collections/{name}/search"),
+        ("POST", f"/collections/{name}/map/project"),
+        ("POST", f"/collections/{name}/jobs"),
     ]
 
 
@@ -60,8 +66,12 @@ def test_integers_over_4300_digits_are_a_400_on_every_json_route(client):
     huge = b"9" * 5000
     routes = [("POST", url) for url in MODEL_ROUTES] + collection_json_routes(client)
     for method, url in routes:
-        response = client.request(method, url, content=b'{"top_k": ' + huge + b', "texts": ["a"], "name": "x"}',
-                                  headers={"content-type": "application/json"})
+        response = client.request(
+            method,
+            url,
+            content=b'{"top_k": ' + huge + b', "texts": ["a"], "name": "x"}',
+            headers={"content-type": "application/json"},
+        )
         error = assert_error(response, 400, "invalid_json")
         assert "4300" in error["message"], (url, error)
     # A long integer that Python still reads is the route's business, not a parse error.
@@ -73,8 +83,10 @@ def test_integers_over_4300_digits_are_a_400_on_every_json_route(client):
     [
         ("/embeddings/texts", b'{"texts": ["fine", "bad \\ud800 caption"]}'),
         ("/similarity", b'{"images": ["%s"], "texts": ["\\udfff"]}' % b64(png_bytes(1)).encode()),
-        ("/image_text_similarity_best_match",
-         b'{"image_base64": "%s", "text_input1": "a", "text_input2": "\\ud83d"}' % b64(png_bytes(1)).encode()),
+        (
+            "/image_text_similarity_best_match",
+            b'{"image_base64": "%s", "text_input1": "a", "text_input2": "\\ud83d"}' % b64(png_bytes(1)).encode(),
+        ),
     ],
 )
 def test_lone_surrogates_in_captions_are_refused(client, url, body):
@@ -93,8 +105,9 @@ def test_an_18_million_element_array_is_refused_with_bounded_memory(server_facto
 
         async def bomb_and_probe():
             async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as client:
-                bomb = asyncio.create_task(client.post("/embeddings/texts", content=body,
-                                                       headers={"content-type": "application/json"}))
+                bomb = asyncio.create_task(
+                    client.post("/embeddings/texts", content=body, headers={"content-type": "application/json"})
+                )
                 probes = [await client.get("/health/live") for _ in range(3)]
                 return await bomb, probes
 
@@ -111,8 +124,9 @@ def test_the_element_budget_is_a_setting_and_counts_outside_strings(server_facto
     server = server_factory({"CLIP_FILTER_MAX_JSON_ELEMENTS": "300"})
     with server.client() as http:
         assert http.get("/info").json()["limits"]["max_json_elements"] == 300
-        assert_error(http.post("/embeddings/texts", json={"texts": ["a"] * 200, "pad": list(range(200))}),
-                     413, "json_too_large")
+        assert_error(
+            http.post("/embeddings/texts", json={"texts": ["a"] * 200, "pad": list(range(200))}), 413, "json_too_large"
+        )
         # Commas and brackets inside a caption are text, not structure.
         caption = "a, b, [c], {d}, " * 100
         response = http.post("/embeddings/texts", json={"texts": [caption] * 3})
@@ -132,6 +146,7 @@ def test_many_unique_long_captions_keep_memory_bounded(server_factory):
     pid = server.process.pid
     rng = random.Random(0)
     with server.client() as http:
+
         def request() -> None:
             response = http.post("/embeddings/texts", json={"texts": unique_captions(rng, 256, 10_000)})
             assert response.status_code == 200, response.text

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from .images_for_tests import b64, png_bytes
 
@@ -13,13 +14,15 @@ CAPTIONS = ["a photo of a dog", "a diagram of a circuit", "a bowl of soup"]
 
 def multipart(images: list[bytes], texts: list[str], names: list[str] | None = None):
     names = names or [f"img{i}.png" for i in range(len(images))]
-    files = [("images", (name, data, "image/png")) for name, data in zip(names, images)]
+    files = [("images", (name, data, "image/png")) for name, data in zip(names, images, strict=True)]
     return {"files": files, "data": {"texts": texts}}
 
 
 def reference_scores(client, images: list[bytes], texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Cosines and probabilities recomputed in NumPy from the service's own embeddings."""
-    image_vectors = np.array(client.post("/embeddings/images", json={"images": [b64(i) for i in images]}).json()["embeddings"])
+    image_vectors = np.array(
+        client.post("/embeddings/images", json={"images": [b64(i) for i in images]}).json()["embeddings"]
+    )
     text_vectors = np.array(client.post("/embeddings/texts", json={"texts": texts}).json()["embeddings"])
     scale = client.get("/info").json()["logit_scale"]
     cos = image_vectors @ text_vectors.T
@@ -50,7 +53,9 @@ def test_info_reports_model_weights_and_limits(client):
     assert info["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-5)
     assert info["limits"]["max_image_bytes"] == 25 * 1024 * 1024
     before = info["batching"]
-    response = client.post("/image_text_similarity_best_match", **multipart([png_bytes(i) for i in range(3)], ["a fresh caption"]))
+    response = client.post(
+        "/image_text_similarity_best_match", **multipart([png_bytes(i) for i in range(3)], ["a fresh caption"])
+    )
     assert response.status_code == 200, response.text
     after = client.get("/info").json()["batching"]
     assert after["items_run"] >= before["items_run"] + 4  # 3 images and 1 uncached caption went through the model
@@ -80,7 +85,10 @@ def test_multipart_many_images_many_captions_match_the_numpy_reference(client):
 def test_json_images_and_similarity_matrix_agree(client):
     images = [png_bytes(10), png_bytes(11)]
     matrix = client.post("/similarity", json={"images": [b64(i) for i in images], "texts": CAPTIONS}).json()
-    best = client.post("/image_text_similarity_best_match", json={"images": ["data:image/png;base64," + b64(i) for i in images], "texts": CAPTIONS}).json()
+    best = client.post(
+        "/image_text_similarity_best_match",
+        json={"images": ["data:image/png;base64," + b64(i) for i in images], "texts": CAPTIONS},
+    ).json()
     for row in range(2):
         np.testing.assert_allclose(matrix["matrix"][row], best["results"][row]["scores"], atol=1e-6)
         np.testing.assert_allclose(matrix["probabilities"][row], best["results"][row]["probabilities"], atol=1e-5)
@@ -150,7 +158,11 @@ def test_openapi_describes_every_body_and_response_of_these_routes(client):
     spec = client.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
     bodies = {
-        "/image_text_similarity_best_match": ({"OriginalMatchRequest", "MatchRequest"}, "MatchForm", {"images", "texts"}),
+        "/image_text_similarity_best_match": (
+            {"OriginalMatchRequest", "MatchRequest"},
+            "MatchForm",
+            {"images", "texts"},
+        ),
         "/similarity": ({"OriginalMatchRequest", "MatchRequest"}, "MatchForm", {"images", "texts"}),
         "/embeddings/images": ({"ImagesRequest"}, "ImagesForm", {"images"}),
         "/embeddings/texts": ({"TextsRequest"}, "TextsForm", {"texts"}),

@@ -25,9 +25,16 @@ from .images_for_tests import png_bytes
 
 # ---- the security model, written out independently of the implementation -------------------------------------
 READ_ONLY_POSTS = {
-    "/image_text_similarity_best_match", "/similarity", "/embeddings/images", "/embeddings/texts",
-    "/collections/{name}/search", "/collections/{name}/map/project",
-    "/v1/embeddings", "/embeddings", "/vectorize", "/predict",
+    "/image_text_similarity_best_match",
+    "/similarity",
+    "/embeddings/images",
+    "/embeddings/texts",
+    "/collections/{name}/search",
+    "/collections/{name}/map/project",
+    "/v1/embeddings",
+    "/embeddings",
+    "/vectorize",
+    "/predict",
 }
 RANK = {"read": 0, "write": 1, "admin": 2}
 
@@ -122,8 +129,11 @@ def test_every_route_by_key_scope_and_collection(keyed, tmp_path):
                 cases[who] = "ok" if needed is None or RANK[who] >= RANK[needed] else 403
             limited_out = "{name}" in template or (method == "POST" and template.removeprefix("/api") == "/collections")
             cases["other"] = "ok" if needed is None else (403 if limited_out else "ok")
-            cases["own"] = "ok" if needed is None else (
-                403 if RANK[needed] > RANK["write"] or (limited_out and "{name}" not in template) else "ok")
+            cases["own"] = (
+                "ok"
+                if needed is None
+                else (403 if RANK[needed] > RANK["write"] or (limited_out and "{name}" not in template) else "ok")
+            )
             for who, expected in cases.items():
                 headers = bearer(keys[who]) if who else {}
                 response = http.request(method, path, headers=headers, **body)
@@ -164,14 +174,23 @@ def test_keys_work_end_to_end_and_revocation_is_immediate(keyed):
         assert_error(http.get("/collections", headers=bearer("cfk_" + "x" * 43)), 401, "unauthorized")
         assert_error(http.get("/collections", headers={"Authorization": "Basic dXNlcjpwYXNz"}), 401, "unauthorized")
 
-        done = subprocess.run([sys.executable, "-m", "clip_filter", "keys", "revoke", "reader"], env=keyed.env,
-                              check=False, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "clip_filter", "keys", "revoke", "reader"],
+            env=keyed.env,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         assert_error(http.get("/collections/mine", headers=bearer(reader)), 401, "unauthorized")
         assert http.get("/collections/mine", headers=bearer(writer)).status_code == 200
         # /info says keys are required.
         assert http.get("/info", headers=bearer(writer)).json()["auth"] == {
-            "mode": "keys", "keys_required": True, "cors_origins": []}
+            "mode": "keys",
+            "keys_required": True,
+            "cors_origins": [],
+        }
         # The key store holds hashes only: no secret is anywhere in its files.
         for path in keyed.data_dir.glob("keys.sqlite3*"):
             data = path.read_bytes()
@@ -180,8 +199,14 @@ def test_keys_work_end_to_end_and_revocation_is_immediate(keyed):
 
 def test_keys_list_never_shows_secrets(keyed):
     key = create_key(keyed, "listed", "read")
-    done = subprocess.run([sys.executable, "-m", "clip_filter", "keys", "list"], env=keyed.env, check=False,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "clip_filter", "keys", "list"],
+        env=keyed.env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0 and "listed" in done.stdout and "bootstrap" in done.stdout, done.stderr
     assert key not in done.stdout and key[4:20] not in done.stdout
 
@@ -253,8 +278,11 @@ def test_a_body_without_json_content_type_is_refused_and_nothing_is_created(loca
         assert request.headers.get("content-type") == headers.get("content-type")  # none at all in the first
         assert_error(local.send(request), 415, "unsupported_media_type")
     for path in ("/collections/x/items", "/embeddings/texts", "/api/collections"):
-        assert_error(local.post(path, content=b'{"texts": ["a"]}', headers={"content-type": "text/plain"}),
-                     415, "unsupported_media_type")
+        assert_error(
+            local.post(path, content=b'{"texts": ["a"]}', headers={"content-type": "text/plain"}),
+            415,
+            "unsupported_media_type",
+        )
     assert local.get(f"/collections/{name}").status_code == 404
     assert local.post("/collections", json={"name": name}).status_code == 201
 
@@ -262,8 +290,9 @@ def test_a_body_without_json_content_type_is_refused_and_nothing_is_created(loca
 def test_cors_is_closed_by_default(local):
     # The review's repro: a cross-origin DELETE preflight was answered with allow-origin *.
     for method in ("DELETE", "POST"):
-        response = local.options("/collections/c", headers={"Origin": "http://elsewhere.example",
-                                                             "Access-Control-Request-Method": method})
+        response = local.options(
+            "/collections/c", headers={"Origin": "http://elsewhere.example", "Access-Control-Request-Method": method}
+        )
         assert "access-control-allow-origin" not in response.headers
         assert response.status_code >= 400
     response = local.get("/info", headers={"Origin": "http://elsewhere.example"})
@@ -279,10 +308,14 @@ def test_cross_site_writes_are_refused(local):
     # multipart is a CORS-safelisted type: a form POST from another site needs no preflight. Refused.
     form = {"files": ("a.png", png_bytes(1), "image/png")}
     assert_error(local.post(f"/collections/{name}/items", files=form, headers=evil), 403, "cross_site_request")
-    assert_error(local.post(f"/collections/{name}/items", files=form, headers={"Sec-Fetch-Site": "cross-site"}),
-                 403, "cross_site_request")
-    assert_error(local.post(f"/collections/{name}/items", files=form, headers={"Origin": "null"}),
-                 403, "cross_site_request")
+    assert_error(
+        local.post(f"/collections/{name}/items", files=form, headers={"Sec-Fetch-Site": "cross-site"}),
+        403,
+        "cross_site_request",
+    )
+    assert_error(
+        local.post(f"/collections/{name}/items", files=form, headers={"Origin": "null"}), 403, "cross_site_request"
+    )
     # Another port of the same host is another origin (Sec-Fetch-Site would say same-site).
     port = int(local.base_url.port) + 1
     other_port = {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-site"}
@@ -339,15 +372,22 @@ def test_security_headers_and_originals_served_safely(server_factory, tmp_path):
 
 
 def test_a_cors_allow_list_and_allowed_hosts(server_factory):
-    server = server_factory({"CLIP_FILTER_CORS_ORIGINS": "http://app.example", "CLIP_FILTER_ALLOWED_HOSTS":
-                             "clip.example.org,127.0.0.1"})
+    server = server_factory(
+        {"CLIP_FILTER_CORS_ORIGINS": "http://app.example", "CLIP_FILTER_ALLOWED_HOSTS": "clip.example.org,127.0.0.1"}
+    )
     with server.client() as http:
-        good = http.options("/collections", headers={"Origin": "http://app.example",
-                                                     "Access-Control-Request-Method": "POST",
-                                                     "Access-Control-Request-Headers": "authorization,content-type"})
+        good = http.options(
+            "/collections",
+            headers={
+                "Origin": "http://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
         assert good.status_code == 200 and good.headers["access-control-allow-origin"] == "http://app.example"
-        bad = http.options("/collections", headers={"Origin": "http://evil.example",
-                                                    "Access-Control-Request-Method": "POST"})
+        bad = http.options(
+            "/collections", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+        )
         assert bad.headers.get("access-control-allow-origin") is None
         created = http.post("/collections", json={"name": "cors"}, headers={"Origin": "http://app.example"})
         assert created.status_code == 201 and created.headers["access-control-allow-origin"] == "http://app.example"

@@ -23,7 +23,9 @@ GOOD_IMAGES = 4  # + 1 text file
 BROKEN = {"broken.png": "truncated_image", "fake.jpg": "not_an_image", "empty.png": "empty_file"}
 
 
-def cli(data_dir: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def cli(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     full_env = {
         **os.environ,
         "CLIP_MODEL": "clip-filter-tiny",
@@ -34,10 +36,16 @@ def cli(data_dir: Path, *args: str, env: dict[str, str] | None = None, check: bo
         **(env or {}),
     }
     result = subprocess.run(
-        [sys.executable, "-m", "clip_filter", *args], env=full_env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "clip_filter", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if check:
-        assert result.returncode == 0, f"{args} exited {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+        assert result.returncode == 0, (
+            f"{args} exited {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+        )
     return result
 
 
@@ -66,7 +74,7 @@ def items_by_sha(data_dir: Path, name: str, originals: bool = True) -> dict[str,
         collection = store.get_collection(name)
         out = {}
         for items, vectors in store.items_with_vectors(collection.id):
-            for item, vector in zip(items, vectors):
+            for item, vector in zip(items, vectors, strict=True):
                 original = store.original_file(item)
                 out[item.sha256] = (item, vector.copy(), original.read_bytes() if original and originals else None)
         return out
@@ -133,8 +141,10 @@ def test_ingest_again_adds_nothing_and_prints_the_summary(ingested) -> None:
     data_dir, folder, _, _ = ingested
     before = items_by_sha(data_dir, "photos")
     run = cli(data_dir, "ingest", str(folder), "--collection", "photos", "--no-progress")
-    assert (f"Ingested into 'photos': 0 added, {GOOD_IMAGES + 1} duplicates (already in the collection), "
-            f"{len(BROKEN)} failed, of {GOOD_IMAGES + 1 + len(BROKEN)} files") in run.stdout
+    assert (
+        f"Ingested into 'photos': 0 added, {GOOD_IMAGES + 1} duplicates (already in the collection), "
+        f"{len(BROKEN)} failed, of {GOOD_IMAGES + 1 + len(BROKEN)} files"
+    ) in run.stdout
     for name, code in BROKEN.items():
         assert f"{folder / name}: {code}:" in run.stdout
     after = items_by_sha(data_dir, "photos")
@@ -208,8 +218,19 @@ def test_csv_ingest_with_metadata_columns(tmp_path: Path) -> None:
     assert items["images/p2.png"].metadata == {"label": "cat", "year": "2022", "note": "second, with a comma"}
 
     # Only the chosen columns, into another collection.
-    cli(data_dir, "ingest", str(listing), "-c", "labels", "--create", "--metadata-column", "label",
-        "--metadata-column", "year", "--no-progress")
+    cli(
+        data_dir,
+        "ingest",
+        str(listing),
+        "-c",
+        "labels",
+        "--create",
+        "--metadata-column",
+        "label",
+        "--metadata-column",
+        "year",
+        "--no-progress",
+    )
     labelled = {item.filename: item.metadata for item, _, _ in items_by_sha(data_dir, "labels").values()}
     assert labelled[str(images / "p3.png")] == {"label": "cat", "year": "2023"}
 
@@ -242,8 +263,18 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
     embeddings = np.load(out / "embeddings.npy")
     assert embeddings.dtype == np.float32 and embeddings.shape == (len(lines), 64) == (GOOD_IMAGES + 1, 64)
     source = items_by_sha(data_dir, "meta")
-    for line, row in zip(lines, embeddings):
-        assert set(line) >= {"id", "kind", "filename", "mimetype", "sha256", "metadata", "truncated", "text", "original"}
+    for line, row in zip(lines, embeddings, strict=True):
+        assert set(line) >= {
+            "id",
+            "kind",
+            "filename",
+            "mimetype",
+            "sha256",
+            "metadata",
+            "truncated",
+            "text",
+            "original",
+        }
         assert np.array_equal(row, source[line["sha256"]][1])
         if line["kind"] == "image":
             assert (out / line["original"]).read_bytes() == source[line["sha256"]][2]
@@ -261,12 +292,31 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
         for sha, (item, vector, original) in copy.items():
             old_item, old_vector, old_original = source[sha]
             assert np.array_equal(vector, old_vector)  # exact equality, bit for bit
-            assert (item.kind, item.filename, item.mimetype, item.size, item.metadata, item.truncated, item.text,
-                    item.width, item.height) == (
-                old_item.kind, old_item.filename, old_item.mimetype, old_item.size, old_item.metadata,
-                old_item.truncated, old_item.text, old_item.width, old_item.height)
+            assert (
+                item.kind,
+                item.filename,
+                item.mimetype,
+                item.size,
+                item.metadata,
+                item.truncated,
+                item.text,
+                item.width,
+                item.height,
+            ) == (
+                old_item.kind,
+                old_item.filename,
+                old_item.mimetype,
+                old_item.size,
+                old_item.metadata,
+                old_item.truncated,
+                old_item.text,
+                old_item.width,
+                old_item.height,
+            )
             assert original == old_original
-        assert copy[next(s for s, v in source.items() if v[0].filename == "photos/img0.png")][0].metadata == {"label": "zero"}
+        assert copy[next(s for s, v in source.items() if v[0].filename == "photos/img0.png")][0].metadata == {
+            "label": "zero"
+        }
         record = collection_record(data_dir, name)
         assert (record["model"], record["pretrained"], record["dim"]) == ("clip-filter-tiny", "random", 64)
     # A search finds the same items with the same scores in the copy.
@@ -291,8 +341,11 @@ def test_import_refuses_a_corrupt_original_and_a_mismatched_dimension(tmp_path: 
 
     corrupt = tmp_path / "corrupt"
     shutil.copytree(out, corrupt)
-    victim = next(json.loads(line) for line in (corrupt / "items.jsonl").read_text().splitlines()
-                  if json.loads(line)["kind"] == "image")
+    victim = next(
+        json.loads(line)
+        for line in (corrupt / "items.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "image"
+    )
     original = corrupt / victim["original"]
     data = bytearray(original.read_bytes())
     data[-20] ^= 0xFF
@@ -358,7 +411,11 @@ def test_model_mismatch_then_reindex_records_the_new_model(tmp_path: Path) -> No
     assert "Reindexed 'pics': 5 items" in run.stdout
     record = collection_record(data_dir, "pics")
     assert (record["model"], record["pretrained"], record["dim"], record["item_count"]) == (
-        "clip-filter-tiny", checkpoint, 64, GOOD_IMAGES + 1)
+        "clip-filter-tiny",
+        checkpoint,
+        64,
+        GOOD_IMAGES + 1,
+    )
     after = items_by_sha(data_dir, "pics")
     assert after.keys() == before.keys()
     for sha, (item, vector, _) in after.items():

@@ -75,7 +75,9 @@ def test_create_list_get_delete_round_trip(client):
     name = new_collection(client)
     collection = client.get(f"/collections/{name}").json()
     assert collection["name"] == name and collection["description"] == "test" and collection["item_count"] == 0
-    assert collection["model"] == "clip-filter-tiny" and collection["pretrained"] == "random" and collection["dim"] == 64
+    assert (
+        collection["model"] == "clip-filter-tiny" and collection["pretrained"] == "random" and collection["dim"] == 64
+    )
     listed = {c["name"]: c for c in client.get("/collections").json()["collections"]}
     assert listed[name]["item_count"] == 0
     assert_error(client.post("/collections", json={"name": name}), 409, "collection_exists")
@@ -99,14 +101,19 @@ def test_api_prefix_serves_the_same_collections(client):
 def test_add_images_and_text_files_with_duplicates_and_bad_slots(client):
     name = new_collection(client)
     image = png_bytes(10)
-    body = add_files(client, name, [
-        ("one.png", image, "image/png"),
-        ("note.txt", "a note about cats".encode(), "text/plain"),
-        ("doc.pdf", b"%PDF-1.4\n%\xe2\xe3\n1 0 obj", "application/pdf"),
-        ("same.png", image, "image/png"),
-        ("empty.png", b"", "image/png"),
-        ("two.png", png_bytes(11), "image/png"),
-    ], metadata=['{"camera": "fuji"}', '{"lang": "en"}', "", "", "", '{"camera": "leica", "year": 2024}'])
+    body = add_files(
+        client,
+        name,
+        [
+            ("one.png", image, "image/png"),
+            ("note.txt", b"a note about cats", "text/plain"),
+            ("doc.pdf", b"%PDF-1.4\n%\xe2\xe3\n1 0 obj", "application/pdf"),
+            ("same.png", image, "image/png"),
+            ("empty.png", b"", "image/png"),
+            ("two.png", png_bytes(11), "image/png"),
+        ],
+        metadata=['{"camera": "fuji"}', '{"lang": "en"}', "", "", "", '{"camera": "leica", "year": 2024}'],
+    )
     statuses = [r["status"] for r in body["results"]]
     assert statuses == ["added", "added", "error", "duplicate", "error", "added"]
     assert [r["index"] for r in body["results"]] == list(range(6))
@@ -138,10 +145,13 @@ def test_add_images_and_text_files_with_duplicates_and_bad_slots(client):
 def test_json_texts_long_text_is_truncated_and_flagged(client):
     name = new_collection(client)
     long_text = " ".join(f"word{i}" for i in range(400))
-    response = client.post(f"/collections/{name}/items", json={
-        "texts": ["a red bicycle", long_text, "   ", "a red bicycle"],
-        "metadata": [{"source": "json"}, None, None, None],
-    })
+    response = client.post(
+        f"/collections/{name}/items",
+        json={
+            "texts": ["a red bicycle", long_text, "   ", "a red bicycle"],
+            "metadata": [{"source": "json"}, None, None, None],
+        },
+    )
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert [r["status"] for r in results] == ["added", "added", "error", "duplicate"]
@@ -212,10 +222,11 @@ def test_image_search_finds_the_indexed_image_first(client, searchable):
         assert len(body["results"]) == 12 and body["total"] == 12
         assert body["model"]["name"] == "clip-filter-tiny" and body["weights"] == "random"
         assert_ranked(body["results"])
-    multipart = client.post(f"/collections/{name}/search", files={"image": ("q.png", images[3], "image/png")},
-                            data={"top_k": "2"})
+    multipart = client.post(
+        f"/collections/{name}/search", files={"image": ("q.png", images[3], "image/png")}, data={"top_k": "2"}
+    )
     assert multipart.status_code == 200, multipart.text
-    assert [r["id"] for r in multipart.json()["results"]][0] == ids[3] and len(multipart.json()["results"]) == 2
+    assert multipart.json()["results"][0]["id"] == ids[3] and len(multipart.json()["results"]) == 2
 
 
 def test_item_and_text_searches(client, searchable):
@@ -242,13 +253,16 @@ def test_filters_kind_and_min_score(client, searchable):
     above = search(client, name, item_id=ids[0], min_score=cut)
     assert [r["id"] for r in above["results"]] == [r["id"] for r in everything if r["score"] >= cut]
     assert above["total"] == len(above["results"])
-    form = client.post(f"/collections/{name}/search", files={"image": ("q.png", png_bytes(100), "image/png")},
-                       data={"kind": "image", "filters": '{"group": "b"}'})
+    form = client.post(
+        f"/collections/{name}/search",
+        files={"image": ("q.png", png_bytes(100), "image/png")},
+        data={"kind": "image", "filters": '{"group": "b"}'},
+    )
     assert sorted(r["id"] for r in form.json()["results"]) == sorted(ids[0:8:2])
 
 
 def test_search_pages_concatenate_to_the_full_ranking(client, searchable):
-    name, _, ids = searchable
+    name, _, _ids = searchable
     full = search(client, name, text="anything at all", top_k=12)["results"]
     pages = [search(client, name, text="anything at all", top_k=5, offset=o)["results"] for o in (0, 5, 10)]
     assert [r["id"] for page in pages for r in page] == [r["id"] for r in full]
@@ -256,8 +270,18 @@ def test_search_pages_concatenate_to_the_full_ranking(client, searchable):
 
 
 # ---- bad input ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("body", [{"name": "a/b"}, {"name": ""}, {"name": "x" * 65}, {"name": ".."}, {"name": 5}, {},
-                                  {"name": "ok-name", "description": 7}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "a/b"},
+        {"name": ""},
+        {"name": "x" * 65},
+        {"name": ".."},
+        {"name": 5},
+        {},
+        {"name": "ok-name", "description": 7},
+    ],
+)
 def test_bad_collection_bodies(client, body):
     assert_error(client.post("/collections", json=body), 422)
 
@@ -270,7 +294,11 @@ def test_bad_requests_get_clear_json_errors(client, searchable):
         return client.post(path, content=content, headers={"content-type": "application/json"})
 
     cases = [
-        (client.post("/collections", content=b"{nope", headers={"content-type": "application/json"}), 400, "invalid_json"),
+        (
+            client.post("/collections", content=b"{nope", headers={"content-type": "application/json"}),
+            400,
+            "invalid_json",
+        ),
         (client.post("/collections", content=b"name=x", headers={"content-type": "text/plain"}), 415, None),
         (client.get("/collections/bad%20name"), 422, "invalid_collection_name"),
         (client.get("/collections/missing-one"), 404, "collection_not_found"),
@@ -290,12 +318,27 @@ def test_bad_requests_get_clear_json_errors(client, searchable):
         (client.post(f"{url}/items", json={"texts": ["a"], "metadata": "x"}), 422, "invalid_metadata"),
         (client.post(f"{url}/items", json={"texts": ["a"], "metadata": [[1]]}), 422, "invalid_metadata"),
         (client.post(f"{url}/items", json={"texts": ["a"] * 300}), 413, "too_many_texts"),
-        (client.post(f"{url}/items", files=[("files", ("a.png", png_bytes(1), "image/png"))], data={"metadata": "{bad"}),
-         422, "invalid_metadata"),
-        (client.post(f"{url}/items", files=[("files", ("a.png", png_bytes(1), "image/png"))], data={"metadata": "[1]"}),
-         422, "invalid_metadata"),
-        (client.post(f"{url}/items", files=[("files", ("a.png", png_bytes(1), "image/png"))],
-                     data={"metadata": ["{}", "{}"]}), 422, "invalid_metadata"),
+        (
+            client.post(
+                f"{url}/items", files=[("files", ("a.png", png_bytes(1), "image/png"))], data={"metadata": "{bad"}
+            ),
+            422,
+            "invalid_metadata",
+        ),
+        (
+            client.post(
+                f"{url}/items", files=[("files", ("a.png", png_bytes(1), "image/png"))], data={"metadata": "[1]"}
+            ),
+            422,
+            "invalid_metadata",
+        ),
+        (
+            client.post(
+                f"{url}/items", files=[("files", ("a.png", png_bytes(1), "image/png"))], data={"metadata": ["{}", "{}"]}
+            ),
+            422,
+            "invalid_metadata",
+        ),
         (client.post(f"{url}/items", files=[("other", ("a.png", png_bytes(1), "image/png"))]), 422, "no_files"),
         (client.patch(f"{url}/items/{ids[0]}", json={"metadata": [1]}), 422, "invalid_metadata"),
         (client.patch(f"{url}/items/{ids[0]}", json={}), 422, None),
@@ -315,8 +358,11 @@ def test_bad_requests_get_clear_json_errors(client, searchable):
         (client.post(f"{url}/search", json={"item_id": 2**80}), 422, None),
         (client.post(f"{url}/search", json={"image": "%%%"}), 400, "invalid_base64"),
         (client.post(f"{url}/search", json={"image": b64(b"plain words")}), 415, "not_an_image"),
-        (client.post(f"{url}/search", files={"image": ("q.png", png_bytes(1), "image/png")}, data={"filters": "{x"}),
-         422, "invalid_filters"),
+        (
+            client.post(f"{url}/search", files={"image": ("q.png", png_bytes(1), "image/png")}, data={"filters": "{x"}),
+            422,
+            "invalid_filters",
+        ),
         (client.post(f"{url}/map/project", json={}), 422, None),
         (post_raw(f"{url}/search", b'{"text": "x", "min_score": NaN}'), 422, None),
         (post_raw(f"{url}/search", b'{"text": "x", "filters": {"a": "\\ud800"}}'), 422, "invalid_filters"),
@@ -342,8 +388,10 @@ def test_bad_requests_get_clear_json_errors(client, searchable):
 def test_upload_job_adds_everything_and_reports_failures(client):
     name = new_collection(client, "job")
     files = [("files", (f"{i}.png", png_bytes(300 + i), "image/png")) for i in range(30)]
-    files += [("files", ("bad.bin", b"\x00\x01garbage", "application/octet-stream")),
-              ("files", ("dup.png", png_bytes(300), "image/png"))]
+    files += [
+        ("files", ("bad.bin", b"\x00\x01garbage", "application/octet-stream")),
+        ("files", ("dup.png", png_bytes(300), "image/png")),
+    ]
     response = client.post(f"/collections/{name}/jobs", files=files)
     assert response.status_code == 202, response.text
     job = response.json()
@@ -373,4 +421,9 @@ def test_map_and_projection_follow_the_collection(client):
     empty = new_collection(client, "map-empty")
     empty_map = client.get(f"/collections/{empty}/map").json()
     assert empty_map.pop("computed_at") and empty_map == {
-        "method": "trivial", "points": [], "total": 0, "sampled": False, "stale": False}
+        "method": "trivial",
+        "points": [],
+        "total": 0,
+        "sampled": False,
+        "stale": False,
+    }

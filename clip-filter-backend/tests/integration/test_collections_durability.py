@@ -29,8 +29,12 @@ def test_items_persist_across_a_restart(server_factory, tmp_path):
     images = [png_bytes(500 + i) for i in range(4)]
     with server.client() as client:
         client.post("/collections", json={"name": "keep", "description": "survives"})
-        add_files(client, "keep", [(f"{i}.png", data, "image/png") for i, data in enumerate(images)],
-                  metadata=[f'{{"i": {i}}}' for i in range(4)])
+        add_files(
+            client,
+            "keep",
+            [(f"{i}.png", data, "image/png") for i, data in enumerate(images)],
+            metadata=[f'{{"i": {i}}}' for i in range(4)],
+        )
         client.post("/collections/keep/items", json={"texts": ["a persistent caption"]})
         before = all_items(client, "keep")
     server.stop()
@@ -57,8 +61,10 @@ def test_kill_9_during_a_bulk_ingest_loses_no_acknowledged_item(server_factory, 
     acknowledged: dict[str, bytes] = {}  # sha256 -> bytes of synchronous adds answered "added"
     with server.client() as client:
         client.post("/collections", json={"name": "bulk"})
-        response = client.post("/collections/bulk/jobs",
-                               files=[("files", (f"job{i}.png", d, "image/png")) for i, d in enumerate(job_images)])
+        response = client.post(
+            "/collections/bulk/jobs",
+            files=[("files", (f"job{i}.png", d, "image/png")) for i, d in enumerate(job_images)],
+        )
         assert response.status_code == 202, response.text
         job_id = response.json()["job_id"]
         seed = 5000
@@ -90,7 +96,7 @@ def test_kill_9_during_a_bulk_ingest_loses_no_acknowledged_item(server_factory, 
         ranked = search(client, "bulk", text="anything", top_k=1000)
         assert ranked["total"] == len(items)
         assert sorted(r["id"] for r in ranked["results"]) == sorted(item["id"] for item in items)
-        for digest, data in acknowledged.items():
+        for data in acknowledged.values():
             hit = search(client, "bulk", image=b64(data), top_k=1)["results"][0]
             assert client.get(hit["content_url"]).content == data and hit["score"] == pytest.approx(1.0, abs=1e-3)
     # The spooled upload files of the finished job are gone.
@@ -154,16 +160,30 @@ def test_writes_by_another_process_are_noticed(server_factory, tmp_path):
         client.post("/collections/shared/items", json={"texts": ["from the server"]})
         assert search(client, "shared", text="from the server")["total"] == 1  # index built
         info = client.get("/info").json()
-        vector = np.asarray(client.post("/embeddings/texts", json={"texts": ["from the cli"]}).json()["embeddings"][0],
-                            np.float32)
+        vector = np.asarray(
+            client.post("/embeddings/texts", json={"texts": ["from the cli"]}).json()["embeddings"][0], np.float32
+        )
 
         outside = SqliteCollectionStore(data_dir)
         try:
             collection = outside.get_collection("shared")
             text = "from the cli"
-            [(status, item_id)] = outside.add_items(collection.id, [NewItem(
-                "text", None, "text/plain", len(text), hashlib.sha256(text.encode()).hexdigest(), {"by": "cli"}, vector,
-                text=text)], (info["model"], info["pretrained"], info["dim"]))
+            [(status, item_id)] = outside.add_items(
+                collection.id,
+                [
+                    NewItem(
+                        "text",
+                        None,
+                        "text/plain",
+                        len(text),
+                        hashlib.sha256(text.encode()).hexdigest(),
+                        {"by": "cli"},
+                        vector,
+                        text=text,
+                    )
+                ],
+                (info["model"], info["pretrained"], info["dim"]),
+            )
             assert status == "added"
             hits = search(client, "shared", text="from the cli")
             assert hits["total"] == 2 and hits["results"][0]["id"] == item_id
@@ -191,10 +211,13 @@ def test_folder_jobs_stay_inside_the_allowed_roots(server_factory, tmp_path):
     with server.client() as client:
         client.post("/collections", json={"name": "folder"})
         assert_error(client.post("/collections/folder/jobs", json={"path": str(secret)}), 403, "path_not_allowed")
-        assert_error(client.post("/collections/folder/jobs", json={"path": str(root / ".." / "secret")}), 403,
-                     "path_not_allowed")
+        assert_error(
+            client.post("/collections/folder/jobs", json={"path": str(root / ".." / "secret")}), 403, "path_not_allowed"
+        )
         assert_error(client.post("/collections/folder/jobs", json={"path": "relative/path"}), 403, "path_not_allowed")
-        assert_error(client.post("/collections/folder/jobs", json={"path": str(root / "missing")}), 404, "path_not_found")
+        assert_error(
+            client.post("/collections/folder/jobs", json={"path": str(root / "missing")}), 404, "path_not_found"
+        )
         response = client.post("/collections/folder/jobs", json={"path": str(root)})
         assert response.status_code == 202, response.text
         job = wait_for_job(client, response.json()["job_id"])

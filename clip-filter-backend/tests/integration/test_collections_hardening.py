@@ -77,10 +77,14 @@ def test_reader_connections_stay_bounded_over_bursts(server_factory):
 
     async def burst() -> list[int]:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
-            responses = await asyncio.gather(*[
-                http.get("/collections/fds/items", params={"limit": 1000}) if i % 2 else http.get("/collections/fds")
-                for i in range(64)
-            ])
+            responses = await asyncio.gather(
+                *[
+                    http.get("/collections/fds/items", params={"limit": 1000})
+                    if i % 2
+                    else http.get("/collections/fds")
+                    for i in range(64)
+                ]
+            )
             return [r.status_code for r in responses]
 
     db = (server.data_dir / "collections.sqlite3").resolve()
@@ -98,12 +102,18 @@ def test_uploads_answer_429_when_the_model_queue_is_full(server_factory):
 
     async def main() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as http:
-            return await asyncio.gather(*[
-                http.post("/collections/busy/items", files=[
-                    ("files", (f"{k}-{i}.png", png_bytes(10_000 + 16 * k + i, (224, 224)), "image/png"))
-                    for i in range(8)])
-                for k in range(24)
-            ])
+            return await asyncio.gather(
+                *[
+                    http.post(
+                        "/collections/busy/items",
+                        files=[
+                            ("files", (f"{k}-{i}.png", png_bytes(10_000 + 16 * k + i, (224, 224)), "image/png"))
+                            for i in range(8)
+                        ],
+                    )
+                    for k in range(24)
+                ]
+            )
 
     responses = asyncio.run(main())
     statuses = [r.status_code for r in responses]
@@ -155,10 +165,14 @@ def test_a_fifo_in_an_ingest_root_fails_its_file_and_the_job_finishes(roots_serv
         assert response.status_code == 202, response.text
         job = wait_for_job(client, response.json()["id"], timeout=60)
         assert (job["state"], job["added"], job["failed"]) == ("done", 1, 1)
-        assert job["failures"][0] == {"filename": "stuck.jpg", "code": "not_a_regular_file",
-                                      "message": job["failures"][0]["message"]}
-        assert_error(client.post("/collections/r/jobs", json={"path": str(folder / "stuck.jpg")}), 422,
-                     "not_a_regular_file")
+        assert job["failures"][0] == {
+            "filename": "stuck.jpg",
+            "code": "not_a_regular_file",
+            "message": job["failures"][0]["message"],
+        }
+        assert_error(
+            client.post("/collections/r/jobs", json={"path": str(folder / "stuck.jpg")}), 422, "not_a_regular_file"
+        )
 
 
 def test_a_fifo_job_left_running_by_an_older_server_finishes_after_a_restart(server_factory, tmp_path):
@@ -196,14 +210,16 @@ def test_loops_nul_and_hidden_files_in_ingest_roots(roots_server):
         job = wait_for_job(client, response.json()["id"])
         assert (job["state"], job["added"], job["failed"]) == ("done", 1, 1)
         assert job["failures"][0]["filename"] == "loop.jpg" and job["failures"][0]["code"] == "unresolvable_path"
-        assert_error(client.post("/collections/r/jobs", json={"path": str(loop / "loop.jpg")}), 422,
-                     "unresolvable_path")
+        assert_error(
+            client.post("/collections/r/jobs", json={"path": str(loop / "loop.jpg")}), 422, "unresolvable_path"
+        )
         assert_error(client.post("/collections/r/jobs", json={"path": str(root) + "/\u0000x"}), 422)
 
         job = wait_for_job(client, client.post("/collections/r/jobs", json={"path": str(hidden)}).json()["id"])
         assert (job["state"], job["total"], job["added"]) == ("done", 1, 1)
-        job = wait_for_job(client, client.post(
-            "/collections/r/jobs", json={"path": str(hidden), "include_hidden": True}).json()["id"])
+        job = wait_for_job(
+            client, client.post("/collections/r/jobs", json={"path": str(hidden), "include_hidden": True}).json()["id"]
+        )
         assert (job["state"], job["total"], job["added"], job["duplicates"]) == ("done", 3, 2, 1)
 
 
@@ -211,11 +227,15 @@ def test_loops_nul_and_hidden_files_in_ingest_roots(roots_server):
 def test_nul_in_filter_keys_too_many_filters_and_newline_names_are_refused(client):
     name = new_collection(client, "filters")
     client.post(f"/collections/{name}/items", json={"texts": ["a cat"]})
-    assert_error(client.post(f"/collections/{name}/search", json={"text": "x", "filters": {"a\u0000b": 1}}), 422,
-                 "invalid_filters")
+    assert_error(
+        client.post(f"/collections/{name}/search", json={"text": "x", "filters": {"a\u0000b": 1}}),
+        422,
+        "invalid_filters",
+    )
     many = {f"k{i}": i for i in range(1200)}
-    assert_error(client.post(f"/collections/{name}/search", json={"text": "x", "filters": many}), 422,
-                 "too_many_filters")
+    assert_error(
+        client.post(f"/collections/{name}/search", json={"text": "x", "filters": many}), 422, "too_many_filters"
+    )
     ok = client.post(f"/collections/{name}/search", json={"text": "x", "filters": {f"k{i}": i for i in range(64)}})
     assert ok.status_code == 200 and ok.json()["results"] == []
     assert_error(client.post("/collections", json={"name": "c\n"}), 422, "invalid_collection_name")
@@ -267,8 +287,13 @@ def test_import_refuses_spoofed_types_and_serves_originals_by_their_bytes(server
 
     # Without a declared type the bytes decide; the server serves what it sniffs, never a stored word.
     del image["mimetype"]
-    fine = write_export(tmp_path / "fine", [image, text_item("plain words", None)], unit_rows(2, 64), MODEL,
-                        {f"originals/{sha}.png": png})
+    fine = write_export(
+        tmp_path / "fine",
+        [image, text_item("plain words", None)],
+        unit_rows(2, 64),
+        MODEL,
+        {f"originals/{sha}.png": png},
+    )
     cli(data_dir, "import", str(fine), "--no-progress")
     store = SqliteCollectionStore(data_dir)  # an older store may hold a hostile type: it is not what is served
     with store._transaction() as conn:
@@ -293,8 +318,9 @@ def test_import_refuses_a_manifest_without_a_model_and_other_dimensions(tmp_path
     store = SqliteCollectionStore(data_dir)
     store.create_collection("mix", None, ("clip-filter-tiny", "random", 64))
     store.close()
-    small = write_export(tmp_path / "mix", [text_item("hello")], unit_rows(1, 8),
-                         {"name": "other", "pretrained": "x", "dim": 8})
+    small = write_export(
+        tmp_path / "mix", [text_item("hello")], unit_rows(1, 8), {"name": "other", "pretrained": "x", "dim": 8}
+    )
     run = cli(data_dir, "import", str(small), "--merge", "--no-progress", check=False)
     assert run.returncode != 0 and "8" in run.stderr and "64" in run.stderr
     store = SqliteCollectionStore(data_dir)
@@ -321,11 +347,13 @@ def test_import_tars_are_bounded_and_extracted_inside_the_data_folder(tmp_path, 
     with tarfile.open(archive, "w") as tar:
         tar.add(folder, arcname="export")
         tar.addfile(tarfile.TarInfo("export/padding.bin"), io.BytesIO())
-    run = cli(data_dir, "import", str(archive), "--no-progress", check=False,
-              env={"CLIP_FILTER_IMPORT_MAX_MEMBERS": "4"})
+    run = cli(
+        data_dir, "import", str(archive), "--no-progress", check=False, env={"CLIP_FILTER_IMPORT_MAX_MEMBERS": "4"}
+    )
     assert run.returncode != 0 and "CLIP_FILTER_IMPORT_MAX_MEMBERS" in run.stderr
-    run = cli(data_dir, "import", str(archive), "--no-progress", check=False,
-              env={"CLIP_FILTER_IMPORT_MAX_BYTES": "100"})
+    run = cli(
+        data_dir, "import", str(archive), "--no-progress", check=False, env={"CLIP_FILTER_IMPORT_MAX_BYTES": "100"}
+    )
     assert run.returncode != 0 and "CLIP_FILTER_IMPORT_MAX_BYTES" in run.stderr
 
     # Extracted inside the data folder, never into the system temp dir (often RAM): with no usable temp dir

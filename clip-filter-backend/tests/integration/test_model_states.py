@@ -23,7 +23,9 @@ def assert_unavailable(server, reason_fragment: str) -> None:
             deadline_state = http.get("/info").json()["state"]
             if deadline_state != "loading":
                 break
-            import time; time.sleep(0.1)
+            import time
+
+            time.sleep(0.1)
         assert deadline_state == "failed"
         ready = http.get("/health/ready")
         assert ready.status_code == 503
@@ -46,15 +48,20 @@ def test_checksum_mismatch_keeps_the_server_alive(server_factory, tmp_path):
     checkpoint = tmp_path / "weights.pt"
     checkpoint.write_bytes(b"pretend weights")
     server = server_factory(
-        {"CLIP_PRETRAINED": str(checkpoint), "CLIP_CHECKPOINT_SHA256": hashlib.sha256(b"other").hexdigest()}, wait="live"
+        {"CLIP_PRETRAINED": str(checkpoint), "CLIP_CHECKPOINT_SHA256": hashlib.sha256(b"other").hexdigest()},
+        wait="live",
     )
     assert_unavailable(server, "sha256")
 
 
 def test_offline_with_an_empty_cache_keeps_the_server_alive(server_factory, tmp_path):
     server = server_factory(
-        {"CLIP_MODEL": "ViT-B-32", "CLIP_PRETRAINED": "openai", "CLIP_CACHE_DIR": str(tmp_path / "cache"),
-         "HF_HUB_OFFLINE": "1"},
+        {
+            "CLIP_MODEL": "ViT-B-32",
+            "CLIP_PRETRAINED": "openai",
+            "CLIP_CACHE_DIR": str(tmp_path / "cache"),
+            "HF_HUB_OFFLINE": "1",
+        },
         wait="live",
     )
     assert_unavailable(server, "weights")
@@ -66,7 +73,9 @@ def test_vit_b_32_end_to_end_with_random_weights(server_factory):
     with server.client() as http:
         info = http.get("/info").json()
         assert (info["model"], info["dim"], info["weights"]) == ("ViT-B-32", 512, "random")
-        body = http.post("/image_text_similarity_best_match", json={"image_base64": b64(png_bytes(7, (300, 200))), **ORIGINAL}).json()
+        body = http.post(
+            "/image_text_similarity_best_match", json={"image_base64": b64(png_bytes(7, (300, 200))), **ORIGINAL}
+        ).json()
         assert body["best_match"] in ORIGINAL.values() and body["weights"] == "random"
         assert len(body["results"][0]["scores"]) == 2
 
@@ -75,8 +84,10 @@ def test_concurrent_clients_are_batched_and_health_stays_responsive(server):
     async def main():
         async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
             requests = [
-                http.post("/image_text_similarity_best_match",
-                          json={"image_base64": b64(png_bytes(100 + i)), "texts": [f"caption {i}", "other"]})
+                http.post(
+                    "/image_text_similarity_best_match",
+                    json={"image_base64": b64(png_bytes(100 + i)), "texts": [f"caption {i}", "other"]},
+                )
                 for i in range(16)
             ]
             health = [http.get("/health/live") for _ in range(4)]
@@ -91,10 +102,12 @@ def test_a_full_queue_answers_429_with_retry_after(server_factory):
 
     async def main():
         async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
-            return await asyncio.gather(*[
-                http.post("/embeddings/images", json={"images": [b64(png_bytes(i, (224, 224)))] * 2})
-                for i in range(12)
-            ])
+            return await asyncio.gather(
+                *[
+                    http.post("/embeddings/images", json={"images": [b64(png_bytes(i, (224, 224)))] * 2})
+                    for i in range(12)
+                ]
+            )
 
     responses = asyncio.run(main())
     statuses = {r.status_code for r in responses}
@@ -117,10 +130,13 @@ def test_health_answers_while_the_model_and_the_worker_threads_are_busy(server_f
 
     async def main():
         async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as http:
-            work = [asyncio.create_task(http.post("/collections/busy/items", json={"texts": captions(64)}))
-                    for _ in range(48)]
-            work += [asyncio.create_task(http.post("/embeddings/texts", json={"texts": captions(64)}))
-                     for _ in range(4)]
+            work = [
+                asyncio.create_task(http.post("/collections/busy/items", json={"texts": captions(64)}))
+                for _ in range(48)
+            ]
+            work += [
+                asyncio.create_task(http.post("/embeddings/texts", json={"texts": captions(64)})) for _ in range(4)
+            ]
             for _ in range(200):  # until the model has work queued (or everything is done already)
                 queued = (await http.get("/info")).json()["batching"]["queued"]
                 if queued or all(task.done() for task in work):

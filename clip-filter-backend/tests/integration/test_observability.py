@@ -163,8 +163,10 @@ def test_metrics_count_ingested_items_image_refusals_and_rate_limits(rate_limite
         assert http.post("/collections", json={"name": name}).status_code == 201
         added = http.post(f"/collections/{name}/items", json=texts_body(3))
         assert added.json()["added"] == 3, added.text
-        files = [("images", ("a.png", b"this is not an image", "image/png")),
-                 ("images", ("b.png", b"\x89PNG\r\n\x1a\n truncated", "image/png"))]
+        files = [
+            ("images", ("a.png", b"this is not an image", "image/png")),
+            ("images", ("b.png", b"\x89PNG\r\n\x1a\n truncated", "image/png")),
+        ]
         refused = http.post("/embeddings/images", files=files)
         assert refused.status_code == 200, refused.text
         codes = [error["code"] for error in refused.json()["errors"]]
@@ -236,8 +238,9 @@ def test_errors_built_outside_the_handlers_carry_the_request_id(rate_limited_ser
     with client_at(rate_limited_server, "127.0.0.11") as http:
         before = scrape(http)
         response = http.post(
-            "/embeddings/texts", content=b"x" * (limit + 1), headers={"X-Request-ID": "too-big-1",
-                                                                       "Content-Type": "application/json"}
+            "/embeddings/texts",
+            content=b"x" * (limit + 1),
+            headers={"X-Request-ID": "too-big-1", "Content-Type": "application/json"},
         )
         after = scrape(http)
     assert response.status_code == 413

@@ -18,7 +18,7 @@ def pg_items(url: str, data_dir: Path, name: str) -> dict[str, tuple]:
         collection = store.get_collection(name)
         out = {}
         for items, vectors in store.items_with_vectors(collection.id):
-            for item, vector in zip(items, vectors):
+            for item, vector in zip(items, vectors, strict=True):
                 original = store.original_file(item)
                 out[item.sha256] = (item, vector.copy(), original.read_bytes() if original else None)
         return out
@@ -31,9 +31,27 @@ def same(a: dict, b: dict) -> None:
     for sha, (item, vector, original) in a.items():
         other, other_vector, other_original = b[sha]
         assert np.array_equal(vector, other_vector)
-        assert (item.kind, item.filename, item.mimetype, item.size, item.metadata, item.text, item.width,
-                item.height, original) == (other.kind, other.filename, other.mimetype, other.size, other.metadata,
-                                           other.text, other.width, other.height, other_original)
+        assert (
+            item.kind,
+            item.filename,
+            item.mimetype,
+            item.size,
+            item.metadata,
+            item.text,
+            item.width,
+            item.height,
+            original,
+        ) == (
+            other.kind,
+            other.filename,
+            other.mimetype,
+            other.size,
+            other.metadata,
+            other.text,
+            other.width,
+            other.height,
+            other_original,
+        )
 
 
 def test_cli_moves_a_collection_sqlite_to_postgres_and_back_and_works_on_postgres(tmp_path, pg_database):

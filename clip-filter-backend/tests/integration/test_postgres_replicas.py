@@ -39,8 +39,12 @@ def test_writes_through_one_replica_are_seen_by_the_other(server_factory, tmp_pa
     with a.client() as one, b.client() as other:
         assert one.post("/collections", json={"name": "team", "description": "shared"}).status_code == 201
         assert "team" in {c["name"] for c in other.get("/collections").json()["collections"]}
-        results = add_files(one, "team", [(f"p{i}.png", d, "image/png") for i, d in enumerate(images)],
-                            metadata=['{"i": %d}' % i for i in range(6)])["results"]
+        results = add_files(
+            one,
+            "team",
+            [(f"p{i}.png", d, "image/png") for i, d in enumerate(images)],
+            metadata=[f'{{"i": {i}}}' for i in range(6)],
+        )["results"]
         assert [r["status"] for r in results] == ["added"] * 6
         assert other.get("/collections/team").json()["item_count"] == 6
         for i, data in enumerate(images):
@@ -67,8 +71,10 @@ def test_kill_9_of_the_replica_running_a_job_lets_the_other_finish_it(server_fac
     acknowledged: set[str] = set()
     with servers[0].client() as client:
         client.post("/collections", json={"name": "bulk"})
-        response = client.post("/collections/bulk/jobs",
-                               files=[("files", (f"job{i}.png", d, "image/png")) for i, d in enumerate(job_images)])
+        response = client.post(
+            "/collections/bulk/jobs",
+            files=[("files", (f"job{i}.png", d, "image/png")) for i, d in enumerate(job_images)],
+        )
         assert response.status_code == 202, response.text
         job_id = response.json()["job_id"]
         while True:  # until the job has committed a batch, with synchronous adds meanwhile

@@ -26,8 +26,13 @@ pytestmark = [
 
 
 def immich(server, **args) -> dict:
-    run = subprocess.run([NODE, str(SCRIPT), json.dumps({"url": server.base_url, **args})],
-                         capture_output=True, text=True, timeout=120, check=False)
+    run = subprocess.run(
+        [NODE, str(SCRIPT), json.dumps({"url": server.base_url, **args})],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout)
 
@@ -113,19 +118,31 @@ def test_neither_image_nor_text_gets_400(server, model_name):
 def test_another_model_gets_a_clear_400(server, model_name, tmp_path):
     path = tmp_path / "a.png"
     path.write_bytes(png_bytes(1))
-    detail = assert_refused(immich(server, entries=visual("ViT-H-14-378-quickgelu__dfn5b"), imagePath=str(path)),
-                            400, "ViT-H-14-378-quickgelu__dfn5b", model_name)
+    detail = assert_refused(
+        immich(server, entries=visual("ViT-H-14-378-quickgelu__dfn5b"), imagePath=str(path)),
+        400,
+        "ViT-H-14-378-quickgelu__dfn5b",
+        model_name,
+    )
     assert "Smart Search" in detail
 
 
 def test_faces_and_ocr_stay_on_immich(server, tmp_path):
     path = tmp_path / "a.png"
     path.write_bytes(png_bytes(1))
-    faces = {"facial-recognition": {"detection": {"modelName": "buffalo_l", "options": {"minScore": 0.7}},
-                                    "recognition": {"modelName": "buffalo_l"}}}
+    faces = {
+        "facial-recognition": {
+            "detection": {"modelName": "buffalo_l", "options": {"minScore": 0.7}},
+            "recognition": {"modelName": "buffalo_l"},
+        }
+    }
     assert_refused(immich(server, entries=faces, imagePath=str(path)), 400, "facial-recognition", "immich")
-    ocr = {"ocr": {"detection": {"modelName": "PP-OCRv5_mobile", "options": {"minScore": 0.5, "maxResolution": 736}},
-                   "recognition": {"modelName": "PP-OCRv5_mobile", "options": {"minScore": 0.8}}}}
+    ocr = {
+        "ocr": {
+            "detection": {"modelName": "PP-OCRv5_mobile", "options": {"minScore": 0.5, "maxResolution": 736}},
+            "recognition": {"modelName": "PP-OCRv5_mobile", "options": {"minScore": 0.8}},
+        }
+    }
     assert_refused(immich(server, entries=ocr, imagePath=str(path)), 400, "ocr")
 
 

@@ -24,8 +24,13 @@ TEXTS = ["a photo of a cat", "a red bicycle", "a photo of a cat"]
 def make_client(server, requests: list | None = None, max_retries: int = 0) -> openai.OpenAI:
     """The SDK as an application would build it; `requests` (if given) records every HTTP attempt it makes."""
     hooks = {"request": [requests.append]} if requests is not None else {}
-    return openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=max_retries, timeout=120,
-                         http_client=openai.DefaultHttpxClient(event_hooks=hooks))
+    return openai.OpenAI(
+        base_url=server.base_url + "/v1",
+        api_key="unused",
+        max_retries=max_retries,
+        timeout=120,
+        http_client=openai.DefaultHttpxClient(event_hooks=hooks),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +66,21 @@ def test_image_embeddings_from_data_uris_and_plain_base64(server, client, model,
     images = [b64(png_bytes(1)), b64(png_bytes(2, (64, 64)))]
     inputs = [f"data:image/png;base64,{images[0]}", images[1]]
     kwargs = {} if encoding is None else {"encoding_format": encoding}
-    result = make_client(server).embeddings.create(model=model["id"], input=inputs, extra_body={"modality": "image"},
-                                                   **kwargs)
+    result = make_client(server).embeddings.create(
+        model=model["id"], input=inputs, extra_body={"modality": "image"}, **kwargs
+    )
     assert_same_vectors([item.embedding for item in result.data], native_images(client, images))
 
 
 @pytest.mark.parametrize("name", ["id", "slash", "colon", "architecture", "upper"])
 def test_the_documented_model_aliases_are_accepted(server, model, name):
-    alias = {"id": model["id"], "slash": f"{model['model']}/{model['pretrained']}",
-             "colon": f"{model['model']}:{model['pretrained']}", "architecture": model["model"],
-             "upper": model["id"].upper()}[name]
+    alias = {
+        "id": model["id"],
+        "slash": f"{model['model']}/{model['pretrained']}",
+        "colon": f"{model['model']}:{model['pretrained']}",
+        "architecture": model["model"],
+        "upper": model["id"].upper(),
+    }[name]
     assert make_client(server).embeddings.create(model=alias, input="x").model == model["id"]
 
 
@@ -100,12 +110,27 @@ def test_dimensions_equal_to_the_model_dim_is_accepted(server, model):
         ({"input": ["ok", "  "]}, openai.BadRequestError, 400, "empty_text", "input[1]"),
         ({"input": []}, openai.BadRequestError, 400, "invalid_request", "input"),
         ({"input": ["x"] * 257}, openai.APIStatusError, 413, "too_many_texts", None),
-        ({"input": ["https://example.com/cat.png"], "extra_body": {"modality": "image"}}, openai.BadRequestError, 400,
-         "url_not_allowed", "input[0]"),
-        ({"input": ["%%% not base64"], "extra_body": {"modality": "image"}}, openai.BadRequestError, 400,
-         "invalid_base64", "input[0]"),
-        ({"input": "x", "extra_body": {"modality": "audio"}}, openai.BadRequestError, 400, "invalid_request",
-         "modality"),
+        (
+            {"input": ["https://example.com/cat.png"], "extra_body": {"modality": "image"}},
+            openai.BadRequestError,
+            400,
+            "url_not_allowed",
+            "input[0]",
+        ),
+        (
+            {"input": ["%%% not base64"], "extra_body": {"modality": "image"}},
+            openai.BadRequestError,
+            400,
+            "invalid_base64",
+            "input[0]",
+        ),
+        (
+            {"input": "x", "extra_body": {"modality": "audio"}},
+            openai.BadRequestError,
+            400,
+            "invalid_request",
+            "modality",
+        ),
     ],
 )
 def test_bad_requests_get_openai_errors_and_no_retry(server, client, model, kwargs, error_class, status, code, param):

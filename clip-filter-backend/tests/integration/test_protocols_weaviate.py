@@ -66,8 +66,10 @@ def test_smoke_test_on_a_fresh_server(server_factory):
         dim = served_model(http)["dim"]
         assert len(one["textVectors"][0]) == dim and len(one["imageVectors"][0]) == dim
 
-        many = http.post("/vectorize", json={"texts": ["This is plane", "Boeing 737", "Blue plane"],
-                                             "images": [jpeg_b64(1), jpeg_b64(2)]}).json()
+        many = http.post(
+            "/vectorize",
+            json={"texts": ["This is plane", "Boeing 737", "Blue plane"], "images": [jpeg_b64(1), jpeg_b64(2)]},
+        ).json()
         assert len(many["textVectors"]) == 3 and len(many["imageVectors"]) == 2
 
         alone = http.post("/vectorize", json={"images": [b64(png_bytes(3))]})

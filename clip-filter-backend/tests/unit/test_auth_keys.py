@@ -42,11 +42,16 @@ def test_keys_are_random_shown_once_and_stored_as_sha256_only(tmp_path: Path):
     store.close()
 
 
-@pytest.mark.parametrize("name, scope, collections, code", [
-    ("bad name", "read", None, "invalid_key_name"), ("", "read", None, "invalid_key_name"),
-    ("ok", "root", None, "invalid_scope"), ("ok", "read", ["c\n"], "invalid_name"),
-    ("ok", "read", [".."], "invalid_name"),
-])
+@pytest.mark.parametrize(
+    ("name", "scope", "collections", "code"),
+    [
+        ("bad name", "read", None, "invalid_key_name"),
+        ("", "read", None, "invalid_key_name"),
+        ("ok", "root", None, "invalid_scope"),
+        ("ok", "read", ["c\n"], "invalid_name"),
+        ("ok", "read", [".."], "invalid_name"),
+    ],
+)
 def test_bad_new_keys_are_refused(tmp_path: Path, name, scope, collections, code):
     store = SqliteKeyStore(tmp_path)
     with pytest.raises(ClipFilterError) as err:
@@ -81,27 +86,54 @@ def test_startup_refusals(tmp_path: Path):
         open_access_control(settings).close()
 
 
-@pytest.mark.parametrize("host, auth, required", [
-    ("127.0.0.1", "auto", False), ("127.9.9.9", "auto", False), ("::1", "auto", False), ("localhost", "auto", False),
-    ("0.0.0.0", "auto", True), ("::", "auto", True), ("192.168.1.5", "auto", True), ("myhost", "auto", True),
-    ("127.0.0.1", "keys", True), ("0.0.0.0", "off", False), ("127.0.0.1", "OFF", False),
-])
+@pytest.mark.parametrize(
+    ("host", "auth", "required"),
+    [
+        ("127.0.0.1", "auto", False),
+        ("127.9.9.9", "auto", False),
+        ("::1", "auto", False),
+        ("localhost", "auto", False),
+        ("0.0.0.0", "auto", True),
+        ("::", "auto", True),
+        ("192.168.1.5", "auto", True),
+        ("myhost", "auto", True),
+        ("127.0.0.1", "keys", True),
+        ("0.0.0.0", "off", False),
+        ("127.0.0.1", "OFF", False),
+    ],
+)
 def test_auth_required_resolves_auto_against_the_bind(host, auth, required):
     assert Settings(CLIP_FILTER_HOST=host, CLIP_FILTER_AUTH=auth).auth_required is required
 
 
-@pytest.mark.parametrize("method, path, scope", [
-    ("GET", "/health/ready", None), ("GET", "/api/health/live", None), ("GET", "/.well-known/ready", None),
-    ("GET", "/ping", None), ("GET", "/info", "read"), ("HEAD", "/collections", "read"),
-    ("POST", "/image_text_similarity_best_match", "read"), ("POST", "/embeddings/texts", "read"),
-    ("POST", "/v1/embeddings", "read"), ("POST", "/predict", "read"), ("POST", "/vectorize", "read"),
-    ("POST", "/collections/{name}/search", "read"), ("POST", "/api/collections/{name}/map/project", "read"),
-    ("POST", "/collections", "write"), ("PATCH", "/collections/{name}", "write"),
-    ("POST", "/collections/{name}/items", "write"), ("DELETE", "/collections/{name}/items/{item_id}", "write"),
-    ("POST", "/collections/{name}/jobs", "write"), ("PUT", "/something/new", "write"),
-    ("DELETE", "/collections/{name}", "admin"), ("POST", "/collections/{name}/reindex", "admin"),
-    ("GET", "/keys", "admin"), ("DELETE", "/api/keys/{key_id}", "admin"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "scope"),
+    [
+        ("GET", "/health/ready", None),
+        ("GET", "/api/health/live", None),
+        ("GET", "/.well-known/ready", None),
+        ("GET", "/ping", None),
+        ("GET", "/info", "read"),
+        ("HEAD", "/collections", "read"),
+        ("POST", "/image_text_similarity_best_match", "read"),
+        ("POST", "/embeddings/texts", "read"),
+        ("POST", "/v1/embeddings", "read"),
+        ("POST", "/predict", "read"),
+        ("POST", "/vectorize", "read"),
+        ("POST", "/collections/{name}/search", "read"),
+        ("POST", "/api/collections/{name}/map/project", "read"),
+        ("POST", "/collections", "write"),
+        ("PATCH", "/collections/{name}", "write"),
+        ("POST", "/collections/{name}/items", "write"),
+        ("DELETE", "/collections/{name}/items/{item_id}", "write"),
+        ("POST", "/collections/{name}/jobs", "write"),
+        ("PUT", "/something/new", "write"),
+        ("DELETE", "/collections/{name}", "admin"),
+        ("POST", "/collections/{name}/reindex", "admin"),
+        ("GET", "/keys", "admin"),
+        ("DELETE", "/api/keys/{key_id}", "admin"),
+    ],
+)
 def test_required_scope(method, path, scope):
     assert required_scope(method, path) == scope
 
@@ -118,17 +150,26 @@ def test_default_allowed_hosts():
     assert not anything and "10.0.0.7" in names
     assert allowed_hosts(Settings(CLIP_FILTER_HOST="0.0.0.0"))[1] is True  # keys required: any name
     assert allowed_hosts(Settings(CLIP_FILTER_HOST="0.0.0.0", CLIP_FILTER_AUTH="off")) == (
-        frozenset({"localhost", "127.0.0.1", "::1"}), False)
+        frozenset({"localhost", "127.0.0.1", "::1"}),
+        False,
+    )
     names, anything = allowed_hosts(Settings(CLIP_FILTER_ALLOWED_HOSTS="clip.example.org:443, Other.example"))
     assert names == {"clip.example.org", "other.example"} and not anything
     assert allowed_hosts(Settings(CLIP_FILTER_ALLOWED_HOSTS="*"))[1] is True
 
 
-@pytest.mark.parametrize("origin, host, same", [
-    ("http://127.0.0.1:5000", "127.0.0.1:5000", True), ("http://localhost", "localhost:80", True),
-    ("https://clip.example.org", "clip.example.org", True), ("http://localhost:8080", "localhost:8080", True),
-    ("http://127.0.0.1:5001", "127.0.0.1:5000", False), ("http://localhost:8080", "localhost", False),
-    ("http://evil.example", "127.0.0.1:5000", False), ("null", "127.0.0.1:5000", False),
-])
+@pytest.mark.parametrize(
+    ("origin", "host", "same"),
+    [
+        ("http://127.0.0.1:5000", "127.0.0.1:5000", True),
+        ("http://localhost", "localhost:80", True),
+        ("https://clip.example.org", "clip.example.org", True),
+        ("http://localhost:8080", "localhost:8080", True),
+        ("http://127.0.0.1:5001", "127.0.0.1:5000", False),
+        ("http://localhost:8080", "localhost", False),
+        ("http://evil.example", "127.0.0.1:5000", False),
+        ("null", "127.0.0.1:5000", False),
+    ],
+)
 def test_same_origin(origin, host, same):
     assert _same_origin(origin, host) is same

@@ -44,7 +44,9 @@ def test_batches_never_exceed_max_batch_and_kinds_never_mix():
 
     async def main():
         return await asyncio.gather(
-            batcher.submit("image", list(range(7))), batcher.submit("text", list(range(5))), batcher.submit("image", [9])
+            batcher.submit("image", list(range(7))),
+            batcher.submit("text", list(range(5))),
+            batcher.submit("image", [9]),
         )
 
     got = asyncio.run(main())
@@ -143,8 +145,14 @@ def test_items_queued_behind_a_running_batch_are_batched_together():
 
 def test_on_idle_runs_once_after_each_busy_spell():
     calls: list[float] = []
-    batcher = DynamicBatcher({"image": Recorder()}, max_batch=8, max_wait_s=0.0, max_queue=100,
-                             on_idle=lambda: calls.append(time.monotonic()), idle_after_s=0.05)
+    batcher = DynamicBatcher(
+        {"image": Recorder()},
+        max_batch=8,
+        max_wait_s=0.0,
+        max_queue=100,
+        on_idle=lambda: calls.append(time.monotonic()),
+        idle_after_s=0.05,
+    )
 
     def wait_for_calls(count: int) -> None:
         deadline = time.monotonic() + 10
@@ -167,8 +175,9 @@ def test_a_failing_on_idle_does_not_stop_the_model_thread():
     def broken() -> None:
         raise RuntimeError("boom")
 
-    batcher = DynamicBatcher({"image": Recorder()}, max_batch=8, max_wait_s=0.0, max_queue=100,
-                             on_idle=broken, idle_after_s=0.01)
+    batcher = DynamicBatcher(
+        {"image": Recorder()}, max_batch=8, max_wait_s=0.0, max_queue=100, on_idle=broken, idle_after_s=0.01
+    )
     assert asyncio.run(batcher.submit("image", [1])) == [10]
     time.sleep(0.2)  # on_idle has failed by now
     assert asyncio.run(asyncio.wait_for(batcher.submit("image", [2]), timeout=10)) == [20]

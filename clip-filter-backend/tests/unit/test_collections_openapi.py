@@ -23,7 +23,7 @@ def spec() -> dict:
     return create_app(Settings()).openapi()  # the lifespan does not run: no model, no data dir
 
 
-@pytest.mark.parametrize("method,path", sorted(BODIES))
+@pytest.mark.parametrize(("method", "path"), sorted(BODIES))
 def test_every_body_is_described(spec: dict, method: str, path: str) -> None:
     content = spec["paths"][path][method]["requestBody"]["content"]
     assert set(content) == BODIES[(method, path)]

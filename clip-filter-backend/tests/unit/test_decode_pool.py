@@ -28,8 +28,13 @@ LIMITS = ImageLimits(max_bytes=25 * 1024 * 1024, max_pixels=50_000_000)
 
 
 def settings(**overrides) -> SimpleNamespace:
-    values = {"max_image_bytes": LIMITS.max_bytes, "max_image_pixels": LIMITS.max_pixels,
-              "max_request_pixels": 256_000_000, "max_decoding_pixels": 512_000_000, "decode_processes": 0}
+    values = {
+        "max_image_bytes": LIMITS.max_bytes,
+        "max_image_pixels": LIMITS.max_pixels,
+        "max_request_pixels": 256_000_000,
+        "max_decoding_pixels": 512_000_000,
+        "decode_processes": 0,
+    }
     values.update(overrides)
     return SimpleNamespace(**values)
 
@@ -105,8 +110,11 @@ def test_without_reduction_pixels_equal_the_encoder_preprocessing_of_the_full_de
 def test_plan_geometry_equals_torchvision_for_padding_and_squash():
     from torchvision import transforms as T
 
-    for geometry in ([T.Resize(20), T.CenterCrop(32)], [T.Resize((40, 30)), T.CenterCrop((36, 30))],
-                     [T.Resize(48, max_size=60), T.CenterCrop(48)]):
+    for geometry in (
+        [T.Resize(20), T.CenterCrop(32)],
+        [T.Resize((40, 30)), T.CenterCrop((36, 30))],
+        [T.Resize(48, max_size=60), T.CenterCrop(48)],
+    ):
         transform = T.Compose([*geometry, T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
         pre = ImagePreprocessor(transform)
         assert pre.plan() is not None
@@ -163,8 +171,9 @@ def test_a_bad_image_is_a_clear_error_in_its_slot_and_the_others_go_on(threads, 
     pipeline = process_pipeline if mode == "processes" else DecodePipeline(settings(), threads)
     good = sample_files()[0]
     corrupt = good[:200] + bytes(range(256)) * 20 + good[-2:]
-    results = prepare(pipeline, [good, b"not an image at all", corrupt, good[: len(good) // 2], good],
-                      tiny_preprocessor().plan())
+    results = prepare(
+        pipeline, [good, b"not an image at all", corrupt, good[: len(good) // 2], good], tiny_preprocessor().plan()
+    )
     assert isinstance(results[0], np.ndarray) and isinstance(results[4], np.ndarray)
     assert results[1].code == "not_an_image" and results[1].status == 415
     assert results[2].code in ("corrupt_image", "truncated_image") and results[2].status == 422

@@ -11,8 +11,17 @@ import pytest
 from clip_filter.core.config import Settings
 
 from .test_docker_static import (
-    COMPOSE_FILE, IN_CHECKOUT, ROOT, env_dict, interpolate, interpolation_defaults, load_yaml, nginx_block,
-    nginx_directives, parse_duration, published_ports,
+    COMPOSE_FILE,
+    IN_CHECKOUT,
+    ROOT,
+    env_dict,
+    interpolate,
+    interpolation_defaults,
+    load_yaml,
+    nginx_block,
+    nginx_directives,
+    parse_duration,
+    published_ports,
 )
 
 POSTGRES_FILE = ROOT / "docker-compose.postgres.yml"
@@ -65,7 +74,8 @@ def test_postgres_service_is_pinned_healthy_persistent_and_in_its_profile():
     command = service["command"]
     settings = dict(command[i + 1].split("=", 1) for i, word in enumerate(command) if word == "-c")
     assert memory_bytes(service["shm_size"]) >= memory_bytes(settings["maintenance_work_mem"]), (
-        "parallel HNSW builds need /dev/shm of at least maintenance_work_mem")
+        "parallel HNSW builds need /dev/shm of at least maintenance_work_mem"
+    )
     assert not published_ports(service), "the database is reached on the compose network only"
 
 
@@ -82,7 +92,8 @@ def test_the_override_points_the_backend_at_the_compose_postgres():
     assert backend["depends_on"]["postgres"]["condition"] == "service_healthy"
     raw = env_dict(override["services"]["backend"])["CLIP_FILTER_DATABASE_URL"]
     assert interpolation_defaults(raw) == interpolation_defaults(
-        env_dict(load_yaml(COMPOSE_FILE)["services"]["postgres"])["POSTGRES_PASSWORD"])
+        env_dict(load_yaml(COMPOSE_FILE)["services"]["postgres"])["POSTGRES_PASSWORD"]
+    )
 
 
 def test_replicas_share_the_database_the_originals_and_sit_behind_one_upstream():

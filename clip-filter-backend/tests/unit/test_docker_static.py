@@ -13,7 +13,6 @@ These tests need the whole repository, so .dockerignore keeps this file out of t
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
@@ -163,10 +162,10 @@ class Stage:
     index: int
     name: str | None
     image: str
-    parent: "Stage | None"
+    parent: Stage | None
     instructions: list[Instruction] = field(default_factory=list)
 
-    def chain(self) -> list["Stage"]:
+    def chain(self) -> list[Stage]:
         return ([*self.parent.chain()] if self.parent else []) + [self]
 
     def all(self, keyword: str) -> list[Instruction]:
@@ -774,7 +773,7 @@ def test_healthcheck_commands_pass_only_when_ready(compose: dict):
     runtime = stage_named(parse_dockerfile(BACKEND / "Dockerfile"), build_of(compose["services"]["backend"])[2])
     healthcheck = runtime.last("HEALTHCHECK")
     cmd_at = healthcheck.raw.index("CMD")
-    argv = json.loads(healthcheck.raw[cmd_at + 3:].strip())
+    argv = json.loads(healthcheck.raw[cmd_at + 3 :].strip())
     assert argv[0] == "python"
 
     def dockerfile_argv(port):
@@ -821,10 +820,22 @@ def test_run_tests_bat_mirrors_the_shell_script():
         npm_lines
     )
     text = "\n".join(code)
-    for needle in ("npm ci", "npm run build", "npm test", "npm run e2e", "-m pytest", "CHROMIUM_PATH",
-                   "requirements.lock", "--docker", "run --rm unit-tests", "run --rm integration-tests",
-                   "up -d --wait backend", "CLIP_PRETRAINED=random", "CLIP_MODEL=clip-filter-tiny",
-                   '"%~2"=="5"'):
+    for needle in (
+        "npm ci",
+        "npm run build",
+        "npm test",
+        "npm run e2e",
+        "-m pytest",
+        "CHROMIUM_PATH",
+        "requirements.lock",
+        "--docker",
+        "run --rm unit-tests",
+        "run --rm integration-tests",
+        "up -d --wait backend",
+        "CLIP_PRETRAINED=random",
+        "CLIP_MODEL=clip-filter-tiny",
+        '"%~2"=="5"',
+    ):
         assert needle in text, f"run_tests.bat: {needle!r} missing"
     labels = {line[1:].split()[0].lower() for line in code if line.startswith(":") and not line.startswith("::")}
     for target in re.findall(r"(?:goto|call)\s+:(\w+)", text, flags=re.IGNORECASE):

@@ -10,14 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_filter.core.config import Settings
 from clip_filter.collections.embedder import model_key
+from clip_filter.core.config import Settings
 from clip_filter.ml.factory import ModelLoadError, load_encoder, resolve_weights_source
 
 
 def tiny_settings(**overrides) -> Settings:
-    values = {"CLIP_MODEL": "clip-filter-tiny", "CLIP_PRETRAINED": "random", "CLIP_DEVICE": "cpu",
-              "CLIP_PRECISION": "fp32", **overrides}
+    values = {
+        "CLIP_MODEL": "clip-filter-tiny",
+        "CLIP_PRETRAINED": "random",
+        "CLIP_DEVICE": "cpu",
+        "CLIP_PRECISION": "fp32",
+        **overrides,
+    }
     return Settings(**values)
 
 

@@ -133,6 +133,8 @@ def test_module_imports_without_torch(module: str) -> None:
         f"importing {module} ({TORCH_FREE[module]}) loads {report['leaked']}; "
         f"clip_filter modules it imported: {report['ours']}"
     )
+
+
 def test_route_modules_do_not_import_each_other() -> None:
     """Shared route helpers live in api/bodies.py, api/multipart.py or the service, not in another route module."""
     for path in modules("api/routes"):
@@ -146,6 +148,8 @@ def test_routes_do_not_reach_into_the_store() -> None:
         tree = ast.parse(path.read_text(), filename=str(path))
         reaches = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "store"]
         assert not reaches, f"{path.name} uses `.store` on lines {reaches}"
-        submodules = {f"clip_filter.collections.store.{p.stem}" for p in (PACKAGE / "collections" / "store").glob("*.py")}
+        submodules = {
+            f"clip_filter.collections.store.{p.stem}" for p in (PACKAGE / "collections" / "store").glob("*.py")
+        }
         stores = {name for name in imported_names(path) if name.rsplit(".", 1)[0] in submodules or name in submodules}
         assert not stores, f"{path.name} imports {sorted(stores)}"

@@ -14,7 +14,9 @@ def data(n: int, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(1, n + 1), v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize(("n", "method"), [(0, "trivial"), (1, "trivial"), (2, "trivial"), (3, "pca"), (14, "pca"), (40, "umap")])
+@pytest.mark.parametrize(
+    ("n", "method"), [(0, "trivial"), (1, "trivial"), (2, "trivial"), (3, "pca"), (14, "pca"), (40, "umap")]
+)
 def test_method_by_size_and_coordinates_in_range(n, method):
     ids, vectors = data(n)
     layout = compute_layout(ids, vectors)
@@ -48,6 +50,7 @@ def test_cache_is_keyed_by_version():
         def run():
             calls.append(version)
             return version, compute_layout(ids, vectors)
+
         return run
 
     a = cache.get(1, 7, compute(7))
@@ -69,6 +72,7 @@ def test_cache_keeps_its_layout_across_writes_that_keep_the_vectors():
         def run():
             calls.append(version)
             return version, compute_layout(ids, vectors)
+
         return run
 
     layout = cache.get(1, 3, compute(3))
@@ -88,6 +92,7 @@ def test_cache_is_bounded_least_recently_used_first():
         def run():
             calls.append(key)
             return 1, compute_layout(ids, vectors)
+
         return run
 
     cache.get(1, 1, compute(1))

@@ -15,7 +15,9 @@ glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the m
 def run(code: str, env_extra: dict[str, str] | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 TUNE = "from clip_filter.core.memory import tune_malloc; print(tune_malloc())"
@@ -72,7 +74,9 @@ def test_pages_of_a_mapped_file_are_handed_back_and_read_again(tmp_path):
         assert any(start <= address < end for start, end in ranges)
 
         def resident_mb() -> float:
-            return sum(int(line.split()[1]) for line in open("/proc/self/smaps_rollup") if line.startswith("Rss:")) / 1024
+            return (
+                sum(int(line.split()[1]) for line in open("/proc/self/smaps_rollup") if line.startswith("Rss:")) / 1024
+            )
 
         assert int(view.sum(dtype=np.uint64)) == int(expected.sum(dtype=np.uint64))  # every page read in
         before = resident_mb()

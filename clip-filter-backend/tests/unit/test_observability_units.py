@@ -121,9 +121,12 @@ def test_auth_failures_are_counted_whoever_answers_them() -> None:
     asyncio.run(requests())
     assert count("401") - before["401"] == 2
     assert count("403") - before["403"] == 1
-    assert REGISTRY.get_sample_value(
-        "clip_filter_http_requests_total", {"method": "GET", "route": "/status/{status}", "status": "401"}
-    ) >= 2
+    assert (
+        REGISTRY.get_sample_value(
+            "clip_filter_http_requests_total", {"method": "GET", "route": "/status/{status}", "status": "401"}
+        )
+        >= 2
+    )
 
 
 LOGGING_SCRIPT = """

@@ -21,7 +21,7 @@ CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
 
 # ---- dtype rules ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "setting, device, native_bf16, expected",
+    ("setting", "device", "native_bf16", "expected"),
     [
         ("auto", CUDA, False, torch.float16),
         ("auto", torch.device("cuda:1"), True, torch.float16),
@@ -58,7 +58,7 @@ def test_unknown_precision_is_an_error():
 
 
 @pytest.mark.parametrize(
-    "machine, cpuinfo, expected",
+    ("machine", "cpuinfo", "expected"),
     [
         ("x86_64", "processor : 0\nflags : fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n", True),
         ("x86_64", "flags : fpu sse avx2 amx_tile amx_bf16\n", True),
@@ -105,7 +105,7 @@ def test_explicit_devices(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "setting, cuda_count, mps", [("cuda", 0, True), ("cuda:0", 0, False), ("cuda:2", 2, False), ("mps", 1, False)]
+    ("setting", "cuda_count", "mps"), [("cuda", 0, True), ("cuda:0", 0, False), ("cuda:2", 2, False), ("mps", 1, False)]
 )
 def test_unavailable_device_is_a_503(monkeypatch, setting, cuda_count, mps):
     no_accelerators(monkeypatch, cuda_count=cuda_count, mps=mps)

@@ -19,7 +19,10 @@ def open_clip_transform(name: str):
 
 def images() -> list[Image.Image]:
     rng = np.random.default_rng(3)
-    out = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(320, 320), (97, 513), (600, 41), (224, 224), (5, 5)]]
+    out = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for h, w in [(320, 320), (97, 513), (600, 41), (224, 224), (5, 5)]
+    ]
     out.append(Image.fromarray(rng.integers(0, 256, (120, 80), dtype=np.uint8)))  # grayscale: converted to RGB
     out.append(Image.fromarray(rng.integers(0, 256, (64, 90, 4), dtype=np.uint8), "RGBA"))
     return out

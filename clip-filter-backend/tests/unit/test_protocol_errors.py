@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from clip_filter.api.protocols.common import Failure
 from clip_filter.api.protocols.immich import render_immich_error
 from clip_filter.api.protocols.openai import render_openai_error
@@ -28,8 +29,9 @@ from clip_filter.api.protocols.weaviate import render_weaviate_error
 def test_openai_shape_and_retry_hint(failure, status, kind, retry):
     response = render_openai_error(failure)
     assert response.status_code == status
-    assert json.loads(response.body) == {"error": {"message": failure.message, "type": kind, "param": failure.param,
-                                                   "code": failure.code}}
+    assert json.loads(response.body) == {
+        "error": {"message": failure.message, "type": kind, "param": failure.param, "code": failure.code}
+    }
     assert response.headers["x-should-retry"] == retry
 
 

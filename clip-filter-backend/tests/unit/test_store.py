@@ -4,6 +4,7 @@ garbage collection, and that it implements the whole CollectionStore Protocol.""
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 
 import numpy as np
@@ -40,7 +41,7 @@ def test_collections_persist_across_reopen(tmp_path):
     again = SqliteCollectionStore(tmp_path / "data")
     record = again.get_collection("photos")
     assert (record.item_count, record.text_count, record.model, record.dim) == (1, 1, "clip-filter-tiny", 4)
-    version, ids, vectors, kinds = again.load_vectors(record.id)
+    _version, ids, vectors, kinds = again.load_vectors(record.id)
     assert ids.tolist() == [1] and kinds == ["text"] and vectors[0] == pytest.approx(vec(1, 0, 0, 0))
     again.close()
 
@@ -77,7 +78,7 @@ def test_a_failed_transaction_leaves_no_half_item_and_no_file(store):
     good = NewItem("image", "x.png", "image/png", 9, "ab" * 32, {}, vec(1, 0, 0, 0), original_path=path)
     bad = text_item("b", vec(0, 1, 0, 0))
     bad.kind = "video"  # violates the CHECK constraint: the whole batch rolls back
-    with pytest.raises(Exception):
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
         store.add_items(c.id, [good, bad], MODEL)
     assert store.get_collection("c").item_count == 0
     assert store.list_items(c.id, 0, 10) == ([], 0)
@@ -101,11 +102,15 @@ def test_delete_removes_row_vector_and_file(store):
 
 def test_metadata_filters_match_equal_values(store):
     c = store.create_collection("c", None, MODEL)
-    store.add_items(c.id, [
-        text_item("a", vec(1, 0, 0, 0), year=2023, cam="fuji", ok=True),
-        text_item("b", vec(0, 1, 0, 0), year=2024, cam="fuji", ok=False),
-        text_item("c", vec(0, 0, 1, 0), year="2023", cam="leica"),
-    ], MODEL)
+    store.add_items(
+        c.id,
+        [
+            text_item("a", vec(1, 0, 0, 0), year=2023, cam="fuji", ok=True),
+            text_item("b", vec(0, 1, 0, 0), year=2024, cam="fuji", ok=False),
+            text_item("c", vec(0, 0, 1, 0), year="2023", cam="leica"),
+        ],
+        MODEL,
+    )
     assert store.filter_ids(c.id, {"cam": "fuji"}).tolist() == [1, 2]
     assert store.filter_ids(c.id, {"year": 2023}).tolist() == [1]
     assert store.filter_ids(c.id, {"year": "2023"}).tolist() == [1, 3]  # form fields carry strings
@@ -133,8 +138,9 @@ def test_job_progress_commits_with_the_items(store):
     files = [JobFile(i, f"{i}.txt", f"/nowhere/{i}", {}) for i in range(4)]
     job = store.create_job("j1", c, "upload", None, files)
     assert (job.state, job.total, job.done) == ("queued", 4, 0)
-    store.add_items(c.id, [text_item("a", vec(1, 0, 0, 0)), text_item("b", vec(0, 1, 0, 0))], MODEL,
-                    JobProgress("j1", done=2))
+    store.add_items(
+        c.id, [text_item("a", vec(1, 0, 0, 0)), text_item("b", vec(0, 1, 0, 0))], MODEL, JobProgress("j1", done=2)
+    )
     assert store.job_done_seq("j1") == 1
     assert [f.seq for f in store.job_files("j1", store.job_done_seq("j1"), 10)] == [2, 3]
     failure = {"filename": "2.txt", "code": "x", "message": "m"}
@@ -158,7 +164,9 @@ def test_every_write_bumps_the_version_and_announces_vector_changes(store):
 def test_garbage_collection_removes_only_old_unreferenced_files(store):
     c = store.create_collection("c", None, MODEL)
     kept = store.files.write_original(c.id, "ef" * 32, ".png", b"kept")
-    store.add_items(c.id, [NewItem("image", "k.png", "image/png", 4, "ef" * 32, {}, vec(1, 0, 0, 1), original_path=kept)], MODEL)
+    store.add_items(
+        c.id, [NewItem("image", "k.png", "image/png", 4, "ef" * 32, {}, vec(1, 0, 0, 1), original_path=kept)], MODEL
+    )
     orphan = store.files.write_original(c.id, "12" * 32, ".png", b"crashed before commit")
     fresh = store.files.write_original(c.id, "34" * 32, ".png", b"another process, not committed yet")
     old = time.time() - 7200
@@ -182,7 +190,8 @@ def test_sqlite_store_implements_the_whole_protocol():
         wanted = inspect.signature(getattr(CollectionStore, name))
         actual = inspect.signature(getattr(SqliteCollectionStore, name))
         assert [(p.name, p.default) for p in actual.parameters.values()] == [
-            (p.name, p.default) for p in wanted.parameters.values()], name
+            (p.name, p.default) for p in wanted.parameters.values()
+        ], name
 
 
 # ---- security review M1, M4, M9, L2 --------------------------------------------------------------------------
@@ -295,6 +304,8 @@ def test_names_with_line_breaks_are_refused(store, name):
     with pytest.raises(ClipFilterError) as caught:
         store.create_collection(name)
     assert caught.value.code == "invalid_collection_name"
+
+
 def test_postgres_store_implements_the_whole_protocol_and_searches_itself():
     """The PostgreSQL store has every CollectionStore method with the Protocol's parameters first (names,
     defaults); any extra parameter comes after them and has a default, so Protocol calls work unchanged.

@@ -32,8 +32,16 @@ def unit(v: np.ndarray) -> np.ndarray:
 
 
 def text_item(text: str, vector: np.ndarray, **metadata) -> NewItem:
-    return NewItem("text", None, "text/plain", len(text), hashlib.sha256(text.encode()).hexdigest(), metadata,
-                   unit(vector), text=text)
+    return NewItem(
+        "text",
+        None,
+        "text/plain",
+        len(text),
+        hashlib.sha256(text.encode()).hexdigest(),
+        metadata,
+        unit(vector),
+        text=text,
+    )
 
 
 def clustered(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
@@ -117,7 +125,12 @@ def test_collections_persist_across_reopen(make_store):
     again = make_store()
     record = again.get_collection("photos")
     assert (record.item_count, record.text_count, record.model, record.dim, record.description) == (
-        1, 1, "clip-filter-tiny", 16, "mine")
+        1,
+        1,
+        "clip-filter-tiny",
+        16,
+        "mine",
+    )
     assert record.created_at.endswith("Z") and record.version >= 1
     version, ids, vectors, kinds = again.load_vectors(record.id)
     assert version == record.version and kinds == ["text"] and len(ids) == 1
@@ -140,14 +153,16 @@ def test_names_are_unique_and_checked(store):
 
 def test_same_content_twice_is_a_duplicate(store):
     c = store.create_collection("c", None, MODEL)
-    first = store.add_items(c.id, [text_item("a", np.eye(DIM)[0]), text_item("a", np.eye(DIM)[0]),
-                                   text_item("b", np.eye(DIM)[1])], MODEL)
+    first = store.add_items(
+        c.id, [text_item("a", np.eye(DIM)[0]), text_item("a", np.eye(DIM)[0]), text_item("b", np.eye(DIM)[1])], MODEL
+    )
     assert [s for s, _ in first] == ["added", "duplicate", "added"] and first[0][1] == first[1][1]
     assert store.add_items(c.id, [text_item("a", np.eye(DIM)[0])], MODEL) == [("duplicate", first[0][1])]
     record = store.get_collection("c")
     assert (record.item_count, record.text_count, record.image_count) == (2, 2, 0)
     assert store.known_hashes(c.id, [text_item("a", np.eye(DIM)[0]).sha256, "nope"]) == {
-        text_item("a", np.eye(DIM)[0]).sha256: first[0][1]}
+        text_item("a", np.eye(DIM)[0]).sha256: first[0][1]
+    }
 
 
 def test_another_model_is_refused_with_409(store):
@@ -190,10 +205,21 @@ def test_metadata_round_trips_and_updates_bump_the_version(store):
 
 def test_metadata_filters_match_equal_values(store):
     c = store.create_collection("c", None, MODEL)
-    rows = [({"year": 2023, "place": "Oslo"}), ({"year": 2023.0}), ({"year": "2023"}), ({"year": 2024, "ok": True}),
-            ({"ok": False, "place": None}), ({"place": "oslo"}), ({})]
-    ids = [item_id for _, item_id in store.add_items(
-        c.id, [text_item(f"t{i}", np.eye(DIM)[i], **m) for i, m in enumerate(rows)], MODEL)]
+    rows = [
+        ({"year": 2023, "place": "Oslo"}),
+        ({"year": 2023.0}),
+        ({"year": "2023"}),
+        ({"year": 2024, "ok": True}),
+        ({"ok": False, "place": None}),
+        ({"place": "oslo"}),
+        ({}),
+    ]
+    ids = [
+        item_id
+        for _, item_id in store.add_items(
+            c.id, [text_item(f"t{i}", np.eye(DIM)[i], **m) for i, m in enumerate(rows)], MODEL
+        )
+    ]
     cases = {
         json.dumps({"year": 2023}): [0, 1],
         json.dumps({"year": "2023"}): [0, 2],  # a string also matches a number written the same way (not 2023.0)
@@ -262,13 +288,13 @@ def searchable(store):
 
 
 CASES = [
-    dict(k=10),
-    dict(k=7, offset=5),
-    dict(k=10, kind="image"),
-    dict(k=10, filters={"group": 3}),
-    dict(k=5, filters={"group": "4", "half": "no"}),
-    dict(k=300, min_score=0.5),
-    dict(k=10, kind="text", filters={"half": "yes"}, offset=3),
+    {"k": 10},
+    {"k": 7, "offset": 5},
+    {"k": 10, "kind": "image"},
+    {"k": 10, "filters": {"group": 3}},
+    {"k": 5, "filters": {"group": "4", "half": "no"}},
+    {"k": 300, "min_score": 0.5},
+    {"k": 10, "kind": "text", "filters": {"half": "yes"}, "offset": 3},
 ]
 
 
@@ -285,16 +311,27 @@ def test_exact_search_equals_the_numpy_reference(searchable, case):
                 mask &= groups == int(value)
             else:
                 mask &= np.asarray(["yes" if i % 2 else "no" for i in range(len(ids))]) == value
-        want_ids, want_scores, total = reference(ids, vectors, query, case["k"], case.get("offset", 0), mask,
-                                                 case.get("min_score"))
-        hits = search(store, c, query, case["k"], case.get("offset", 0), case.get("filters"), case.get("kind"),
-                      case.get("min_score"))
+        want_ids, want_scores, total = reference(
+            ids, vectors, query, case["k"], case.get("offset", 0), mask, case.get("min_score")
+        )
+        hits = search(
+            store,
+            c,
+            query,
+            case["k"],
+            case.get("offset", 0),
+            case.get("filters"),
+            case.get("kind"),
+            case.get("min_score"),
+        )
         assert hits.ids.tolist() == want_ids.tolist()
         np.testing.assert_allclose(hits.scores, want_scores, atol=2e-6)
         assert hits.total == total and hits.method == "exact"
 
 
-@pytest.mark.parametrize("case", CASES[:4] + CASES[6:], ids=[json.dumps(c, sort_keys=True) for c in CASES[:4] + CASES[6:]])
+@pytest.mark.parametrize(
+    "case", CASES[:4] + CASES[6:], ids=[json.dumps(c, sort_keys=True) for c in CASES[:4] + CASES[6:]]
+)
 def test_postgres_hnsw_search_equals_the_reference_when_ef_covers_the_collection(make_pg_store, case):
     """The HNSW path (index scan, iterative for filters, exact re-scoring) with ef_search above the row count
     visits every vector, so it must return exactly the reference answer."""
@@ -311,8 +348,11 @@ def test_postgres_hnsw_search_equals_the_reference_when_ef_covers_the_collection
     if case.get("kind"):
         mask &= kinds == case["kind"]
     for key, value in (case.get("filters") or {}).items():
-        mask &= (np.arange(300) % 10 == int(value)) if key == "group" else (
-            np.asarray(["yes" if i % 2 else "no" for i in range(300)]) == value)
+        mask &= (
+            (np.arange(300) % 10 == int(value))
+            if key == "group"
+            else (np.asarray(["yes" if i % 2 else "no" for i in range(300)]) == value)
+        )
     query = unit(np.random.default_rng(3).normal(size=DIM))
     hits = store.search(c.id, query, case["k"], case.get("offset", 0), case.get("filters"), case.get("kind"))
     want_ids, want_scores, _ = reference(ids, vectors, query, case["k"], case.get("offset", 0), mask)
@@ -423,7 +463,7 @@ def test_nul_characters_are_refused_with_422_not_a_500(store):
         try:
             result = store.add_items(c.id, [bad], MODEL)
         except ClipFilterError as error:
-            assert error.status == 422
+            assert error.status == 422  # noqa: PT017 - either outcome is allowed; the else branch checks the other
         else:  # SQLite stores NUL; it must then read back as written
             assert isinstance(store, SqliteCollectionStore)
             assert store.get_item(store.get_collection("c"), result[0][1]).sha256 == bad.sha256
@@ -447,8 +487,11 @@ def test_garbage_collection_removes_only_old_unreferenced_files(store):
 
     c = store.create_collection("c", None, MODEL)
     kept = store.files.write_original(c.id, "ee" * 32, ".png", b"kept")
-    store.add_items(c.id, [NewItem("image", "k.png", "image/png", 4, "ee" * 32, {}, unit(np.eye(DIM)[0]),
-                                   original_path=kept)], MODEL)
+    store.add_items(
+        c.id,
+        [NewItem("image", "k.png", "image/png", 4, "ee" * 32, {}, unit(np.eye(DIM)[0]), original_path=kept)],
+        MODEL,
+    )
     orphan = store.files.write_original(c.id, "ff" * 32, ".png", b"orphan")
     fresh = store.files.write_original(c.id, "aa" * 32, ".png", b"fresh")
     old = time.time() - 7200
@@ -483,8 +526,20 @@ def test_export_import_round_trip_sqlite_postgres_sqlite(tmp_path, pg_database):
                 data = png(i)
                 sha = hashlib.sha256(data).hexdigest()
                 path = source.files.write_original(c.id, sha, ".png", data)
-                items.append(NewItem("image", f"p{i}.png", "image/png", len(data), sha, {"i": i}, vectors[i],
-                                     original_path=path, width=8, height=8))
+                items.append(
+                    NewItem(
+                        "image",
+                        f"p{i}.png",
+                        "image/png",
+                        len(data),
+                        sha,
+                        {"i": i},
+                        vectors[i],
+                        original_path=path,
+                        width=8,
+                        height=8,
+                    )
+                )
         source.add_items(c.id, items, MODEL)
         export_collection(source, "trip", tmp_path / "one.tar")
         assert import_collection(middle, tmp_path / "one.tar").added == 12
@@ -495,10 +550,18 @@ def test_export_import_round_trip_sqlite_postgres_sqlite(tmp_path, pg_database):
             record = store.get_collection("trip")
             rows = {}
             for batch, vecs in store.items_with_vectors(record.id):
-                for item, vec in zip(batch, vecs):
+                for item, vec in zip(batch, vecs, strict=True):
                     original = store.original_file(item)
-                    rows[item.sha256] = (item.kind, item.filename, item.metadata, item.text, item.width, item.height,
-                                         original.read_bytes() if original else None, vec.tolist())
+                    rows[item.sha256] = (
+                        item.kind,
+                        item.filename,
+                        item.metadata,
+                        item.text,
+                        item.width,
+                        item.height,
+                        original.read_bytes() if original else None,
+                        vec.tolist(),
+                    )
             return (record.model, record.pretrained, record.dim, record.description, record.item_count), rows
 
         assert content(middle) == content(source) == content(target)
@@ -569,8 +632,11 @@ def test_garbage_collection_keeps_a_file_another_replica_committed_meanwhile(mak
     recheck = gc_replica._referenced
 
     def commit_then_recheck(paths):
-        writer.add_items(c.id, [NewItem("image", "l.png", "image/png", 4, "bb" * 32, {}, unit(np.eye(DIM)[0]),
-                                        original_path=late)], MODEL)
+        writer.add_items(
+            c.id,
+            [NewItem("image", "l.png", "image/png", 4, "bb" * 32, {}, unit(np.eye(DIM)[0]), original_path=late)],
+            MODEL,
+        )
         return recheck(paths)
 
     monkeypatch.setattr(gc_replica, "_referenced", commit_then_recheck)
@@ -597,7 +663,7 @@ def test_an_unreachable_database_is_a_503_and_the_store_recovers(tmp_path):
                 assert store.get_collection("c").name == "c"
                 break
             except ClipFilterError as error:
-                assert error.code == "database_unavailable"
+                assert error.code == "database_unavailable"  # noqa: PT017 - a retry loop, not one expected raise
         else:
             raise AssertionError("the store did not reconnect")
         store.close()
@@ -623,8 +689,11 @@ def test_a_restarted_replica_resumes_the_jobs_its_dead_predecessor_held_at_once(
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     gone_pid = int(dead.stdout)  # a process of this host that has exited
     host = socket.gethostname()
-    for job_id, owner in (("mine", f"{host}:{gone_pid}:aaaa"), ("elsewhere", f"other-host:{gone_pid}:bbbb"),
-                          ("alive", f"{host}:{os.getppid()}:cccc")):
+    for job_id, owner in (
+        ("mine", f"{host}:{gone_pid}:aaaa"),
+        ("elsewhere", f"other-host:{gone_pid}:bbbb"),
+        ("alive", f"{host}:{os.getppid()}:cccc"),
+    ):
         store.create_job(job_id, c, "path", "/in", [JobFile(0, "a", "/in/a", {})])
         assert store.claim_job(owner)[0].id == job_id
     runner = ReplicaJobRunner(store, None, None, 4, [])

@@ -179,8 +179,15 @@ def test_empty_batch(clip_tokenizer):
 
 # ---- tokenize and truncation flags -----------------------------------------------------------------------
 def test_tokens_are_the_tokenizers_own(clip_tokenizer):
-    odd = ["", "  Spaces\tand\nnewlines  ", "Caf&eacute; &amp; cr\u00e8me br\u00fbl\u00e9e",
-           "emoji \U0001F436\U0001F431", "UPPER case", "don't stop", "\u00c3\u00a9 mojibake"]
+    odd = [
+        "",
+        "  Spaces\tand\nnewlines  ",
+        "Caf&eacute; &amp; cr\u00e8me br\u00fbl\u00e9e",
+        "emoji \U0001f436\U0001f431",
+        "UPPER case",
+        "don't stop",
+        "\u00c3\u00a9 mojibake",
+    ]
     texts = SHORT + LONG + odd
     tokens, truncated = tokenize(clip_tokenizer, texts, 77)
     assert tokens.dtype == torch.long
@@ -212,7 +219,7 @@ def long_texts(seed: int, count: int) -> list[str]:
         lambda n: " ".join(rng.choice(words) for _ in range(n // 5)),
         lambda n: "".join(rng.choice(words) for _ in range(n // 5)),  # one long word of real sub-words
         lambda n: "".join(rng.choices(string.ascii_lowercase, k=n)),  # one long word of random letters
-        lambda n: "".join(rng.choices("\U0001F602\U0001F60D\U0001F1FA\U0001F1F8\U0001F44D\U0001F3FD ab", k=n)),
+        lambda n: "".join(rng.choices("\U0001f602\U0001f60d\U0001f1fa\U0001f1f8\U0001f44d\U0001f3fd ab", k=n)),
         lambda n: "".join(rng.choices("\u6f22\u5b57\u304b\u306a\u30ab\u30ca\ud55c\uad6d\uc5b4", k=n)),
         lambda n: " " * n + " a dog &amp;amp; a cat " * 40,
         lambda n: "&amp; " * (n // 6) + "<start_of_text> the end",
@@ -225,7 +232,7 @@ def long_texts(seed: int, count: int) -> list[str]:
 def test_long_texts_give_open_clips_tokens_exactly():
     # A fresh tokenizer as the reference: open_clip's own __call__ BPE-encodes every word of every caption.
     reference, ours = open_clip.get_tokenizer("ViT-B-32"), open_clip.get_tokenizer("ViT-B-32")
-    texts = long_texts(0, 90) + [" ".join(["word"] * 2000), "a " * 5000 + "dog"]
+    texts = [*long_texts(0, 90), " ".join(["word"] * 2000), "a " * 5000 + "dog"]
     tokens, truncated = tokenize(ours, texts, 77, BpeCache(1000))
     expected = reference(texts)
     for i, text in enumerate(texts):
@@ -239,8 +246,10 @@ def test_only_what_the_context_holds_is_bpe_encoded(clip_tokenizer):
     real_bpe = tokenizer.bpe
     tokenizer.bpe = lambda word: encoded.append(len(word)) or real_bpe(word)
     rng = random.Random(3)
-    captions = [" ".join("".join(rng.choices(string.ascii_lowercase, k=7)) for _ in range(1400)),  # 10k chars
-                "".join(rng.choices(string.ascii_lowercase, k=10_000))]  # one 10,000-letter word
+    captions = [
+        " ".join("".join(rng.choices(string.ascii_lowercase, k=7)) for _ in range(1400)),  # 10k chars
+        "".join(rng.choices(string.ascii_lowercase, k=10_000)),
+    ]  # one 10,000-letter word
     for caption in captions:
         encoded.clear()
         _, truncated = tokenize(tokenizer, [caption], 77, BpeCache(0))
@@ -277,8 +286,9 @@ class _FakeHF:
     def _ids(self, text: str) -> list[int]:
         return [1000 + len(word) for word in text.split()]
 
-    def __call__(self, texts, add_special_tokens=True, truncation=False, max_length=None,
-                 padding=False, return_tensors=None, **_):
+    def __call__(
+        self, texts, add_special_tokens=True, truncation=False, max_length=None, padding=False, return_tensors=None, **_
+    ):
         single = isinstance(texts, str)
         rows = []
         for text in [texts] if single else texts:
@@ -301,7 +311,7 @@ def fake_hf_tokenizer(mode: str = "") -> HFTokenizer:
     return tokenizer
 
 
-@pytest.mark.parametrize("mode, limit", [("", 6), ("clips", 5)])
+@pytest.mark.parametrize(("mode", "limit"), [("", 6), ("clips", 5)])
 def test_hf_truncation_flags_match_what_the_tokenizer_keeps(mode, limit):
     tokenizer = fake_hf_tokenizer(mode)
     texts = [" ".join(["w"] * n) for n in (limit - 1, limit, limit + 1, limit + 5)]
@@ -351,7 +361,7 @@ def test_cache_rows_are_private_read_only_copies():
     stored = cache.get_many("m", ["a"])["a"][0]
     np.testing.assert_array_equal(stored, row(1))
     assert stored.dtype == np.float32 and not stored.flags.writeable
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         stored[0] = 5.0
 
 
@@ -359,7 +369,7 @@ def test_cache_capacity_zero_disables_it():
     cache = TextEmbeddingCache(0)
     cache.put_many("m", {"a": (row(1), False)})
     assert cache.get_many("m", ["a"]) == {} and len(cache) == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="capacity must be >= 0"):
         TextEmbeddingCache(-1)
 
 

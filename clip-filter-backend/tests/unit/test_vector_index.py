@@ -67,7 +67,7 @@ def test_pages_concatenate_to_the_full_ranking_even_with_equal_scores():
     query = base[3]
     full = index.search(query, 70).ids.tolist()
     pages = [index.search(query, 9, offset=o).ids.tolist() for o in range(0, 70, 9)]
-    assert sum(pages, []) == full
+    assert [i for page in pages for i in page] == full
     assert full == brute_force(ids, vectors, query, 70)[0]
 
 
@@ -107,8 +107,8 @@ def test_ivf_recall_against_exact_and_identical_scores():
         # Both paths score an item with the same cosine (re-scored from the exact matrix; BLAS may round
         # a dot product differently depending on how many rows it multiplies, hence the 1e-6).
         common = np.intersect1d(approx.ids, exact.ids)
-        a = dict(zip(approx.ids.tolist(), approx.scores.tolist()))
-        e = dict(zip(exact.ids.tolist(), exact.scores.tolist()))
+        a = dict(zip(approx.ids.tolist(), approx.scores.tolist(), strict=True))
+        e = dict(zip(exact.ids.tolist(), exact.scores.tolist(), strict=True))
         assert all(abs(a[i] - e[i]) <= 1e-6 for i in common.tolist())
     assert np.mean(recalls) >= 0.95, np.mean(recalls)
 
@@ -124,7 +124,10 @@ def test_ivf_follows_adds_and_removes():
     index.add(np.array([n + 1]), new, ["text"])
     hits = index.search(new[0], 5)
     assert hits.method == "ivf" and hits.ids[0] == n + 1
-    assert index.search(new[0], 5, kind="image").ids.tolist() == index.search(new[0], 5, kind="image", exact=True).ids.tolist()
+    assert (
+        index.search(new[0], 5, kind="image").ids.tolist()
+        == index.search(new[0], 5, kind="image", exact=True).ids.tolist()
+    )
     index.remove(np.array([n + 1]))
     assert n + 1 not in index.search(new[0], 50).ids.tolist()
 

@@ -17,10 +17,9 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import QuickGELU
 from PIL import Image
 from torch import nn
-
-from open_clip.transformer import QuickGELU
 
 from clip_filter.core.config import Settings
 from clip_filter.ml.factory import ModelLoadError, load_encoder
@@ -74,7 +73,7 @@ def assert_same_model(encoder, reference: nn.Module, reference_preprocess) -> No
 
 
 @pytest.mark.parametrize(
-    "precision, file_name",
+    ("precision", "file_name"),
     [("fp32", "tiny.pt"), ("bf16", "tiny.pt"), ("bf16", "tiny.safetensors"), ("bf16", "tiny-legacy.pt")],
 )
 def test_checkpoint_gives_the_same_model_as_open_clips_path(tmp_path, precision, file_name):
@@ -116,7 +115,9 @@ def hub_cache_with(checkpoint: Path, cache: Path, repo: str) -> Path:
 
 
 @pytest.mark.slow
-def test_the_default_openai_tag_is_read_from_the_cache_as_open_clip_builds_it(vit_b_32_checkpoint, tmp_path, monkeypatch):
+def test_the_default_openai_tag_is_read_from_the_cache_as_open_clip_builds_it(
+    vit_b_32_checkpoint, tmp_path, monkeypatch
+):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 does
@@ -136,8 +137,14 @@ def test_a_tags_preprocessing_comes_with_its_weights(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    tag_cfg = {"url": "", "hf_hub": "clip-filter/tiny-squashed/", "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3),
-               "interpolation": "bilinear", "resize_mode": "squash"}
+    tag_cfg = {
+        "url": "",
+        "hf_hub": "clip-filter/tiny-squashed/",
+        "mean": (0.5, 0.4, 0.3),
+        "std": (0.2, 0.25, 0.3),
+        "interpolation": "bilinear",
+        "resize_mode": "squash",
+    }
     monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "clip-filter-tiny", {"squashed": tag_cfg})
     checkpoint = save_random_checkpoint("clip-filter-tiny", tmp_path / "tiny.pt", seed=8)
     cache = hub_cache_with(checkpoint, tmp_path / "cache", "clip-filter/tiny-squashed")
@@ -157,14 +164,15 @@ def test_checkpoint_with_missing_or_misshapen_tensors_is_refused(tmp_path):
     torch.save(incomplete, tmp_path / "incomplete.pt")
     misshapen = {**state, "text_projection": state["text_projection"][:, :3].clone()}
     torch.save(misshapen, tmp_path / "misshapen.pt")
-    with pytest.raises(ModelLoadError, match="visual.conv1.weight"):
+    with pytest.raises(ModelLoadError, match=r"visual\.conv1\.weight"):
         load_encoder(settings("clip-filter-tiny", str(tmp_path / "incomplete.pt")))
     with pytest.raises(ModelLoadError, match="text_projection"):
         load_encoder(settings("clip-filter-tiny", str(tmp_path / "misshapen.pt")))
 
 
 def test_meta_construction_hooks_are_removed_even_after_a_failure():
-    with pytest.raises(ValueError), parameters_on_meta() as built:
+    # The failure must come from inside the context, after some construction: hence a multi-statement block.
+    with pytest.raises(ValueError, match="building failed"), parameters_on_meta() as built:  # noqa: PT012
         inside = nn.Sequential(nn.Linear(4, 4))
         inside.register_buffer("mask", torch.ones(2))
         raise ValueError("building failed")
@@ -200,8 +208,14 @@ def test_checkpoint_load_peak_is_about_the_model_in_its_own_dtype(vit_b_32_check
     safetensors = save_random_checkpoint("ViT-B-32", vit_b_32_checkpoint.with_suffix(".safetensors"), seed=5)
 
     def peak(way: str, path: Path, precision: str = "fp32") -> float:
-        run = subprocess.run([sys.executable, "-c", MEASURE_LOAD, way, str(path), precision], cwd=BACKEND,
-                             capture_output=True, text=True, timeout=300, check=True)
+        run = subprocess.run(
+            [sys.executable, "-c", MEASURE_LOAD, way, str(path), precision],
+            cwd=BACKEND,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
         return json.loads(run.stdout.strip().splitlines()[-1])["peak_above_imports_mb"]
 
     # Model in its dtype (fp32 605 MB, bf16 302 MB for ViT-B-32) plus about one tensor (the largest: 97 MB).

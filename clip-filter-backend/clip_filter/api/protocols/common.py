@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clip_filter.core.config import Settings
 from clip_filter.core.errors import ClipFilterError, OverloadedError
-from clip_filter.images import decode_base64_image, decode_image
+from clip_filter.image_base64 import decode_base64_image
+from clip_filter.images import decode_image
 from clip_filter.ml.encoder import ModelInfo
 from clip_filter.ml.service import FAILED, ModelService
 
@@ -63,7 +64,7 @@ def _failure(request: Request, exc: Exception) -> Failure:
         return Failure(422, "invalid_request", f"Invalid request: {location}: {first.get('msg', '')}", location)
     if isinstance(exc, StarletteHTTPException):
         return Failure(exc.status_code, "http_error", str(exc.detail))
-    log.exception("unexpected error in a protocol route")
+    log.error("unexpected error in a protocol route", exc_info=exc)
     return Failure(500, "internal_error", "Unexpected server error; see the server log.")
 
 
@@ -74,7 +75,7 @@ def protocol_route(render: Callable[[Failure], Response]) -> type[APIRoute]:
     """
 
     class ProtocolRoute(APIRoute):
-        def get_route_handler(self) -> Callable:
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 
             async def guarded(request: Request) -> Response:
@@ -122,7 +123,7 @@ def names_served_model(name: str, info: ModelInfo) -> bool:
 URL_PATTERN = re.compile(r"^[a-z][a-z0-9+.\-]*://", re.IGNORECASE)
 
 
-async def decode_all(items: list[str | bytes], settings: Settings, field_name: str) -> list[Image.Image]:
+async def decode_all(items: Sequence[str | bytes], settings: Settings, field_name: str) -> list[Image.Image]:
     """Decode every image (base64/data URI strings or raw bytes); the first bad one fails the request."""
     limits = settings.image_limits()
 
@@ -130,12 +131,15 @@ async def decode_all(items: list[str | bytes], settings: Settings, field_name: s
         if isinstance(item, str) and URL_PATTERN.match(item.strip()):
             # No server-side fetching: a URL here would let any caller make the server request any address.
             raise ClipFilterError(
-                "url_not_allowed", f"`{field_name}[{index}]` is a URL; send the image as base64 or a data URI.",
-                400, param=f"{field_name}[{index}]",
+                "url_not_allowed",
+                f"`{field_name}[{index}]` is a URL; send the image as base64 or a data URI.",
+                400,
+                param=f"{field_name}[{index}]",
             )
-        decode = decode_base64_image if isinstance(item, str) else decode_image
         try:
-            return await run_in_threadpool(decode, item, limits)
+            if isinstance(item, str):
+                return await run_in_threadpool(decode_base64_image, item, limits)
+            return await run_in_threadpool(decode_image, item, limits)
         except ClipFilterError as exc:
             exc.message = f"`{field_name}[{index}]`: {exc.message}"
             exc.details.setdefault("param", f"{field_name}[{index}]")
@@ -146,8 +150,9 @@ async def decode_all(items: list[str | bytes], settings: Settings, field_name: s
 
 def check_count(count: int, limit: int, what: str) -> None:
     if count > limit:
-        raise ClipFilterError(f"too_many_{what}", f"Too many {what}: {count}; at most {limit} per request.", 413,
-                              limit=limit)
+        raise ClipFilterError(
+            f"too_many_{what}", f"Too many {what}: {count}; at most {limit} per request.", 413, limit=limit
+        )
 
 
 def weights_note(service: ModelService) -> dict[str, Any]:

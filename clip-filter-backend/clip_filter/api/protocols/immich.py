@@ -18,7 +18,6 @@ from starlette.datastructures import UploadFile
 
 from clip_filter.api.deps import ModelDep, SettingsDep
 from clip_filter.api.inputs import read_form
-from clip_filter.api.schemas.common import request_body
 from clip_filter.api.protocols.common import (
     Failure,
     decode_all,
@@ -26,6 +25,7 @@ from clip_filter.api.protocols.common import (
     names_served_model,
     protocol_route,
 )
+from clip_filter.api.schemas.common import request_body
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.core.validation import check_text
 
@@ -70,22 +70,34 @@ def parse_entries(raw: Any) -> tuple[Literal["visual", "textual"], ModelEntry]:
     except json.JSONDecodeError as exc:
         raise _bad(f"Invalid request format: `entries` is not JSON ({exc}).", 422, "invalid_entries") from None
     if not isinstance(request, dict) or not request:
-        raise _bad("Invalid request format: `entries` must be an object such as "
-                   '{"clip": {"visual": {"modelName": "..."}}}.', 422, "invalid_entries")
+        raise _bad(
+            'Invalid request format: `entries` must be an object such as {"clip": {"visual": {"modelName": "..."}}}.',
+            422,
+            "invalid_entries",
+        )
     other = sorted(task for task in request if task != "clip")
     if other:
-        raise _bad(f"clip-filter serves CLIP only; {', '.join(other)} stays on immich's own machine-learning "
-                   "service (point that job's URL there).", 400, "unsupported_task")
+        raise _bad(
+            f"clip-filter serves CLIP only; {', '.join(other)} stays on immich's own machine-learning "
+            "service (point that job's URL there).",
+            400,
+            "unsupported_task",
+        )
     try:
         clip = Entries.model_validate(request).clip
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise _bad(f"Invalid request format: entries.{where}: {first['msg']}", 422, "invalid_entries") from None
-    chosen = [(kind, entry) for kind, entry in (("visual", clip.visual), ("textual", clip.textual)) if entry]
+    kinds: tuple[tuple[Literal["visual", "textual"], ModelEntry | None], ...] = (
+        ("visual", clip.visual),
+        ("textual", clip.textual),
+    )
+    chosen = [(kind, entry) for kind, entry in kinds if entry]
     if len(chosen) != 1:
-        raise _bad("Invalid request format: `entries.clip` must name exactly one of visual or textual.", 422,
-                   "invalid_entries")
+        raise _bad(
+            "Invalid request format: `entries.clip` must name exactly one of visual or textual.", 422, "invalid_entries"
+        )
     return chosen[0]
 
 
@@ -102,22 +114,32 @@ class PredictForm(BaseModel):
     text: str | None = Field(None, description="the text (textual)")
 
 
-@router.post("/predict", response_model_exclude_none=True, openapi_extra=request_body(multipart=PredictForm),
-             summary="immich ML: a CLIP embedding of one image or one text (multipart)")
+@router.post(
+    "/predict",
+    response_model_exclude_none=True,
+    openapi_extra=request_body(multipart=PredictForm),
+    summary="immich ML: a CLIP embedding of one image or one text (multipart)",
+)
 async def predict(request: Request, service: ModelDep, settings: SettingsDep) -> ClipResponse:
     form = await read_form(request, max_files=2, max_fields=8)
     kind, entry = parse_entries(form.get("entries"))
     image, text = form.get("image"), form.get("text")
     if image is None and text is None:
         if form.get("assetId") is not None:
-            raise _bad("Asset-id-only requests need immich's shared storage; send the image itself.",
-                       400, "asset_id_unsupported")
+            raise _bad(
+                "Asset-id-only requests need immich's shared storage; send the image itself.",
+                400,
+                "asset_id_unsupported",
+            )
         raise _bad("Either image or text must be provided")
     info = service.info
     if not names_served_model(entry.modelName, info):
-        raise _bad(f"Model {entry.modelName!r} is not served here; this server runs {model_id(info)!r}. Set it as "
-                   "immich's CLIP model (Administration > Settings > Machine Learning > Smart Search).",
-                   400, "model_not_served")
+        raise _bad(
+            f"Model {entry.modelName!r} is not served here; this server runs {model_id(info)!r}. Set it as "
+            "immich's CLIP model (Administration > Settings > Machine Learning > Smart Search).",
+            400,
+            "model_not_served",
+        )
     if kind == "visual":
         if not isinstance(image, UploadFile):
             raise _bad("A visual request needs the `image` file part.")

@@ -30,18 +30,28 @@ from clip_filter.api.protocols.common import (
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.core.validation import check_text
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 413: "invalid_request_error", 415: "invalid_request_error",
-          422: "invalid_request_error", 429: "rate_limit_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
 _STARTED = int(time.time())
 
 
 def render_openai_error(failure: Failure) -> JSONResponse:
     # OpenAI answers malformed requests with 400; the service's 422 (schema) becomes that here.
     status = 400 if failure.status == 422 else failure.status
-    error = {"message": failure.message, "type": _TYPES.get(status, "server_error" if status >= 500 else
-                                                              "invalid_request_error"),
-             "param": failure.param, "code": failure.code}
+    error = {
+        "message": failure.message,
+        "type": _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+        "param": failure.param,
+        "code": failure.code,
+    }
     response = JSONResponse({"error": error}, status_code=status)
     # The SDK retries 408/409/429/5xx unless told not to: say so wherever the same request must fail again.
     retryable = status in (408, 409, 429) or (status >= 500 and not failure.permanent)
@@ -105,8 +115,11 @@ def _inputs(body: EmbeddingRequest) -> list[str]:
         raise _invalid("`input` is empty; send a string or a non-empty list of strings.", "input")
     for index, item in enumerate(items):
         if isinstance(item, (int, list)) and not isinstance(item, bool):
-            raise _invalid("Token-id arrays are not accepted: CLIP has its own tokenizer; send strings.", "input",
-                           "token_arrays_unsupported")
+            raise _invalid(
+                "Token-id arrays are not accepted: CLIP has its own tokenizer; send strings.",
+                "input",
+                "token_arrays_unsupported",
+            )
         if not isinstance(item, str):
             raise _invalid(f"`input[{index}]` must be a string.", f"input[{index}]")
     return items
@@ -124,12 +137,17 @@ async def create_embeddings(body: EmbeddingRequest, service: ModelDep, settings:
     info = service.info  # 503 (and no retry once the load failed) before any work
     if not names_served_model(body.model, info):
         raise ClipFilterError(
-            "model_not_found", f"The model {body.model!r} is not served here; this server runs {model_id(info)!r} "
-            f"(GET /v1/models).", 404, param="model",
+            "model_not_found",
+            f"The model {body.model!r} is not served here; this server runs {model_id(info)!r} (GET /v1/models).",
+            404,
+            param="model",
         )
     if body.dimensions is not None and body.dimensions != info.dim:
-        raise _invalid(f"`dimensions` must be {info.dim} (the model's); CLIP embeddings are not shortened.",
-                       "dimensions", "unsupported_dimensions")
+        raise _invalid(
+            f"`dimensions` must be {info.dim} (the model's); CLIP embeddings are not shortened.",
+            "dimensions",
+            "unsupported_dimensions",
+        )
     items = _inputs(body)
     if body.modality == "image":
         check_count(len(items), settings.max_images_per_request, "images")
@@ -148,6 +166,7 @@ async def create_embeddings(body: EmbeddingRequest, service: ModelDep, settings:
 @router.get("/models", include_in_schema=False)
 async def list_models(service: ModelDep) -> ModelList:
     info = service.info
-    card = ModelCard(id=model_id(info), created=_STARTED, dim=info.dim, aliases=model_aliases(info)[1:],
-                     **weights_note(service))
+    card = ModelCard(
+        id=model_id(info), created=_STARTED, dim=info.dim, aliases=model_aliases(info)[1:], **weights_note(service)
+    )
     return ModelList(data=[card])

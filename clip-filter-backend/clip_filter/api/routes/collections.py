@@ -19,8 +19,21 @@ from clip_filter.api.deps import CollectionsDep, ModelDep, SettingsDep
 from clip_filter.api.inputs import read_form, request_kind
 from clip_filter.api.multipart import clean_filename, file_parts
 from clip_filter.api.schemas.collections import (
-    ADD_FILES_FORM, MAX_ID, SEARCH_FORM, AddItemsOut, AddTextsBody, CollectionListOut, CollectionOut,
-    CreateCollectionBody, ItemOut, ItemPageOut, PatchCollectionBody, PatchItemBody, SearchBody, SearchOut, request_body,
+    ADD_FILES_FORM,
+    MAX_ID,
+    SEARCH_FORM,
+    AddItemsOut,
+    AddTextsBody,
+    CollectionListOut,
+    CollectionOut,
+    CreateCollectionBody,
+    ItemOut,
+    ItemPageOut,
+    PatchCollectionBody,
+    PatchItemBody,
+    SearchBody,
+    SearchOut,
+    request_body,
 )
 from clip_filter.collections import views
 from clip_filter.collections.ingest import Source
@@ -37,15 +50,22 @@ FullText = Query(False, description="whole texts instead of previews (CLIP_FILTE
 
 
 # ---- collections ------------------------------------------------------------------------------------------
-@router.post("/collections", status_code=201, summary="Create a collection", response_model=CollectionOut,
-             openapi_extra=request_body(CreateCollectionBody), **OUT)
+@router.post(
+    "/collections",
+    status_code=201,
+    summary="Create a collection",
+    response_model=CollectionOut,
+    openapi_extra=request_body(CreateCollectionBody),
+    **OUT,
+)
 async def create_collection(request: Request, collections: CollectionsDep) -> dict[str, Any]:
     body = await read_model(request, CreateCollectionBody)
     return views.collection_view(await run_in_threadpool(collections.create_collection, body.name, body.description))
 
 
-@router.get("/collections", summary="All collections with their item counts and model",
-            response_model=CollectionListOut, **OUT)
+@router.get(
+    "/collections", summary="All collections with their item counts and model", response_model=CollectionListOut, **OUT
+)
 async def list_collections(collections: CollectionsDep) -> dict[str, Any]:
     records = await run_in_threadpool(collections.list_collections)
     return {"collections": [views.collection_view(r) for r in records]}
@@ -56,8 +76,13 @@ async def get_collection(name: str, collections: CollectionsDep) -> dict[str, An
     return views.collection_view(await run_in_threadpool(collections.get_collection, name))
 
 
-@router.patch("/collections/{name}", summary="Change a collection's description", response_model=CollectionOut,
-              openapi_extra=request_body(PatchCollectionBody), **OUT)
+@router.patch(
+    "/collections/{name}",
+    summary="Change a collection's description",
+    response_model=CollectionOut,
+    openapi_extra=request_body(PatchCollectionBody),
+    **OUT,
+)
 async def update_collection(name: str, request: Request, collections: CollectionsDep) -> dict[str, Any]:
     body = await read_model(request, PatchCollectionBody)
     return views.collection_view(await run_in_threadpool(collections.update_collection, name, body.description))
@@ -70,8 +95,13 @@ async def delete_collection(name: str, collections: CollectionsDep) -> Response:
 
 
 # ---- items ------------------------------------------------------------------------------------------------
-@router.post("/collections/{name}/items", summary="Add files (images, text/plain) or texts", response_model=AddItemsOut,
-             openapi_extra=request_body(AddTextsBody, ADD_FILES_FORM), **OUT)
+@router.post(
+    "/collections/{name}/items",
+    summary="Add files (images, text/plain) or texts",
+    response_model=AddItemsOut,
+    openapi_extra=request_body(AddTextsBody, ADD_FILES_FORM),
+    **OUT,
+)
 async def add_items(
     name: str, request: Request, collections: CollectionsDep, model: ModelDep, settings: SettingsDep
 ) -> dict[str, Any]:
@@ -85,12 +115,19 @@ async def add_items(
     if request_kind(request) == "json":
         body = parse(AddTextsBody, await read_object(request), max_texts=settings.max_texts_per_request)
         metadata = body.metadata or [None] * len(body.texts)
-        sources = [Source(text=text, metadata=meta or {}) for text, meta in zip(body.texts, metadata)]
+        sources = [Source(text=text, metadata=meta or {}) for text, meta in zip(body.texts, metadata, strict=True)]
     else:
         limit = settings.max_images_per_request
         form = await read_form(request, max_files=limit + 1, max_fields=2 * limit + 16)
-        sources = [Source(filename=part.filename, data=await part.upload.read(), content_type=part.upload.content_type,
-                          metadata=part.metadata) for part in file_parts(form, limit)]
+        sources = [
+            Source(
+                filename=part.filename,
+                data=await part.upload.read(),
+                content_type=part.upload.content_type,
+                metadata=part.metadata,
+            )
+            for part in file_parts(form, limit)
+        ]
     model.require_ready()  # 503 before any work while the model loads
     # The texts come back whole: each is bounded (CLIP_FILTER_MAX_STORED_TEXT_BYTES) and was just sent.
     return views.add_result_view(await run_in_threadpool(collections.add, name, sources, False))
@@ -114,9 +151,16 @@ async def get_item(name: str, collections: CollectionsDep, item_id: int = ItemId
     return views.item_view(name, await run_in_threadpool(collections.get_item, name, item_id))
 
 
-@router.patch("/collections/{name}/items/{item_id}", summary="Replace an item's metadata (and/or filename)",
-              response_model=ItemOut, openapi_extra=request_body(PatchItemBody), **OUT)
-async def update_item(name: str, request: Request, collections: CollectionsDep, item_id: int = ItemId) -> dict[str, Any]:
+@router.patch(
+    "/collections/{name}/items/{item_id}",
+    summary="Replace an item's metadata (and/or filename)",
+    response_model=ItemOut,
+    openapi_extra=request_body(PatchItemBody),
+    **OUT,
+)
+async def update_item(
+    name: str, request: Request, collections: CollectionsDep, item_id: int = ItemId
+) -> dict[str, Any]:
     body = await read_model(request, PatchItemBody)
     item = await run_in_threadpool(collections.update_item, name, item_id, body.metadata, clean_filename(body.filename))
     return views.item_view(name, item)
@@ -150,8 +194,13 @@ async def item_thumbnail(name: str, collections: CollectionsDep, item_id: int = 
 
 
 # ---- search -----------------------------------------------------------------------------------------------
-@router.post("/collections/{name}/search", summary="Search by text, image or item; cosine scores",
-             response_model=SearchOut, openapi_extra=request_body(SearchBody, SEARCH_FORM), **OUT)
+@router.post(
+    "/collections/{name}/search",
+    summary="Search by text, image or item; cosine scores",
+    response_model=SearchOut,
+    openapi_extra=request_body(SearchBody, SEARCH_FORM),
+    **OUT,
+)
 async def search(
     name: str, request: Request, collections: CollectionsDep, settings: SettingsDep, full_text: bool = FullText
 ) -> dict[str, Any]:
@@ -168,8 +217,14 @@ async def search(
         part = form.get("image")
         image = await part.read() if isinstance(part, UploadFile) else part
     query = SearchQuery(
-        text=body.text, image=image, item_id=body.item_id, top_k=body.top_k, offset=body.offset,
-        min_score=body.min_score, kind=body.kind, filters=body.filters,
+        text=body.text,
+        image=image,
+        item_id=body.item_id,
+        top_k=body.top_k,
+        offset=body.offset,
+        min_score=body.min_score,
+        kind=body.kind,
+        filters=body.filters,
     )
     result = await run_in_threadpool(collections.search, name, query)
     return views.search_view(result, None if full_text else settings.text_preview_chars)

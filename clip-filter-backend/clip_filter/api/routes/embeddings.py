@@ -23,7 +23,7 @@ router = APIRouter(tags=["embeddings"])
 
 @router.post(
     "/embeddings/images",
-    summary="Image embeddings (multipart `images` files or JSON `{\"images\": [base64]}`)",
+    summary='Image embeddings (multipart `images` files or JSON `{"images": [base64]}`)',
     response_model=ImageEmbeddingsResponse,
     responses=error_responses(400, 413, 415, 422, 429, 503),
     openapi_extra=request_body(ImagesRequest, multipart=ImagesForm),
@@ -33,7 +33,7 @@ async def image_embeddings(request: Request, service: ModelDep, settings: Settin
     parsed = await read_images_and_texts(request, settings, want_texts=False)
     service.require_ready()
     good = [slot for slot in parsed.images if slot.image is not None]
-    vectors = await service.embed_images([slot.image for slot in good])
+    vectors = await service.embed_images([slot.image for slot in good if slot.image is not None])
     by_index = {slot.index: vectors[row].tolist() for row, slot in enumerate(good)}
     return {
         "model": service.model_summary(),
@@ -46,7 +46,7 @@ async def image_embeddings(request: Request, service: ModelDep, settings: Settin
 
 @router.post(
     "/embeddings/texts",
-    summary="Caption embeddings (JSON `{\"texts\": [...]}` or multipart `texts` fields)",
+    summary='Caption embeddings (JSON `{"texts": [...]}` or multipart `texts` fields)',
     response_model=TextEmbeddingsResponse,
     responses=error_responses(400, 413, 415, 422, 429, 503),
     openapi_extra=request_body(TextsRequest, multipart=TextsForm),

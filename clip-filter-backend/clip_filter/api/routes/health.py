@@ -35,8 +35,13 @@ async def live() -> dict[str, str]:
 async def ready(service: ModelDep) -> Any:
     if service.ready:
         return {"status": "ready", "weights": service.info.weights}
-    error = {"code": "model_unavailable", "message": f"The model is {service.state}.", "state": service.state,
-             "reason": service.reason, "fix": service.fix}
+    error = {
+        "code": "model_unavailable",
+        "message": f"The model is {service.state}.",
+        "state": service.state,
+        "reason": service.reason,
+        "fix": service.fix,
+    }
     return JSONResponse({"error": error}, status_code=503)
 
 

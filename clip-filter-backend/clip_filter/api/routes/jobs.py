@@ -25,8 +25,14 @@ router = APIRouter(tags=["jobs"])
 MAX_UPLOAD_JOB_FILES = 100_000
 
 
-@router.post("/collections/{name}/jobs", status_code=202, summary="Start a bulk ingest job", response_model=JobOut,
-             response_model_exclude_unset=True, openapi_extra=request_body(FolderJobBody, JOB_FILES_FORM))
+@router.post(
+    "/collections/{name}/jobs",
+    status_code=202,
+    summary="Start a bulk ingest job",
+    response_model=JobOut,
+    response_model_exclude_unset=True,
+    openapi_extra=request_body(FolderJobBody, JOB_FILES_FORM),
+)
 async def create_job(name: str, request: Request, collections: CollectionsDep) -> dict[str, Any]:
     """multipart: repeated `files` (+ optional repeated `metadata`, one JSON object per file);
     JSON: `{"path": "/folder/inside/CLIP_FILTER_INGEST_ROOTS"}`."""
@@ -34,17 +40,19 @@ async def create_job(name: str, request: Request, collections: CollectionsDep) -
     await run_in_threadpool(collections.get_collection, name)  # 404 before the body is read
     if kind == "json":
         body = parse(FolderJobBody, await read_object(request))
-        job = await run_in_threadpool(collections.create_folder_job, name, body.path,
-                                     body.include_hidden)
+        job = await run_in_threadpool(collections.create_folder_job, name, body.path, body.include_hidden)
     else:
         form = await read_form(request, max_files=MAX_UPLOAD_JOB_FILES + 1, max_fields=MAX_UPLOAD_JOB_FILES + 16)
-        uploads = [Upload(part.filename, part.upload.content_type, part.metadata, stream=part.upload.file)
-                   for part in file_parts(form, MAX_UPLOAD_JOB_FILES)]
+        uploads = [
+            Upload(part.filename, part.upload.content_type, part.metadata, stream=part.upload.file)
+            for part in file_parts(form, MAX_UPLOAD_JOB_FILES)
+        ]
         job = await run_in_threadpool(collections.create_upload_job, name, uploads)
     return views.job_view(job)
 
 
-@router.get("/jobs/{job_id}", summary="A job's state and progress", response_model=JobOut,
-            response_model_exclude_unset=True)
+@router.get(
+    "/jobs/{job_id}", summary="A job's state and progress", response_model=JobOut, response_model_exclude_unset=True
+)
 async def get_job(job_id: str, collections: CollectionsDep) -> dict[str, Any]:
     return views.job_view(await run_in_threadpool(collections.get_job, job_id))

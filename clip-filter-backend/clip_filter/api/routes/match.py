@@ -43,7 +43,8 @@ async def _score(parsed: ParsedRequest, service: ModelService) -> _Scores:
     service.require_ready()
     good = [slot.index for slot in parsed.images if slot.image is not None]
     image_embeddings, text_batch = await asyncio.gather(
-        service.embed_images([parsed.images[i].image for i in good]), service.embed_texts(parsed.texts)
+        service.embed_images([image for i in good if (image := parsed.images[i].image) is not None]),
+        service.embed_texts(parsed.texts),
     )
     cosines = cosine_matrix(image_embeddings, text_batch.embeddings)
     probabilities = softmax_probabilities(cosines, service.info.logit_scale) if good else cosines
@@ -73,7 +74,7 @@ async def best_match(request: Request, service: ModelDep, settings: SettingsDep)
     `texts`, and multipart. Ties between captions go to the lowest caption index."""
     parsed = await read_images_and_texts(request, settings, want_texts=True)
     scores = await _score(parsed, service)
-    best = best_indices(scores.cosines) if scores.row_of else []
+    best: np.ndarray | list[int] = best_indices(scores.cosines) if scores.row_of else []
 
     results: list[dict[str, Any]] = []
     for slot in parsed.images:

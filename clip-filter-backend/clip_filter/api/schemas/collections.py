@@ -91,8 +91,9 @@ class AddTextsBody(_Body):
             raise _invalid("`texts` must be a non-empty list of strings (or send files as multipart).")
         limit = (info.context or {}).get("max_texts")
         if limit is not None and len(value) > limit:
-            raise invalid(f"Too many texts: {len(value)}; at most {limit} per request.", "too_many_texts", 413,
-                          limit=limit)
+            raise invalid(
+                f"Too many texts: {len(value)}; at most {limit} per request.", "too_many_texts", 413, limit=limit
+            )
         if not all(isinstance(t, str) for t in value):
             raise _invalid("Every entry of `texts` must be a string.")
         return value
@@ -184,8 +185,11 @@ def _files_form(description: str) -> dict[str, Any]:
         "required": ["files"],
         "properties": {
             "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": description},
-            "metadata": {"type": "array", "items": {"type": "string"},
-                         "description": "optional: one JSON object per file, in the same order"},
+            "metadata": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "optional: one JSON object per file, in the same order",
+            },
         },
     }
 
@@ -196,8 +200,11 @@ SEARCH_FORM: dict[str, Any] = {
     "type": "object",
     "properties": {
         "image": {"type": "string", "format": "binary", "description": "the query image"},
-        "text": {"type": "string"}, "item_id": {"type": "integer"}, "top_k": {"type": "integer"},
-        "offset": {"type": "integer"}, "min_score": {"type": "number"},
+        "text": {"type": "string"},
+        "item_id": {"type": "integer"},
+        "top_k": {"type": "integer"},
+        "offset": {"type": "integer"},
+        "min_score": {"type": "number"},
         "kind": {"type": "string", "enum": ["image", "text"]},
         "filters": {"type": "string", "description": "a JSON object of {key: value}"},
     },

@@ -10,11 +10,30 @@ from __future__ import annotations
 from clip_filter.collections.store.files import DataFiles, write_file_atomic
 from clip_filter.collections.store.protocol import CollectionStore, ModelKey, SearchingStore
 from clip_filter.collections.store.records import (
-    Change, CollectionRecord, ItemRecord, JobFile, JobProgress, JobRecord, NewItem, VectorSet,
+    Change,
+    CollectionRecord,
+    ItemRecord,
+    JobFile,
+    JobProgress,
+    JobRecord,
+    NewItem,
+    VectorSet,
 )
 from clip_filter.collections.store.sqlite import SqliteCollectionStore
 
 __all__ = [
-    "Change", "CollectionRecord", "CollectionStore", "DataFiles", "ItemRecord", "JobFile", "JobProgress", "JobRecord",
-    "ModelKey", "NewItem", "SearchingStore", "SqliteCollectionStore", "VectorSet", "write_file_atomic",
+    "Change",
+    "CollectionRecord",
+    "CollectionStore",
+    "DataFiles",
+    "ItemRecord",
+    "JobFile",
+    "JobProgress",
+    "JobRecord",
+    "ModelKey",
+    "NewItem",
+    "SearchingStore",
+    "SqliteCollectionStore",
+    "VectorSet",
+    "write_file_atomic",
 ]

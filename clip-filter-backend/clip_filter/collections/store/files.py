@@ -12,6 +12,7 @@ Rules (the same for every database backend, which is why they live apart from it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -40,10 +41,8 @@ def ensure_dir(path: Path) -> None:
         missing.append(current)
         current = current.parent
     for folder in reversed(missing):
-        try:
+        with contextlib.suppress(FileExistsError):
             folder.mkdir()
-        except FileExistsError:
-            pass
         fsync_dir(folder.parent)
 
 
@@ -84,10 +83,8 @@ class DataFiles:
         """Remove originals no committed row references (missing ones are fine)."""
         for relative in relative_paths:
             if relative:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     (self.data_dir / relative).unlink()
-                except FileNotFoundError:
-                    pass
 
     def thumbnail_path(self, collection_id: int, item_id: int, size: int) -> Path:
         return self.thumbnails_dir / str(collection_id) / f"{item_id}-{size}.jpg"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from clip_filter.collections.store.files import DataFiles
 from clip_filter.collections.store.records import FileReferences
@@ -105,14 +106,18 @@ def collect_garbage(
                     thumbnails.append(path)
     spools: list[Path] = []
     if files.jobs_dir.is_dir():
-        spools = [folder for folder in files.jobs_dir.iterdir()
-                  if folder.name not in references.live_jobs and old(folder)]
+        spools = [
+            folder for folder in files.jobs_dir.iterdir() if folder.name not in references.live_jobs and old(folder)
+        ]
     # Per-collection folders of deleted collections: only when nothing in them is new.
     collection_folders: list[Path] = []
     if files.originals_dir.is_dir():
         collection_folders = [
-            folder for folder in files.originals_dir.iterdir()
-            if folder.is_dir() and folder.name.isdigit() and int(folder.name) not in collection_ids
+            folder
+            for folder in files.originals_dir.iterdir()
+            if folder.is_dir()
+            and folder.name.isdigit()
+            and int(folder.name) not in collection_ids
             and _tree_is_old(folder, cutoff)
         ]
 

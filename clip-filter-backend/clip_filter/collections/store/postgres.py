@@ -39,18 +39,27 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from clip_filter.collections.errors import collection_not_found, item_not_found, job_not_found
 from clip_filter.collections.store.files import DataFiles
 from clip_filter.collections.store.records import (
-    MAX_STORED_FAILURES, Change, CollectionRecord, ItemRecord, JobFile, JobProgress, JobRecord, NewItem, VectorSet,
+    MAX_STORED_FAILURES,
+    Change,
+    CollectionRecord,
+    ItemRecord,
+    JobFile,
+    JobProgress,
+    JobRecord,
+    NewItem,
+    VectorSet,
     utc_now,
 )
 from clip_filter.collections.validation import validate_filters, validate_name
@@ -87,14 +96,18 @@ def _array(value: Any) -> np.ndarray:
 
 def job_lease_lost(job_id: str) -> ClipFilterError:
     return ClipFilterError(
-        "job_lease_lost", f"Job {job_id!r} was taken over by another replica (this one held it too long).", 409,
+        "job_lease_lost",
+        f"Job {job_id!r} was taken over by another replica (this one held it too long).",
+        409,
         job_id=job_id,
     )
 
 
 def database_unavailable(exc: BaseException) -> ClipFilterError:
     return ClipFilterError(
-        "database_unavailable", f"The PostgreSQL database cannot be reached: {exc}", 503,
+        "database_unavailable",
+        f"The PostgreSQL database cannot be reached: {exc}",
+        503,
         fix="Check CLIP_FILTER_DATABASE_URL and that the server is running.",
     )
 
@@ -218,15 +231,25 @@ class PostgresCollectionStore:
             if run_migrations:
                 migrate(url)
             self._pool = ConnectionPool(
-                url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, configure=self._configure,
-                open=True, name="clip-filter",
+                url,
+                min_size=1,
+                max_size=pool_size,
+                kwargs={"autocommit": True},
+                configure=self._configure,
+                open=True,
+                name="clip-filter",
             )
             self._pool.wait(timeout=30.0)
             self._read_pool = self._pool
             if read_url:
                 self._read_pool = ConnectionPool(
-                    read_url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, configure=self._configure,
-                    open=True, name="clip-filter-read",
+                    read_url,
+                    min_size=1,
+                    max_size=pool_size,
+                    kwargs={"autocommit": True},
+                    configure=self._configure,
+                    open=True,
+                    name="clip-filter-read",
                 )
                 self._read_pool.wait(timeout=30.0)
         except Exception as exc:
@@ -266,28 +289,26 @@ class PostgresCollectionStore:
     def _read(self, replica: bool = False, snapshot: bool = False) -> Iterator[Any]:
         """A read-only transaction; `snapshot`: one consistent snapshot across several SELECTs.
         `replica`: on CLIP_FILTER_DATABASE_READ_URL when set (searches and listings; may lag)."""
-        with self._connection(self._read_pool if replica else self._pool) as conn:
-            with conn.transaction():
-                if snapshot:
-                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                yield conn
+        with self._connection(self._read_pool if replica else self._pool) as conn, conn.transaction():
+            if snapshot:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield conn
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
-        with self._write_lock:
-            with self._connection(self._pool) as conn:
+        with self._write_lock, self._connection(self._pool) as conn:
+            self._queued = []
+            try:
+                with conn.transaction():
+                    yield conn
+            except BaseException:
                 self._queued = []
-                try:
-                    with conn.transaction():
-                        yield conn
-                except BaseException:
-                    self._queued = []
-                    raise
-                changes, self._queued = self._queued, []
-                # Still under the write lock: listeners see changes exactly in commit order.
-                for change in changes:
-                    for listener in self._listeners:
-                        listener(change)
+                raise
+            changes, self._queued = self._queued, []
+            # Still under the write lock: listeners see changes exactly in commit order.
+            for change in changes:
+                for listener in self._listeners:
+                    listener(change)
 
     def add_listener(self, listener: Callable[[Change], None]) -> None:
         """Called after each commit of this process that bumps a collection's version, under the write lock."""
@@ -376,12 +397,14 @@ class PostgresCollectionStore:
 
     def get_collection_by_id(self, collection_id: int) -> CollectionRecord | None:
         with self._read() as conn:
-            row = conn.execute(f"SELECT {COLLECTION_COLUMNS} FROM collections WHERE id = %s", (collection_id,)).fetchone()
+            row = conn.execute(
+                f"SELECT {COLLECTION_COLUMNS} FROM collections WHERE id = %s", (collection_id,)
+            ).fetchone()
         return self._collection(row) if row else None
 
     def list_collections(self) -> list[CollectionRecord]:
         with self._read(replica=True) as conn:
-            rows = conn.execute(f"SELECT {COLLECTION_COLUMNS} FROM collections ORDER BY name COLLATE \"C\"").fetchall()
+            rows = conn.execute(f'SELECT {COLLECTION_COLUMNS} FROM collections ORDER BY name COLLATE "C"').fetchall()
         return [self._collection(row) for row in rows]
 
     def delete_collection(self, name: str) -> None:
@@ -397,8 +420,11 @@ class PostgresCollectionStore:
             conn.execute(
                 "UPDATE jobs SET state = 'failed', error = %s, updated_at = %s "
                 "WHERE collection_id = %s AND state IN ('queued', 'running')",
-                (json.dumps({"code": "collection_not_found", "message": "The collection was deleted."}), utc_now(),
-                 collection_id),
+                (
+                    json.dumps({"code": "collection_not_found", "message": "The collection was deleted."}),
+                    utc_now(),
+                    collection_id,
+                ),
             )
             self._queued.append(Change(collection_id, -1, reset=True))
         # After the commit: a crash here leaves folders that collect_garbage removes.
@@ -431,8 +457,13 @@ class PostgresCollectionStore:
                 "CREATE INDEX {} ON {} USING hnsw ((embedding::{}({})) {}) WITH (m = {}, ef_construction = {}) "
                 "WHERE vector_dims(embedding) = {}"
             ).format(
-                self._index_name(collection_id), self._partition(collection_id), sql.SQL(kind), sql.Literal(int(dim)),
-                sql.SQL(f"{kind}_ip_ops"), sql.Literal(int(self.hnsw_m)), sql.Literal(int(self.hnsw_ef_construction)),
+                self._index_name(collection_id),
+                self._partition(collection_id),
+                sql.SQL(kind),
+                sql.Literal(int(dim)),
+                sql.SQL(f"{kind}_ip_ops"),
+                sql.Literal(int(self.hnsw_m)),
+                sql.Literal(int(self.hnsw_ef_construction)),
                 sql.Literal(int(dim)),
             )
         )
@@ -452,7 +483,9 @@ class PostgresCollectionStore:
 
         with self._read() as conn:
             row = conn.execute(
-                sql.SQL("SELECT pg_relation_size(to_regclass({}))").format(sql.Literal(f"items_{int(collection_id)}_hnsw"))
+                sql.SQL("SELECT pg_relation_size(to_regclass({}))").format(
+                    sql.Literal(f"items_{int(collection_id)}_hnsw")
+                )
             ).fetchone()
         return int(next(iter(row.values())) or 0)
 
@@ -464,10 +497,20 @@ class PostgresCollectionStore:
     @staticmethod
     def _item(row: dict[str, Any]) -> ItemRecord:
         return ItemRecord(
-            id=row["id"], collection_id=row["collection_id"], kind=row["kind"], filename=row["filename"],
-            mimetype=row["mimetype"], size=row["size"], sha256=row["sha256"], metadata=row["metadata"],
-            truncated=bool(row["truncated"]), text=row["text"], original_path=row["original_path"],
-            width=row["width"], height=row["height"], created_at=_iso(row["created_at"]),
+            id=row["id"],
+            collection_id=row["collection_id"],
+            kind=row["kind"],
+            filename=row["filename"],
+            mimetype=row["mimetype"],
+            size=row["size"],
+            sha256=row["sha256"],
+            metadata=row["metadata"],
+            truncated=bool(row["truncated"]),
+            text=row["text"],
+            original_path=row["original_path"],
+            width=row["width"],
+            height=row["height"],
+            created_at=_iso(row["created_at"]),
         )
 
     def known_hashes(self, collection_id: int, hashes: list[str]) -> dict[str, int]:
@@ -517,13 +560,26 @@ class PostgresCollectionStore:
                 for item in items:
                     embedding = np.ascontiguousarray(item.embedding, np.float32).reshape(-1)
                     inserted = conn.execute(
-                        "INSERT INTO items (collection_id, kind, filename, mimetype, size, sha256, metadata, truncated, "
-                        "text, original_path, width, height, embedding, created_at) "
+                        "INSERT INTO items (collection_id, kind, filename, mimetype, size, sha256, metadata, "
+                        "truncated, text, original_path, width, height, embedding, created_at) "
                         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
                         "ON CONFLICT (collection_id, sha256) DO NOTHING RETURNING id",
-                        (collection_id, item.kind, item.filename, item.mimetype, item.size, item.sha256,
-                         Jsonb(item.metadata), bool(item.truncated), item.text, item.original_path, item.width,
-                         item.height, embedding, now),
+                        (
+                            collection_id,
+                            item.kind,
+                            item.filename,
+                            item.mimetype,
+                            item.size,
+                            item.sha256,
+                            Jsonb(item.metadata),
+                            bool(item.truncated),
+                            item.text,
+                            item.original_path,
+                            item.width,
+                            item.height,
+                            embedding,
+                            now,
+                        ),
                     ).fetchone()
                     if inserted is not None:
                         item_id = int(inserted["id"])
@@ -534,7 +590,8 @@ class PostgresCollectionStore:
                         change.added_kinds.append(item.kind)
                     else:
                         existing = conn.execute(
-                            "SELECT id FROM items WHERE collection_id = %s AND sha256 = %s", (collection_id, item.sha256)
+                            "SELECT id FROM items WHERE collection_id = %s AND sha256 = %s",
+                            (collection_id, item.sha256),
                         ).fetchone()
                         results.append(("duplicate", int(existing["id"])))
                 added = counts["image"] + counts["text"]
@@ -552,7 +609,9 @@ class PostgresCollectionStore:
         except BaseException:
             self.files.remove_files([item.original_path for item in items])
             raise
-        self.files.remove_files([item.original_path for item, (status, _) in zip(items, results) if status == "duplicate"])
+        self.files.remove_files(
+            [item.original_path for item, (status, _) in zip(items, results, strict=False) if status == "duplicate"]
+        )
         return results
 
     def get_item(self, collection: CollectionRecord, item_id: int) -> ItemRecord:
@@ -597,7 +656,9 @@ class PostgresCollectionStore:
             yield [self._item(row) for row in rows]
             last = rows[-1]["id"]
 
-    def items_with_vectors(self, collection_id: int, batch: int = 1000) -> Iterator[tuple[list[ItemRecord], np.ndarray]]:
+    def items_with_vectors(
+        self, collection_id: int, batch: int = 1000
+    ) -> Iterator[tuple[list[ItemRecord], np.ndarray]]:
         """(items, their embeddings) in id order, in batches (export)."""
         last = -1
         while True:
@@ -718,8 +779,11 @@ class PostgresCollectionStore:
             with conn.cursor() as cursor:
                 cursor.executemany(
                     "UPDATE items SET embedding = %s, truncated = %s WHERE collection_id = %s AND id = %s",
-                    [(np.ascontiguousarray(vec, np.float32).reshape(-1), bool(trunc), collection_id, item_id)
-                     for item_id, (vec, trunc) in embeddings.items() if item_id in current],
+                    [
+                        (np.ascontiguousarray(vec, np.float32).reshape(-1), bool(trunc), collection_id, item_id)
+                        for item_id, (vec, trunc) in embeddings.items()
+                        if item_id in current
+                    ],
                 )
             conn.execute(
                 "UPDATE collections SET model = %s, pretrained = %s, dim = %s WHERE id = %s",
@@ -803,8 +867,19 @@ class PostgresCollectionStore:
                 return empty
             use_exact = exact or index_type is None or matching <= self.exact_max_rows
             if not use_exact:
-                hits = self._search_hnsw(conn, query, dim, index_type, where, params, want, offset, min_score_param,
-                                         ef_search, filtered=len(conditions) > 1)
+                hits = self._search_hnsw(
+                    conn,
+                    query,
+                    dim,
+                    index_type,
+                    where,
+                    params,
+                    want,
+                    offset,
+                    min_score_param,
+                    ef_search,
+                    filtered=len(conditions) > 1,
+                )
                 if hits is not None:
                     return hits
             return self._search_exact(conn, query, where, params, want, offset, min_score_param)
@@ -828,8 +903,10 @@ class PostgresCollectionStore:
         total = int(rows[0]["total"]) if rows else 0
         rows = rows[offset:]
         return Hits(
-            np.asarray([r["id"] for r in rows], np.int64), np.asarray([r["score"] for r in rows], np.float32),
-            total=total, method="exact",
+            np.asarray([r["id"] for r in rows], np.int64),
+            np.asarray([r["score"] for r in rows], np.float32),
+            total=total,
+            method="exact",
         )
 
     def _hnsw_statement(
@@ -853,8 +930,18 @@ class PostgresCollectionStore:
         )
 
     def _search_hnsw(
-        self, conn: Any, query: np.ndarray, dim: int, index_type: str, where: str, params: list[Any], want: int,
-        offset: int, min_score: float | None, ef_search: int | None, filtered: bool,
+        self,
+        conn: Any,
+        query: np.ndarray,
+        dim: int,
+        index_type: str,
+        where: str,
+        params: list[Any],
+        want: int,
+        offset: int,
+        min_score: float | None,
+        ef_search: int | None,
+        filtered: bool,
     ) -> Hits | None:
         """Candidates from the HNSW index, re-scored exactly; None when it found fewer than the page needs."""
         ef = int(min(MAX_EF_SEARCH, max(ef_search or self.ef_search, 1)))
@@ -874,8 +961,14 @@ class PostgresCollectionStore:
         best = top_k_rows(scores, ids, want)[offset:]
         return Hits(ids[best], scores[best], total=None, method="hnsw")
 
-    def hnsw_plan(self, collection_id: int, query: np.ndarray, k: int = 10, filters: dict[str, Any] | None = None,
-                  kind: str | None = None) -> str:
+    def hnsw_plan(
+        self,
+        collection_id: int,
+        query: np.ndarray,
+        k: int = 10,
+        filters: dict[str, Any] | None = None,
+        kind: str | None = None,
+    ) -> str:
         """EXPLAIN of the HNSW statement a large-collection search runs (operations: is the index used?)."""
         conditions, params = ["collection_id = %s"], list[Any]([collection_id])
         if filters:
@@ -898,14 +991,31 @@ class PostgresCollectionStore:
     @staticmethod
     def _job(row: dict[str, Any]) -> JobRecord:
         return JobRecord(
-            id=row["id"], collection_id=row["collection_id"], collection=row["collection"], source=row["source"],
-            path=row["path"], state=row["state"], total=row["total"], done=row["done"], added=row["added"],
-            duplicates=row["duplicates"], failed=row["failed"], failures=row["failures"], error=row["error"] or None,
-            attempts=row["attempts"], created_at=_iso(row["created_at"]), updated_at=_iso(row["updated_at"]),
+            id=row["id"],
+            collection_id=row["collection_id"],
+            collection=row["collection"],
+            source=row["source"],
+            path=row["path"],
+            state=row["state"],
+            total=row["total"],
+            done=row["done"],
+            added=row["added"],
+            duplicates=row["duplicates"],
+            failed=row["failed"],
+            failures=row["failures"],
+            error=row["error"] or None,
+            attempts=row["attempts"],
+            created_at=_iso(row["created_at"]),
+            updated_at=_iso(row["updated_at"]),
         )
 
     def create_job(
-        self, job_id: str, collection: CollectionRecord, source: str, path: str | None, files: list[JobFile],
+        self,
+        job_id: str,
+        collection: CollectionRecord,
+        source: str,
+        path: str | None,
+        files: list[JobFile],
         failures: list[dict[str, Any]] | None = None,
     ) -> JobRecord:
         """A queued job and its file list, in one transaction (files already spooled when uploaded)."""
@@ -921,16 +1031,28 @@ class PostgresCollectionStore:
             conn.execute(
                 "INSERT INTO jobs (id, collection_id, collection, source, path, state, total, done, failed, failures, "
                 "created_at, updated_at) VALUES (%s, %s, %s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s)",
-                (job_id, collection.id, collection.name, source, path, len(files) + len(failures), len(failures),
-                 len(failures), Jsonb(failures[:MAX_STORED_FAILURES]), now, now),
+                (
+                    job_id,
+                    collection.id,
+                    collection.name,
+                    source,
+                    path,
+                    len(files) + len(failures),
+                    len(failures),
+                    len(failures),
+                    Jsonb(failures[:MAX_STORED_FAILURES]),
+                    now,
+                    now,
+                ),
             )
-            with conn.cursor() as cursor:
-                with cursor.copy(
-                    "COPY job_files (job_id, seq, filename, path, content_type, metadata) FROM STDIN"
-                ) as copy:
-                    for f in files:
-                        copy.write_row((job_id, f.seq, f.filename, f.path, f.content_type,
-                                        json.dumps(f.metadata, ensure_ascii=False)))
+            with (
+                conn.cursor() as cursor,
+                cursor.copy("COPY job_files (job_id, seq, filename, path, content_type, metadata) FROM STDIN") as copy,
+            ):
+                for f in files:
+                    copy.write_row(
+                        (job_id, f.seq, f.filename, f.path, f.content_type, json.dumps(f.metadata, ensure_ascii=False))
+                    )
         return self.get_job(job_id)
 
     def get_job(self, job_id: str) -> JobRecord:
@@ -958,7 +1080,9 @@ class PostgresCollectionStore:
             listed = conn.execute("SELECT count(*) AS n FROM job_files WHERE job_id = %s", (job_id,)).fetchone()["n"]
         return job["done"] - (job["total"] - listed) - 1
 
-    def set_job_state(self, job_id: str, state: str, error: dict[str, Any] | None = None, crashed: bool = False) -> None:
+    def set_job_state(
+        self, job_id: str, state: str, error: dict[str, Any] | None = None, crashed: bool = False
+    ) -> None:
         """`crashed`: the job was found running at startup, i.e. a crash interrupted it (counted in attempts)."""
         from psycopg.types.json import Jsonb
 
@@ -969,8 +1093,16 @@ class PostgresCollectionStore:
                 "lease_owner = CASE WHEN %s = 'running' THEN lease_owner END, "
                 "lease_expires_at = CASE WHEN %s = 'running' THEN lease_expires_at END "
                 "WHERE id = %s" + (" AND (lease_owner = %s OR lease_owner IS NULL)" if owner else ""),
-                (state, Jsonb(error) if error else None, int(crashed), utc_now(), state, state, job_id,
-                 *((owner,) if owner else ())),
+                (
+                    state,
+                    Jsonb(error) if error else None,
+                    int(crashed),
+                    utc_now(),
+                    state,
+                    state,
+                    job_id,
+                    *((owner,) if owner else ()),
+                ),
             )
         if state != "running":
             self._claimed.pop(job_id, None)
@@ -1081,9 +1213,7 @@ class PostgresCollectionStore:
         if not paths:
             return set()
         with self._read() as conn:
-            rows = conn.execute(
-                "SELECT original_path FROM items WHERE original_path = ANY(%s)", (paths,)
-            ).fetchall()
+            rows = conn.execute("SELECT original_path FROM items WHERE original_path = ANY(%s)", (paths,)).fetchall()
         return {row["original_path"] for row in rows}
 
     def collect_garbage(self, min_age_s: float = 3600.0) -> dict[str, int]:
@@ -1130,9 +1260,13 @@ class PostgresCollectionStore:
                         removed["originals"] += 1
         if self.files.thumbnails_dir.is_dir():
             for folder in self.files.thumbnails_dir.iterdir():
-                if folder.is_dir() and folder.name.isdigit() and int(folder.name) not in collection_ids:
-                    if self.get_collection_by_id(int(folder.name)) is None:
-                        shutil.rmtree(folder, ignore_errors=True)
+                if (
+                    folder.is_dir()
+                    and folder.name.isdigit()
+                    and int(folder.name) not in collection_ids
+                    and self.get_collection_by_id(int(folder.name)) is None
+                ):
+                    shutil.rmtree(folder, ignore_errors=True)
                     continue
                 for path in folder.glob("*") if folder.is_dir() else []:
                     if path.name.startswith(".tmp-") and old(path):
@@ -1155,7 +1289,11 @@ class PostgresCollectionStore:
                         removed["job_spools"] += 1
         if self.files.originals_dir.is_dir():
             for folder in self.files.originals_dir.iterdir():
-                if folder.is_dir() and folder.name.isdigit() and int(folder.name) not in collection_ids:
-                    if self.get_collection_by_id(int(folder.name)) is None:
-                        shutil.rmtree(folder, ignore_errors=True)
+                if (
+                    folder.is_dir()
+                    and folder.name.isdigit()
+                    and int(folder.name) not in collection_ids
+                    and self.get_collection_by_id(int(folder.name)) is None
+                ):
+                    shutil.rmtree(folder, ignore_errors=True)
         return removed

@@ -21,14 +21,22 @@ Durability contract (every implementation):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from clip_filter.collections.store.files import DataFiles
 from clip_filter.collections.store.records import (
-    Change, CollectionRecord, ItemRecord, JobFile, JobProgress, JobRecord, NewItem, VectorSet,
+    Change,
+    CollectionRecord,
+    ItemRecord,
+    JobFile,
+    JobProgress,
+    JobRecord,
+    NewItem,
+    VectorSet,
 )
 
 if TYPE_CHECKING:
@@ -154,7 +162,12 @@ class CollectionStore(Protocol):
 
     # ---- jobs ----------------------------------------------------------------------------------------
     def create_job(
-        self, job_id: str, collection: CollectionRecord, source: str, path: str | None, files: list[JobFile],
+        self,
+        job_id: str,
+        collection: CollectionRecord,
+        source: str,
+        path: str | None,
+        files: list[JobFile],
         failures: list[dict[str, Any]] | None = None,
     ) -> JobRecord:
         """A queued job and its file list, durable on return (spooled files must be fsynced before)."""
@@ -194,8 +207,14 @@ class SearchingStore(Protocol):
     instead of ranking in an in-memory index. SQLite is not one."""
 
     def search(
-        self, collection_id: int, query: np.ndarray, top_k: int, offset: int = 0,
-        filters: dict[str, Any] | None = None, kind: str | None = None, min_score: float | None = None,
+        self,
+        collection_id: int,
+        query: np.ndarray,
+        top_k: int,
+        offset: int = 0,
+        filters: dict[str, Any] | None = None,
+        kind: str | None = None,
+        min_score: float | None = None,
     ) -> Hits:
         """Top hits by cosine (score desc, then id asc), as the in-memory index returns them; 409
         `dimension_mismatch` when the query's dimension is not the collection's."""

@@ -16,6 +16,7 @@ MAX_STORED_FAILURES = 1000  # per job; the counts stay exact beyond it
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
+
 @dataclass(frozen=True)
 class CollectionRecord:
     id: int
@@ -36,7 +37,9 @@ class CollectionRecord:
         if self.item_count == 0 or self.model is None:
             return
         if (self.model, self.pretrained, self.dim) != (model, pretrained, dim):
-            raise ModelMismatchError(self.name, (self.model, self.pretrained or "", self.dim or 0), (model, pretrained, dim))
+            raise ModelMismatchError(
+                self.name, (self.model, self.pretrained or "", self.dim or 0), (model, pretrained, dim)
+            )
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,10 @@ import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +35,17 @@ from clip_filter.collections.errors import collection_not_found, item_not_found,
 from clip_filter.collections.store.files import DataFiles
 from clip_filter.collections.store.gc import collect_garbage
 from clip_filter.collections.store.records import (
-    MAX_STORED_FAILURES, Change, CollectionRecord, FileReferences, ItemRecord, JobFile, JobProgress, JobRecord, NewItem,
-    VectorSet, utc_now,
+    MAX_STORED_FAILURES,
+    Change,
+    CollectionRecord,
+    FileReferences,
+    ItemRecord,
+    JobFile,
+    JobProgress,
+    JobRecord,
+    NewItem,
+    VectorSet,
+    utc_now,
 )
 from clip_filter.collections.store.schema import ITEM_COLUMNS, SCHEMA, SCHEMA_VERSION, metadata_filter_sql
 from clip_filter.collections.validation import validate_filters, validate_name
@@ -168,11 +178,11 @@ class SqliteCollectionStore:
             finally:
                 conn.execute("COMMIT")
 
-    def _select(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
+    def _select(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[sqlite3.Row]:
         with self._reader() as conn:
             return conn.execute(sql, params).fetchall()
 
-    def _select_one(self, sql: str, params: tuple | list = ()) -> sqlite3.Row | None:
+    def _select_one(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> sqlite3.Row | None:
         with self._reader() as conn:
             return conn.execute(sql, params).fetchone()
 
@@ -232,15 +242,13 @@ class SqliteCollectionStore:
         with self._write_lock:
             self._closed = True
             self._pool.close()
-            try:
+            with suppress(sqlite3.Error):
                 self._writer.close()
-            except sqlite3.Error:
-                pass
 
     # ---- collections ---------------------------------------------------------------------------------
     @staticmethod
     def _collection(row: sqlite3.Row) -> CollectionRecord:
-        return CollectionRecord(**{key: row[key] for key in row.keys()})
+        return CollectionRecord(**dict(row))  # sqlite3.Row is a mapping (iterating it yields values)
 
     def create_collection(
         self, name: str, description: str | None = None, model: tuple[str, str, int] | None = None
@@ -286,8 +294,11 @@ class SqliteCollectionStore:
             conn.execute(
                 "UPDATE jobs SET state = 'failed', error = ?, updated_at = ? "
                 "WHERE collection_id = ? AND state IN ('queued', 'running')",
-                (json.dumps({"code": "collection_not_found", "message": "The collection was deleted."}), utc_now(),
-                 collection_id),
+                (
+                    json.dumps({"code": "collection_not_found", "message": "The collection was deleted."}),
+                    utc_now(),
+                    collection_id,
+                ),
             )
             self._queued.append(Change(collection_id, -1, reset=True))
         self.files.remove_collection_files(collection_id)  # after the commit: a crash before leaves them to gc
@@ -309,10 +320,20 @@ class SqliteCollectionStore:
     @staticmethod
     def _item(row: sqlite3.Row) -> ItemRecord:
         return ItemRecord(
-            id=row["id"], collection_id=row["collection_id"], kind=row["kind"], filename=row["filename"],
-            mimetype=row["mimetype"], size=row["size"], sha256=row["sha256"], metadata=json.loads(row["metadata"]),
-            truncated=bool(row["truncated"]), text=row["text"], original_path=row["original_path"],
-            width=row["width"], height=row["height"], created_at=row["created_at"],
+            id=row["id"],
+            collection_id=row["collection_id"],
+            kind=row["kind"],
+            filename=row["filename"],
+            mimetype=row["mimetype"],
+            size=row["size"],
+            sha256=row["sha256"],
+            metadata=json.loads(row["metadata"]),
+            truncated=bool(row["truncated"]),
+            text=row["text"],
+            original_path=row["original_path"],
+            width=row["width"],
+            height=row["height"],
+            created_at=row["created_at"],
         )
 
     def known_hashes(self, collection_id: int, hashes: list[str]) -> dict[str, int]:
@@ -364,19 +385,36 @@ class SqliteCollectionStore:
                     embedding = np.ascontiguousarray(item.embedding, np.float32).reshape(-1)
                     if dim and embedding.size != dim:
                         raise ClipFilterError(
-                            "dimension_mismatch", f"An embedding has {embedding.size} dimensions; collection "
-                            f"{collection.name!r} holds {dim}-dimensional ones.", 409, dim=dim,
+                            "dimension_mismatch",
+                            f"An embedding has {embedding.size} dimensions; collection "
+                            f"{collection.name!r} holds {dim}-dimensional ones.",
+                            409,
+                            dim=dim,
                         )
                     cursor = conn.execute(
-                        "INSERT INTO items (collection_id, kind, filename, mimetype, size, sha256, metadata, truncated, "
-                        "text, original_path, width, height, embedding, created_at) "
+                        "INSERT INTO items (collection_id, kind, filename, mimetype, size, sha256, metadata, "
+                        "truncated, text, original_path, width, height, embedding, created_at) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                         "ON CONFLICT (collection_id, sha256) DO NOTHING",
-                        (collection_id, item.kind, item.filename, item.mimetype, item.size, item.sha256,
-                         json.dumps(item.metadata, ensure_ascii=False), int(item.truncated), item.text,
-                         item.original_path, item.width, item.height, embedding.tobytes(), now),
+                        (
+                            collection_id,
+                            item.kind,
+                            item.filename,
+                            item.mimetype,
+                            item.size,
+                            item.sha256,
+                            json.dumps(item.metadata, ensure_ascii=False),
+                            int(item.truncated),
+                            item.text,
+                            item.original_path,
+                            item.width,
+                            item.height,
+                            embedding.tobytes(),
+                            now,
+                        ),
                     )
                     if cursor.rowcount == 1:
+                        assert cursor.lastrowid is not None  # set by the row just inserted
                         item_id = int(cursor.lastrowid)
                         results.append(("added", item_id))
                         counts[item.kind] += 1
@@ -407,7 +445,9 @@ class SqliteCollectionStore:
             if not getattr(self._local, "committed", False):
                 self.files.remove_files([item.original_path for item in items])
             raise
-        self.files.remove_files([item.original_path for item, (status, _) in zip(items, results) if status == "duplicate"])
+        self.files.remove_files(
+            [item.original_path for item, (status, _) in zip(items, results, strict=False) if status == "duplicate"]
+        )
         return results
 
     def get_item(self, collection: CollectionRecord, item_id: int) -> ItemRecord:
@@ -459,13 +499,14 @@ class SqliteCollectionStore:
         for items in self.iter_items(collection_id, batch):
             ids = [item.id for item in items]
             marks = ",".join("?" * len(ids))
-            blobs = dict(self._select(f"SELECT id, embedding FROM items WHERE id IN ({marks})", ids))
+            rows = self._select(f"SELECT id, embedding FROM items WHERE id IN ({marks})", ids)
+            blobs: dict[int, bytes] = {row[0]: row[1] for row in rows}
             present = [item for item in items if item.id in blobs]
             if present:  # all of the batch deleted meanwhile: nothing to yield
                 yield present, np.stack([np.frombuffer(blobs[item.id], np.float32) for item in present])
 
     def update_item(
-        self, collection: CollectionRecord, item_id: int, metadata: dict | None, filename: str | None
+        self, collection: CollectionRecord, item_id: int, metadata: dict[str, Any] | None, filename: str | None
     ) -> ItemRecord:
         with self._transaction() as conn:
             sets, params = [], []
@@ -477,7 +518,8 @@ class SqliteCollectionStore:
                 params.append(filename)
             if sets:
                 cursor = conn.execute(
-                    f"UPDATE items SET {', '.join(sets)} WHERE id = ? AND collection_id = ?", (*params, item_id, collection.id)
+                    f"UPDATE items SET {', '.join(sets)} WHERE id = ? AND collection_id = ?",
+                    (*params, item_id, collection.id),
                 )
                 if cursor.rowcount == 0:
                     raise item_not_found(collection.name, item_id)
@@ -494,7 +536,8 @@ class SqliteCollectionStore:
         with self._transaction() as conn:
             for item_id in dict.fromkeys(int(i) for i in item_ids):
                 row = conn.execute(
-                    "SELECT id, kind, original_path FROM items WHERE id = ? AND collection_id = ?", (item_id, collection.id)
+                    "SELECT id, kind, original_path FROM items WHERE id = ? AND collection_id = ?",
+                    (item_id, collection.id),
                 ).fetchone()
                 if row is not None:
                     conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
@@ -506,7 +549,9 @@ class SqliteCollectionStore:
                     "text_count = text_count - ? WHERE id = ?",
                     (len(removed), images, len(removed) - images, collection.id),
                 )
-                self._bump_version(conn, collection.id, Change(collection.id, 0, removed_ids=[r["id"] for r in removed]))
+                self._bump_version(
+                    conn, collection.id, Change(collection.id, 0, removed_ids=[r["id"] for r in removed])
+                )
         # The rows are gone for good: their files are no one else's (unique names).
         self.files.remove_files([row["original_path"] for row in removed])
         for row in removed:
@@ -562,8 +607,11 @@ class SqliteCollectionStore:
                 return False, missing
             conn.executemany(
                 "UPDATE items SET embedding = ?, truncated = ? WHERE id = ? AND collection_id = ?",
-                [(np.ascontiguousarray(vec, np.float32).tobytes(), int(trunc), item_id, collection_id)
-                 for item_id, (vec, trunc) in embeddings.items() if item_id in current],
+                [
+                    (np.ascontiguousarray(vec, np.float32).tobytes(), int(trunc), item_id, collection_id)
+                    for item_id, (vec, trunc) in embeddings.items()
+                    if item_id in current
+                ],
             )
             conn.execute(
                 "UPDATE collections SET model = ?, pretrained = ?, dim = ? WHERE id = ?",
@@ -588,15 +636,31 @@ class SqliteCollectionStore:
     @staticmethod
     def _job(row: sqlite3.Row) -> JobRecord:
         return JobRecord(
-            id=row["id"], collection_id=row["collection_id"], collection=row["collection"], source=row["source"],
-            path=row["path"], state=row["state"], total=row["total"], done=row["done"], added=row["added"],
-            duplicates=row["duplicates"], failed=row["failed"], failures=json.loads(row["failures"]),
-            error=json.loads(row["error"]) if row["error"] else None, attempts=row["attempts"],
-            created_at=row["created_at"], updated_at=row["updated_at"],
+            id=row["id"],
+            collection_id=row["collection_id"],
+            collection=row["collection"],
+            source=row["source"],
+            path=row["path"],
+            state=row["state"],
+            total=row["total"],
+            done=row["done"],
+            added=row["added"],
+            duplicates=row["duplicates"],
+            failed=row["failed"],
+            failures=json.loads(row["failures"]),
+            error=json.loads(row["error"]) if row["error"] else None,
+            attempts=row["attempts"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
         )
 
     def create_job(
-        self, job_id: str, collection: CollectionRecord, source: str, path: str | None, files: list[JobFile],
+        self,
+        job_id: str,
+        collection: CollectionRecord,
+        source: str,
+        path: str | None,
+        files: list[JobFile],
         failures: list[dict[str, Any]] | None = None,
     ) -> JobRecord:
         """A queued job and its file list, in one transaction (files already spooled when uploaded)."""
@@ -606,13 +670,25 @@ class SqliteCollectionStore:
             conn.execute(
                 "INSERT INTO jobs (id, collection_id, collection, source, path, state, total, failed, failures, "
                 "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-                (job_id, collection.id, collection.name, source, path, len(files) + len(failures), len(failures),
-                 json.dumps(failures[:MAX_STORED_FAILURES]), now, now),
+                (
+                    job_id,
+                    collection.id,
+                    collection.name,
+                    source,
+                    path,
+                    len(files) + len(failures),
+                    len(failures),
+                    json.dumps(failures[:MAX_STORED_FAILURES]),
+                    now,
+                    now,
+                ),
             )
             conn.executemany(
                 "INSERT INTO job_files (job_id, seq, filename, path, content_type, metadata) VALUES (?, ?, ?, ?, ?, ?)",
-                [(job_id, f.seq, f.filename, f.path, f.content_type, json.dumps(f.metadata, ensure_ascii=False))
-                 for f in files],
+                [
+                    (job_id, f.seq, f.filename, f.path, f.content_type, json.dumps(f.metadata, ensure_ascii=False))
+                    for f in files
+                ],
             )
             if failures:  # files refused up front count as done
                 conn.execute("UPDATE jobs SET done = ? WHERE id = ?", (len(failures), job_id))
@@ -635,16 +711,19 @@ class SqliteCollectionStore:
     def job_done_seq(self, job_id: str) -> int:
         """The seq of the last file a job has committed (files are numbered 0.. in order)."""
         job = self.get_job(job_id)
-        failed_up_front = job.total - self._select_one(
-            "SELECT COUNT(*) FROM job_files WHERE job_id = ?", (job_id,)
-        )[0]
+        pending = self._select_one("SELECT COUNT(*) FROM job_files WHERE job_id = ?", (job_id,))
+        assert pending is not None  # COUNT(*) always answers one row
+        failed_up_front = job.total - pending[0]
         return job.done - failed_up_front - 1
 
-    def set_job_state(self, job_id: str, state: str, error: dict[str, Any] | None = None, crashed: bool = False) -> None:
+    def set_job_state(
+        self, job_id: str, state: str, error: dict[str, Any] | None = None, crashed: bool = False
+    ) -> None:
         """`crashed`: the job was found running at startup, i.e. a crash interrupted it (counted in attempts)."""
         with self._transaction() as conn:
             conn.execute(
-                "UPDATE jobs SET state = ?, error = COALESCE(?, error), attempts = attempts + ?, updated_at = ? WHERE id = ?",
+                "UPDATE jobs SET state = ?, error = COALESCE(?, error), attempts = attempts + ?, updated_at = ? "
+                "WHERE id = ?",
                 (state, json.dumps(error) if error else None, int(crashed), utc_now(), job_id),
             )
 
@@ -657,14 +736,19 @@ class SqliteCollectionStore:
         conn.execute(
             "UPDATE jobs SET done = done + ?, added = added + ?, duplicates = duplicates + ?, failed = failed + ?, "
             "failures = ?, updated_at = ? WHERE id = ?",
-            (progress.done, progress.added, progress.duplicates, progress.failed, json.dumps(failures), now,
-             progress.job_id),
+            (
+                progress.done,
+                progress.added,
+                progress.duplicates,
+                progress.failed,
+                json.dumps(failures),
+                now,
+                progress.job_id,
+            ),
         )
 
     def unfinished_jobs(self) -> list[JobRecord]:
-        rows = self._select(
-            "SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at"
-        )
+        rows = self._select("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at")
         return [self._job(row) for row in rows]
 
     # ---- housekeeping --------------------------------------------------------------------------------
@@ -674,12 +758,16 @@ class SqliteCollectionStore:
         with self._read() as conn:
             references = FileReferences(
                 collection_ids={row[0] for row in conn.execute("SELECT id FROM collections")},
-                originals={row[0] for row in conn.execute(
-                    "SELECT original_path FROM items WHERE original_path IS NOT NULL")},
+                originals={
+                    row[0] for row in conn.execute("SELECT original_path FROM items WHERE original_path IS NOT NULL")
+                },
                 live_jobs={row[0] for row in conn.execute("SELECT id FROM jobs WHERE state IN ('queued', 'running')")},
             )
         return collect_garbage(
-            self.files, references, lambda: {row[0] for row in self._select("SELECT id FROM items")}, min_age_s,
+            self.files,
+            references,
+            lambda: {row[0] for row in self._select("SELECT id FROM items")},
+            min_age_s,
             guard=_SqliteGcGuard(self),
         )
 
@@ -706,8 +794,12 @@ class _SqliteGcGuard:
         for start in range(0, len(paths), 500):
             chunk = paths[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            found.update(row[0] for row in self._conn.execute(
-                f"SELECT original_path FROM items WHERE original_path IN ({marks})", chunk))
+            found.update(
+                row[0]
+                for row in self._conn.execute(
+                    f"SELECT original_path FROM items WHERE original_path IN ({marks})", chunk
+                )
+            )
         return found
 
     def collection_ids(self) -> set[int]:
