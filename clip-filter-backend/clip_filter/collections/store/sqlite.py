@@ -31,23 +31,23 @@ from typing import Any
 
 import numpy as np
 
-from clip_filter.collections.errors import collection_not_found, item_not_found, job_not_found
+from clip_filter.collections.errors import collection_not_found, item_not_found
 from clip_filter.collections.store.files import DataFiles
 from clip_filter.collections.store.gc import collect_garbage
 from clip_filter.collections.store.records import (
-    MAX_STORED_FAILURES,
     Change,
     CollectionRecord,
     FileReferences,
     ItemRecord,
-    JobFile,
     JobProgress,
-    JobRecord,
     NewItem,
     VectorSet,
     utc_now,
 )
 from clip_filter.collections.store.schema import ITEM_COLUMNS, SCHEMA, SCHEMA_VERSION, metadata_filter_sql
+from clip_filter.collections.store.sqlite_gc import _SqliteGcGuard
+from clip_filter.collections.store.sqlite_jobs import SqliteJobsMixin
+from clip_filter.collections.store.sqlite_pool import _ReaderPool, _rollback
 from clip_filter.collections.validation import validate_filters, validate_name
 from clip_filter.core.errors import ClipFilterError
 
@@ -55,81 +55,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_READERS = 8
 
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    with suppress(sqlite3.Error):  # no transaction left to roll back (SQLite may have ended it itself)
-        conn.execute("ROLLBACK")
+__all__ = ["DEFAULT_READERS", "SqliteCollectionStore", "_ReaderPool", "_SqliteGcGuard", "_rollback"]
 
 
-class _ReaderPool:
-    """At most `size` reader connections, shared by all threads and reused (no connection per thread).
-
-    A worker thread pool retires and starts threads all the time; connections tied to threads would
-    leak descriptors with every burst. A caller beyond `size` waits for a free connection.
-    """
-
-    def __init__(self, connect: Callable[[], sqlite3.Connection], size: int) -> None:
-        self._connect = connect
-        self._size = max(1, size)
-        self._idle: list[sqlite3.Connection] = []
-        self._open = 0
-        self._cond = threading.Condition()
-        self._closed = False
-
-    @contextmanager
-    def connection(self) -> Iterator[sqlite3.Connection]:
-        conn = self._acquire()
-        try:
-            yield conn
-        finally:
-            self._release(conn)
-
-    def _acquire(self) -> sqlite3.Connection:
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise ClipFilterError("store_closed", "The collections store is closed.", 503)
-                if self._idle:
-                    return self._idle.pop()
-                if self._open < self._size:
-                    self._open += 1
-                    break
-                self._cond.wait()
-        try:
-            return self._connect()
-        except BaseException:
-            with self._cond:
-                self._open -= 1
-                self._cond.notify()
-            raise
-
-    def _release(self, conn: sqlite3.Connection) -> None:
-        if conn.in_transaction:  # an exception inside a snapshot: never hand out an open transaction
-            _rollback(conn)
-        with self._cond:
-            if self._closed:
-                self._open -= 1
-                conn.close()
-            else:
-                self._idle.append(conn)
-            self._cond.notify()
-
-    @property
-    def open_connections(self) -> int:
-        return self._open
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            for conn in self._idle:
-                with suppress(sqlite3.Error):
-                    conn.close()
-            self._open -= len(self._idle)
-            self._idle.clear()
-            self._cond.notify_all()
-
-
-class SqliteCollectionStore:
+class SqliteCollectionStore(SqliteJobsMixin):
     def __init__(self, data_dir: Path, readers: int = DEFAULT_READERS) -> None:
         self.files = DataFiles(data_dir)
         self.data_dir = self.files.data_dir
@@ -632,125 +561,6 @@ class SqliteCollectionStore:
         )
         return np.asarray([row[0] for row in rows], np.int64)
 
-    # ---- jobs ----------------------------------------------------------------------------------------
-    @staticmethod
-    def _job(row: sqlite3.Row) -> JobRecord:
-        return JobRecord(
-            id=row["id"],
-            collection_id=row["collection_id"],
-            collection=row["collection"],
-            source=row["source"],
-            path=row["path"],
-            state=row["state"],
-            total=row["total"],
-            done=row["done"],
-            added=row["added"],
-            duplicates=row["duplicates"],
-            failed=row["failed"],
-            failures=json.loads(row["failures"]),
-            error=json.loads(row["error"]) if row["error"] else None,
-            attempts=row["attempts"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-        )
-
-    def create_job(
-        self,
-        job_id: str,
-        collection: CollectionRecord,
-        source: str,
-        path: str | None,
-        files: list[JobFile],
-        failures: list[dict[str, Any]] | None = None,
-    ) -> JobRecord:
-        """A queued job and its file list, in one transaction (files already spooled when uploaded)."""
-        now = utc_now()
-        failures = failures or []
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO jobs (id, collection_id, collection, source, path, state, total, failed, failures, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-                (
-                    job_id,
-                    collection.id,
-                    collection.name,
-                    source,
-                    path,
-                    len(files) + len(failures),
-                    len(failures),
-                    json.dumps(failures[:MAX_STORED_FAILURES]),
-                    now,
-                    now,
-                ),
-            )
-            conn.executemany(
-                "INSERT INTO job_files (job_id, seq, filename, path, content_type, metadata) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (job_id, f.seq, f.filename, f.path, f.content_type, json.dumps(f.metadata, ensure_ascii=False))
-                    for f in files
-                ],
-            )
-            if failures:  # files refused up front count as done
-                conn.execute("UPDATE jobs SET done = ? WHERE id = ?", (len(failures), job_id))
-        return self.get_job(job_id)
-
-    def get_job(self, job_id: str) -> JobRecord:
-        row = self._select_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        if row is None:
-            raise job_not_found(job_id)
-        return self._job(row)
-
-    def job_files(self, job_id: str, after_seq: int, limit: int) -> list[JobFile]:
-        rows = self._select(
-            "SELECT seq, filename, path, metadata, content_type FROM job_files WHERE job_id = ? AND seq > ? "
-            "ORDER BY seq LIMIT ?",
-            (job_id, after_seq, limit),
-        )
-        return [JobFile(row[0], row[1], row[2], json.loads(row[3]), row[4]) for row in rows]
-
-    def job_done_seq(self, job_id: str) -> int:
-        """The seq of the last file a job has committed (files are numbered 0.. in order)."""
-        job = self.get_job(job_id)
-        pending = self._select_one("SELECT COUNT(*) FROM job_files WHERE job_id = ?", (job_id,))
-        assert pending is not None  # COUNT(*) always answers one row
-        failed_up_front = job.total - pending[0]
-        return job.done - failed_up_front - 1
-
-    def set_job_state(
-        self, job_id: str, state: str, error: dict[str, Any] | None = None, crashed: bool = False
-    ) -> None:
-        """`crashed`: the job was found running at startup, i.e. a crash interrupted it (counted in attempts)."""
-        with self._transaction() as conn:
-            conn.execute(
-                "UPDATE jobs SET state = ?, error = COALESCE(?, error), attempts = attempts + ?, updated_at = ? "
-                "WHERE id = ?",
-                (state, json.dumps(error) if error else None, int(crashed), utc_now(), job_id),
-            )
-
-    def _add_progress(self, conn: sqlite3.Connection, progress: JobProgress, now: str) -> None:
-        row = conn.execute("SELECT failures FROM jobs WHERE id = ?", (progress.job_id,)).fetchone()
-        failures = json.loads(row[0]) if row else []
-        room = MAX_STORED_FAILURES - len(failures)
-        if progress.failures and room > 0:
-            failures.extend(progress.failures[:room])
-        conn.execute(
-            "UPDATE jobs SET done = done + ?, added = added + ?, duplicates = duplicates + ?, failed = failed + ?, "
-            "failures = ?, updated_at = ? WHERE id = ?",
-            (
-                progress.done,
-                progress.added,
-                progress.duplicates,
-                progress.failed,
-                json.dumps(failures),
-                now,
-                progress.job_id,
-            ),
-        )
-
-    def unfinished_jobs(self) -> list[JobRecord]:
-        rows = self._select("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at")
-        return [self._job(row) for row in rows]
-
     # ---- housekeeping --------------------------------------------------------------------------------
     def collect_garbage(self, min_age_s: float = 3600.0) -> dict[str, int]:
         """Remove files no row references (see gc.py): only files older than `min_age_s`, and each candidate is
@@ -770,42 +580,3 @@ class SqliteCollectionStore:
             min_age_s,
             guard=_SqliteGcGuard(self),
         )
-
-
-class _SqliteGcGuard:
-    """gc.py's re-check under the writer lock: nothing can commit a reference while files are removed."""
-
-    def __init__(self, store: SqliteCollectionStore) -> None:
-        self._store = store
-        self._conn: sqlite3.Connection | None = None
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        with self._store._transaction() as conn:  # BEGIN IMMEDIATE: writes of other processes wait too
-            self._conn = conn
-            try:
-                yield
-            finally:
-                self._conn = None
-
-    def referenced(self, paths: list[str]) -> set[str]:
-        assert self._conn is not None
-        found: set[str] = set()
-        for start in range(0, len(paths), 500):
-            chunk = paths[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(
-                row[0]
-                for row in self._conn.execute(
-                    f"SELECT original_path FROM items WHERE original_path IN ({marks})", chunk
-                )
-            )
-        return found
-
-    def collection_ids(self) -> set[int]:
-        assert self._conn is not None
-        return {row[0] for row in self._conn.execute("SELECT id FROM collections")}
-
-    def live_jobs(self) -> set[str]:
-        assert self._conn is not None
-        return {row[0] for row in self._conn.execute("SELECT id FROM jobs WHERE state IN ('queued', 'running')")}
