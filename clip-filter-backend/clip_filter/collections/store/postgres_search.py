@@ -1,0 +1,226 @@
+"""The PostgreSQL store's search: metadata filters as SQL, exact scans and HNSW index scans (a mixin)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from clip_filter.collections.store.postgres_common import PostgresStoreBase, _no_nul
+from clip_filter.collections.validation import validate_filters
+from clip_filter.collections.vector_index import KIND_CODES, Hits, top_k_rows
+from clip_filter.core.errors import ClipFilterError
+
+MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
+
+
+def filters_sql(filters: dict[str, Any]) -> tuple[str, list[Any]]:
+    """(SQL condition, parameters) for metadata equality filters, as SQLite's `filter_ids` matches them.
+
+    Numbers and booleans match by containment (`@>`, GIN-indexed; 2023 equals 2023.0 as in SQLite). A
+    string also matches a number or boolean written the same way, since form fields and query strings
+    only carry strings ("year": "2023" finds {"year": 2023}).
+    """
+    validate_filters(filters)
+    _no_nul(filters, "invalid_filters", "filters")
+    clauses, params = [], []
+    for key, value in filters.items():
+        contained = json.dumps({key: value}, ensure_ascii=False)
+        if isinstance(value, str):
+            clauses.append(
+                "(metadata @> %s::jsonb OR (metadata ? %s AND jsonb_typeof(metadata -> %s) IN ('number', 'boolean') "
+                "AND metadata ->> %s = %s))"
+            )
+            params += [contained, key, key, key, value]
+        else:
+            clauses.append("metadata @> %s::jsonb")
+            params.append(contained)
+    return " AND ".join(clauses) or "TRUE", params
+
+
+class PostgresSearchMixin(PostgresStoreBase):
+    """`search` (the `SearchingStore` part) of `PostgresCollectionStore`: here the database is the vector index."""
+
+    def search(
+        self,
+        collection_id: int,
+        query: np.ndarray,
+        top_k: int,
+        offset: int = 0,
+        filters: dict[str, Any] | None = None,
+        kind: str | None = None,
+        min_score: float | None = None,
+        exact: bool = False,
+        ef_search: int | None = None,
+    ) -> Hits:
+        """Top hits by cosine (score desc, then id), as the in-memory path of the SQLite store returns them.
+
+        - Small collections (< exact_max_rows items) and selective filters (<= exact_max_rows matching
+          rows, counted with a LIMIT so the count stops there) are searched exactly: every matching row
+          scored in full precision, `total` counts them.
+        - Otherwise the collection's HNSW index, `hnsw.ef_search` set for this query, with iterative index
+          scans (`relaxed_order`) so filters and kinds still fill the page; the candidates are re-scored
+          with the full-precision vectors and re-sorted exactly (the index may hold halfvec). `total` is
+          None there (unknown without scanning), as for FAISS.
+        """
+        if kind is not None and kind not in KIND_CODES:
+            raise ClipFilterError("invalid_request", "`kind` must be 'image' or 'text'.", 422)
+        query = np.ascontiguousarray(query, np.float32).reshape(-1)
+        want = int(offset) + int(top_k)
+        empty = Hits(np.zeros(0, np.int64), np.zeros(0, np.float32), total=0)
+        conditions, params = ["collection_id = %s"], list[Any]([collection_id])
+        if filters:
+            where, filter_params = filters_sql(filters)
+            conditions.append(where)
+            params += filter_params
+        if kind is not None:
+            conditions.append("kind = %s")
+            params.append(kind)
+        where = " AND ".join(conditions)
+        min_score_param = float(np.float32(min_score)) if min_score is not None else None
+        with self._read(replica=True, snapshot=True) as conn:
+            row = conn.execute(
+                "SELECT dim, item_count, image_count, text_count, index_type FROM collections WHERE id = %s",
+                (collection_id,),
+            ).fetchone()
+            if row is None:
+                raise ClipFilterError("collection_not_found", "The collection was deleted.", 404)
+            dim, index_type = row["dim"], row["index_type"]
+            if not dim or row["item_count"] == 0:
+                return empty
+            if query.shape[0] != dim:
+                raise ClipFilterError(
+                    "dimension_mismatch", f"The query has {query.shape[0]} dimensions, the collection {dim}.", 409
+                )
+            if want <= 0:
+                return Hits(np.zeros(0, np.int64), np.zeros(0, np.float32), total=None)
+            matching = row["item_count"] if kind is None else row[f"{kind}_count"]
+            if filters and matching > self.exact_max_rows:
+                matching = conn.execute(
+                    f"SELECT count(*) AS n FROM (SELECT 1 FROM items WHERE {where} LIMIT %s) AS limited",
+                    (*params, self.exact_max_rows + 1),
+                ).fetchone()["n"]
+            if matching == 0:
+                return empty
+            use_exact = exact or index_type is None or matching <= self.exact_max_rows
+            if not use_exact:
+                hits = self._search_hnsw(
+                    conn,
+                    query,
+                    dim,
+                    index_type,
+                    where,
+                    params,
+                    want,
+                    offset,
+                    min_score_param,
+                    ef_search,
+                    filtered=len(conditions) > 1,
+                )
+                if hits is not None:
+                    return hits
+            return self._search_exact(conn, query, where, params, want, offset, min_score_param)
+
+    @staticmethod
+    def _search_exact(
+        conn: Any, query: np.ndarray, where: str, params: list[Any], want: int, offset: int, min_score: float | None
+    ) -> Hits:
+        score_filter, extra = "", []
+        if min_score is not None:
+            score_filter = " WHERE score >= %s"
+            extra = [min_score]
+        # The scores are computed below the window (OFFSET 0 keeps the subquery from being flattened): it
+        # then counts narrow (id, score) rows; over the rows themselves it spills every vector to disk.
+        rows = conn.execute(
+            "SELECT id, score, count(*) OVER () AS total FROM ("
+            f"  SELECT id, (embedding <#> %s) * -1 AS score FROM items WHERE {where} OFFSET 0"
+            f") AS scored{score_filter} ORDER BY score DESC, id LIMIT %s",
+            (query, *params, *extra, want),
+        ).fetchall()
+        total = int(rows[0]["total"]) if rows else 0
+        rows = rows[offset:]
+        return Hits(
+            np.asarray([r["id"] for r in rows], np.int64),
+            np.asarray([r["score"] for r in rows], np.float32),
+            total=total,
+            method="exact",
+        )
+
+    def _hnsw_statement(
+        self, conn: Any, dim: int, index_type: str, where: str, ef_search: int | None, candidates: int
+    ) -> str:
+        """Set this transaction up for an HNSW scan and return its statement (params: *where, q, n, q)."""
+        ef = int(min(MAX_EF_SEARCH, max(ef_search or self.ef_search, 1)))
+        # SET LOCAL: for this transaction only (the pooled connection keeps its defaults).
+        conn.execute(f"SET LOCAL hnsw.ef_search = {ef}")
+        conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        conn.execute(f"SET LOCAL hnsw.max_scan_tuples = {int(max(self.max_scan_tuples, candidates))}")
+        # The decision for the index was made above from exact counts; without this, a filter the planner
+        # misestimates (jsonb containment has no useful statistics) makes it sort all matching rows.
+        conn.execute("SET LOCAL enable_sort = off")
+        cast = f"{index_type}({int(dim)})"
+        return (
+            "WITH candidates AS MATERIALIZED ("
+            f"  SELECT id, embedding FROM items WHERE {where} AND vector_dims(embedding) = {int(dim)}"
+            f"  ORDER BY embedding::{cast} <#> %s::{cast} LIMIT %s"
+            ") SELECT id, (embedding <#> %s) * -1 AS score FROM candidates"
+        )
+
+    def _search_hnsw(
+        self,
+        conn: Any,
+        query: np.ndarray,
+        dim: int,
+        index_type: str,
+        where: str,
+        params: list[Any],
+        want: int,
+        offset: int,
+        min_score: float | None,
+        ef_search: int | None,
+        filtered: bool,
+    ) -> Hits | None:
+        """Candidates from the HNSW index, re-scored exactly; None when it found fewer than the page needs."""
+        ef = int(min(MAX_EF_SEARCH, max(ef_search or self.ef_search, 1)))
+        # Unfiltered, the ef_search candidates the graph search found anyway are all re-scored. Under a
+        # filter each candidate costs ~1/selectivity visited tuples (iterative scan), so fewer are asked
+        # for: twice the page, enough for the exact re-sort to repair the relaxed order.
+        candidates = max(2 * want, want + 10) if filtered else max(want, ef)
+        statement = self._hnsw_statement(conn, dim, index_type, where, ef_search, candidates)
+        rows = conn.execute(statement, (*params, query, candidates, query)).fetchall()
+        if len(rows) < want:
+            return None  # the scan ended early (max_scan_tuples, a very selective filter): the exact answer
+        ids = np.asarray([r["id"] for r in rows], np.int64)
+        scores = np.asarray([r["score"] for r in rows], np.float32)
+        if min_score is not None:
+            keep = scores >= np.float32(min_score)
+            ids, scores = ids[keep], scores[keep]
+        best = top_k_rows(scores, ids, want)[offset:]
+        return Hits(ids[best], scores[best], total=None, method="hnsw")
+
+    def hnsw_plan(
+        self,
+        collection_id: int,
+        query: np.ndarray,
+        k: int = 10,
+        filters: dict[str, Any] | None = None,
+        kind: str | None = None,
+    ) -> str:
+        """EXPLAIN of the HNSW statement a large-collection search runs (operations: is the index used?)."""
+        conditions, params = ["collection_id = %s"], list[Any]([collection_id])
+        if filters:
+            where, filter_params = filters_sql(filters)
+            conditions.append(where)
+            params += filter_params
+        if kind is not None:
+            conditions.append("kind = %s")
+            params.append(kind)
+        with self._read(replica=True) as conn:
+            row = conn.execute("SELECT dim, index_type FROM collections WHERE id = %s", (collection_id,)).fetchone()
+            if row is None or not row["index_type"]:
+                return ""
+            statement = self._hnsw_statement(conn, row["dim"], row["index_type"], " AND ".join(conditions), None, k)
+            query = np.ascontiguousarray(query, np.float32).reshape(-1)
+            rows = conn.execute("EXPLAIN " + statement, (*params, query, k, query)).fetchall()
+        return "\n".join(next(iter(r.values())) for r in rows)
