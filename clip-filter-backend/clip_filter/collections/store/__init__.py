@@ -1,8 +1,9 @@
 """The collections store: the `CollectionStore` Protocol, its records, and the SQLite implementation.
 
 schema.py (SQL), records.py (dataclasses), protocol.py (what the collections layer needs from a database),
-sqlite.py (the SQLite implementation), postgres.py (PostgreSQL + pgvector; imported only when used, by
-backends.py), files.py (file durability), gc.py (garbage collection).
+sqlite.py (the SQLite implementation; sqlite_pool.py, sqlite_jobs.py, sqlite_gc.py its parts), postgres.py
+(PostgreSQL + pgvector; imported only when used, by backends.py; postgres_*.py its parts), files.py (file
+durability), gc.py (garbage collection).
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 Implements `CollectionStore` (protocol.py) with the semantics of `SqliteCollectionStore` (records, errors,
 dedup, model checks, versions, the `Change` listener), plus `search` (`SearchingStore`): here the database
-is the vector index. This module: connection pools, items, vectors; the rest is in mixins (postgres_collections.py,
-postgres_search.py, postgres_jobs.py, postgres_gc.py) over postgres_common.py.
+is the vector index. This module holds the connection pools, items and vectors; the rest is in mixins
+(postgres_collections.py, postgres_search.py, postgres_jobs.py, postgres_gc.py) over postgres_common.py.
 
-Schema: migrations in postgres_migrations.py.
+Schema (migrations: postgres_migrations.py)
 - `items` is LIST-partitioned by collection (one partition per collection, created with it): each
   collection's HNSW index is built on its own rows and dimension (an expression index casting the
   untyped `vector` column to `halfvec(dim)` or `vector(dim)`), deleting a collection drops one table,

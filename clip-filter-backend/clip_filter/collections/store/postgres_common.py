@@ -1,5 +1,6 @@
 """What the PostgreSQL store's modules share: value conversions, its errors, the NUL check, and the store
-attributes the mixins (postgres_collections.py, postgres_search.py, postgres_jobs.py) use."""
+attributes the mixins (postgres_collections.py, postgres_search.py, postgres_jobs.py,
+postgres_gc.py) use."""
 
 from __future__ import annotations
 
