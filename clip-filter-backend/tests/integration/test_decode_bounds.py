@@ -158,3 +158,23 @@ def test_instant_test_encoder_is_refused_unless_allowed_and_flagged_in_info(serv
         assert info["weights"] == "instant-test" and info["pretrained"] == "instant-test"
         body = {"image_base64": b64(png_bytes(3)), "text_input1": "a", "text_input2": "b"}
         assert http.post("/image_text_similarity_best_match", json=body).status_code == 200
+
+
+def test_protocol_adapters_decode_within_the_same_pixel_budget(bounded_server):
+    """/v1/embeddings and /vectorize go through the service's bounded decoder too: the bomb never decodes."""
+    bomb = b64(one_bit_png())
+    with bounded_server.client() as http, peak_growth(bounded_server.process.pid) as growth:
+        openai = http.post(
+            "/v1/embeddings",
+            json={"model": "clip-filter-tiny", "modality": "image", "input": [bomb] * 16, "encoding_format": "float"},
+        )
+        weaviate = http.post("/vectorize", json={"images": [bomb] * 16})
+    assert openai.status_code == 413, openai.text
+    assert openai.json()["error"]["code"] == "request_too_many_pixels"
+    assert openai.headers["x-should-retry"] == "false"
+    assert weaviate.status_code == 413, weaviate.text
+    assert "pixels" in weaviate.json()["error"]
+    assert growth["mb"] < 100, growth  # nothing was decoded
+    with bounded_server.client() as http:  # the adapters still serve normal images
+        ok = http.post("/vectorize", json={"images": [b64(png_bytes(3))]})
+        assert ok.status_code == 200 and len(ok.json()["imageVectors"]) == 1

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -124,18 +125,13 @@ URL_PATTERN = re.compile(r"^[a-z][a-z0-9+.\-]*://", re.IGNORECASE)
 
 
 async def decode_all(items: Sequence[str | bytes], settings: Settings, field_name: str) -> list[Image.Image]:
-    """Decode every image (base64/data URI strings or raw bytes); the first bad one fails the request."""
+    """Decode every image (base64/data URI strings or raw bytes) at full size; the first bad one fails the request.
+
+    For immich, which wants the original's size in the answer; the other adapters use prepare_all."""
     limits = settings.image_limits()
+    _refuse_urls(items, field_name)
 
     async def one(index: int, item: str | bytes) -> Image.Image:
-        if isinstance(item, str) and URL_PATTERN.match(item.strip()):
-            # No server-side fetching: a URL here would let any caller make the server request any address.
-            raise ClipFilterError(
-                "url_not_allowed",
-                f"`{field_name}[{index}]` is a URL; send the image as base64 or a data URI.",
-                400,
-                param=f"{field_name}[{index}]",
-            )
         try:
             if isinstance(item, str):
                 return await run_in_threadpool(decode_base64_image, item, limits)
@@ -146,6 +142,35 @@ async def decode_all(items: Sequence[str | bytes], settings: Settings, field_nam
             raise
 
     return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+
+
+def _refuse_urls(items: Sequence[str | bytes], field_name: str) -> None:
+    for index, item in enumerate(items):
+        if isinstance(item, str) and URL_PATTERN.match(item.strip()):
+            # No server-side fetching: a URL here would let any caller make the server request any address.
+            raise ClipFilterError(
+                "url_not_allowed",
+                f"`{field_name}[{index}]` is a URL; send the image as base64 or a data URI.",
+                400,
+                param=f"{field_name}[{index}]",
+            )
+
+
+async def prepare_all(
+    service: ModelService, items: Sequence[str | bytes], field_name: str
+) -> list[np.ndarray | Image.Image]:
+    """The images as model input through the service's bounded decoder (`ModelService.decode_images`: the request
+    pixel budget and decode admission apply, as on the native routes, and the pixels are the same); the first
+    bad image fails the request, as Weaviate and OpenAI clients need one vector per input."""
+    _refuse_urls(items, field_name)
+    ready: list[np.ndarray | Image.Image] = []
+    for index, result in enumerate(await service.decode_images(list(items))):
+        if isinstance(result, ClipFilterError):
+            result.message = f"`{field_name}[{index}]`: {result.message}"
+            result.details.setdefault("param", f"{field_name}[{index}]")
+            raise result
+        ready.append(result)
+    return ready
 
 
 def check_count(count: int, limit: int, what: str) -> None:

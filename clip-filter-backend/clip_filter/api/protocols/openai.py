@@ -20,10 +20,10 @@ from clip_filter.api.deps import ModelDep, SettingsDep
 from clip_filter.api.protocols.common import (
     Failure,
     check_count,
-    decode_all,
     model_aliases,
     model_id,
     names_served_model,
+    prepare_all,
     protocol_route,
     weights_note,
 )
@@ -151,7 +151,7 @@ async def create_embeddings(body: EmbeddingRequest, service: ModelDep, settings:
     items = _inputs(body)
     if body.modality == "image":
         check_count(len(items), settings.max_images_per_request, "images")
-        vectors = await service.embed_images(await decode_all(items, settings, "input"))
+        vectors = await service.embed_images(await prepare_all(service, items, "input"))
     else:
         check_count(len(items), settings.max_texts_per_request, "texts")
         texts = [check_text(item, "input", settings.max_text_chars, index) for index, item in enumerate(items)]

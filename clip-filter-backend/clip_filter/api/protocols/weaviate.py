@@ -18,8 +18,8 @@ from clip_filter.api.deps import ModelDep, SettingsDep
 from clip_filter.api.protocols.common import (
     Failure,
     check_count,
-    decode_all,
     model_id,
+    prepare_all,
     protocol_route,
 )
 from clip_filter.core.validation import check_text
@@ -74,7 +74,7 @@ async def vectorize(body: VectorizeRequest, service: ModelDep, settings: Setting
     check_count(len(texts), settings.max_texts_per_request, "texts")
     check_count(len(images), settings.max_images_per_request, "images")
     texts = [check_text(text, "texts", settings.max_text_chars, index) for index, text in enumerate(texts)]
-    decoded = await decode_all(images, settings, "images")
+    decoded = await prepare_all(service, images, "images")
     text_vectors = (await service.embed_texts(texts)).embeddings
     image_vectors = await service.embed_images(decoded)
     return VectorizeResponse(textVectors=text_vectors.tolist(), imageVectors=image_vectors.tolist())
