@@ -164,13 +164,17 @@ def _accepted_sentence() -> str:
 # --- sniffing ---------------------------------------------------------------------------------------
 
 
+_FTYP_SCAN_BYTES = 256
+
+
 def _iso_bmff_mimetype(data: bytes) -> str | None:
     """HEIC/HEIF/AVIF share the ISO-BMFF container; the `ftyp` brands say which one it is."""
     if data[4:8] != b"ftyp":
         return None
     box_size = int.from_bytes(data[0:4], "big")
     major = data[8:12]
-    end = min(len(data), box_size) if box_size >= 16 else 16
+    # The brand list is short (real files: < 64 bytes); a declared size of 4 GiB must not walk a 99 MB upload (L3).
+    end = min(len(data), box_size, _FTYP_SCAN_BYTES) if box_size >= 16 else 16
     brands = {major} | {data[i : i + 4] for i in range(16, end - 3, 4)}
     if major in _AVIF_BRANDS or (major in _HEIF_BRANDS and brands & _AVIF_BRANDS):
         return "image/avif"

@@ -264,8 +264,17 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def _shown_name(source: Any) -> str:
     if source.path is not None:
-        return str(source.path)
-    return source.filename or "(text)"
+        return _printable(str(source.path))
+    return _printable(source.filename or "(text)")
+
+
+# C0 and C1 control characters and DEL: a filename sent over HTTP must not drive the terminal (review L7).
+_CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]}
+
+
+def _printable(text: Any) -> str:
+    """`text` for a terminal line: control characters shown as \\xNN escapes, never sent raw."""
+    return str(text).translate(_CONTROL)
 
 
 # ---- search ----------------------------------------------------------------------------------------------
@@ -330,7 +339,7 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
             snippet = " ".join((row.get("text") or "").split())
             label = snippet if len(snippet) <= 70 else snippet[:67] + "..."
         meta = f"  {json.dumps(row['metadata'], ensure_ascii=False)}" if row["metadata"] else ""
-        print(f"{rank:>4}  {row['score']:>7.4f}  {row['id']:>6}  {row['kind']:5}  {label}{meta}")
+        print(f"{rank:>4}  {row['score']:>7.4f}  {row['id']:>6}  {row['kind']:5}  {_printable(label + meta)}")
     return EXIT_OK
 
 
@@ -374,6 +383,10 @@ def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _problem_line(problem: dict[str, Any]) -> str:
+    return _printable(f"  line {problem['line']} ({problem.get('filename')}): {problem['reason']}")
+
+
 def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from clip_filter.core.errors import ClipFilterError
 
@@ -402,7 +415,7 @@ def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
             if problems:
                 bar.close()
                 for problem in problems[:50]:
-                    print(f"  line {problem['line']} ({problem.get('filename')}): {problem['reason']}", file=sys.stderr)
+                    print(_problem_line(problem), file=sys.stderr)
                 if len(problems) > 50:
                     print(f"  ... and {len(problems) - 50} more", file=sys.stderr)
             raise
@@ -412,7 +425,7 @@ def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         f"{len(result.invalid)} invalid skipped, of {result.total} items in the export."
     )
     for problem in result.invalid:
-        print(f"  skipped line {problem['line']} ({problem.get('filename')}): {problem['reason']}")
+        print("  skipped" + _problem_line(problem).removeprefix(" "))
     return EXIT_OK
 
 

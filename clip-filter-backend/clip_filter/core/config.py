@@ -6,6 +6,7 @@ The README's settings table lists every field (env name, default): tests/unit/te
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -223,7 +224,8 @@ class Settings(BaseSettings):
 
     @property
     def ingest_root_paths(self) -> list[Path]:
-        return [Path(p).resolve() for p in self.ingest_roots.split(":") if p.strip()]
+        # os.pathsep (";" on Windows), so "C:\\photos" stays one root (review L7).
+        return [Path(p).resolve() for p in self.ingest_roots.split(os.pathsep) if p.strip()]
 
     def image_limits(self, accepted_bytes: int = 0, accepted_pixels: int = 0) -> ImageLimits:
         """The one place ImageLimits is built from settings.

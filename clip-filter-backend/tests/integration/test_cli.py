@@ -244,6 +244,21 @@ def test_csv_ingest_with_metadata_columns(tmp_path: Path) -> None:
     assert run.returncode != 0 and "no 'path' column" in run.stderr
 
 
+def test_filenames_never_reach_the_terminal_as_control_characters(tmp_path: Path) -> None:
+    # Review L7: a filename with an escape sequence (from an HTTP upload or a folder) was printed raw by search.
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    name = "clear\x1b[2J\x9btitle\x07.png"
+    (folder / name).write_bytes(png_bytes(300))
+    data_dir = tmp_path / "data"
+    cli(data_dir, "ingest", str(folder), "-c", "evil", "--create", "--no-progress")
+    table = cli(data_dir, "search", "evil", "a photo", "--kind", "image").stdout
+    assert "\\x1b[2J\\x9btitle\\x07.png" in table
+    assert not any(ch in table for ch in "\x1b\x9b\x07")
+    # --json output is for programs: the exact name, JSON-escaped.
+    assert cli_json(data_dir, "search", "evil", "a photo")["results"][0]["filename"].endswith(name)
+
+
 # ---- export / import -------------------------------------------------------------------------------------
 def test_export_import_round_trip(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"

@@ -134,6 +134,17 @@ def test_sniff_returns_none_for_non_images():
     assert sniff_image_mimetype(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2") is None  # MP4 video
 
 
+def test_sniff_reads_only_the_head_of_an_ftyp_box_whatever_size_it_declares():
+    # Review L3: a declared box size of 4 GiB made the brand scan walk the whole upload, 4 bytes at a time.
+    def ftyp(box_size: int, brands_at: int) -> bytes:
+        head = box_size.to_bytes(4, "big") + b"ftypmif1" + b"\x00\x00\x00\x00"
+        return head + b"\x00" * (brands_at - len(head)) + b"avif" + b"\x00" * 64
+
+    assert sniff_image_mimetype(ftyp(0xFFFFFFFF, 32)) == "image/avif"  # compatible brands near the start: read
+    assert sniff_image_mimetype(ftyp(0xFFFFFFFF, 4096)) == "image/heif"  # far beyond any real brand list: not read
+    assert sniff_image_mimetype(ftyp(0xFFFFFFFF, 4096) + bytes(8 * 2**20)) == "image/heif"
+
+
 # HEIC is left out: there libheif applies the container's own rotation and pillow-heif resets EXIF's.
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
 def test_exif_orientation_6_rotates_size_and_pixels(fmt):

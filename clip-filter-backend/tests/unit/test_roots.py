@@ -125,3 +125,17 @@ def test_the_spool_of_a_job_whose_collection_was_deleted_is_removed(setup):
     assert store.get_job("k" * 32).state == "failed" and spooled.exists()
     runner._process("k" * 32)  # what the worker does when it reaches the job
     assert not store.files.spool_dir("k" * 32).exists()
+
+
+def test_ingest_roots_are_split_on_the_platform_path_separator(tmp_path, monkeypatch):
+    # Review L7: splitting on ":" made the Windows root "C:\photos" two roots, "C" and "\photos".
+    from clip_filter.core.config import Settings
+
+    monkeypatch.setattr(os, "pathsep", ";")
+    roots = Settings(CLIP_FILTER_INGEST_ROOTS="C:\\photos;D:\\scans").ingest_root_paths
+    assert [p.name for p in roots] == ["C:\\photos", "D:\\scans"]
+    monkeypatch.setattr(os, "pathsep", ":")
+    assert Settings(CLIP_FILTER_INGEST_ROOTS=f"{tmp_path}/a:{tmp_path}/b").ingest_root_paths == [
+        tmp_path / "a",
+        tmp_path / "b",
+    ]
