@@ -127,3 +127,15 @@ def test_replicas_share_the_database_the_originals_and_sit_behind_one_upstream()
     assert ["proxy_set_header", "Connection", ""] in api, "upstream keepalive needs the Connection header cleared"
     spa = nginx_directives(nginx_block(text, r"location\s+/(?=\s*\{)"))
     assert ["try_files", "$uri", "$uri/", "/index.html"] in spa
+
+
+def test_long_running_services_cannot_gain_privileges():
+    # Review L6: no cap_drop, no-new-privileges or pids_limit anywhere. Backends run as UID 10001 and need no
+    # capability at all; nginx's master keeps the few it needs to bind port 80 and switch user.
+    services = merged()["services"]
+    for name in ("backend", "backend-2", "frontend"):
+        service = services[name]
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert 0 < int(service.get("pids_limit", 0)) <= 4096, name
+    for name in ("backend", "backend-2"):
+        assert services[name].get("cap_drop") == ["ALL"] and not services[name].get("cap_add"), name

@@ -513,6 +513,20 @@ def test_backend_gets_its_bootstrap_key_from_a_secret_file(compose: dict, raw_co
     assert names == [s if isinstance(s, str) else s["source"] for s in tests.get("secrets", [])]
 
 
+@pytest.mark.parametrize("conf", [NGINX_CONF, ROOT / "deploy" / "nginx-replicas.conf"], ids=["ui", "replicas"])
+def test_nginx_bounds_slow_and_greedy_clients(conf: Path):
+    # Review L6: 600 s send timeouts with unbuffered uploads let a trickling client hold a backend connection.
+    text = conf.read_text(encoding="utf-8")
+    api = nginx_directives(nginx_block(text, r"location\s+/api/"))
+    for name in ("client_body_timeout", "proxy_send_timeout", "send_timeout"):
+        values = [nginx_seconds(d[1]) for d in api if d[0] == name]
+        assert values and max(values) <= 60, f"{conf.name}: {name} must drop a stalled client within 60 s"
+    zones = re.findall(r"^limit_conn_zone\s+\$binary_remote_addr\s+zone=(\w+):\d+m;", text, re.MULTILINE)
+    limits = [d for d in api if d[0] == "limit_conn"]
+    assert zones and limits and limits[0][1] == zones[0] and 0 < int(limits[0][2]) <= 64, (zones, limits)
+    assert ["limit_conn_status", "429"] in api
+
+
 def test_nginx_sends_security_headers_and_the_host_with_its_port():
     text = NGINX_CONF.read_text(encoding="utf-8")
     api = nginx_directives(nginx_block(text, r"location\s+/api/"))
@@ -721,9 +735,8 @@ def test_nginx_proxies_api_to_the_backend_with_the_prefix_stripped():
         assert any(d[0] == "resolver" for d in server + api), "a proxy_pass with a variable needs a resolver"
     sizes = [nginx_size(d[1]) for d in server + api if d[0] == "client_max_body_size"]
     assert sizes and min(sizes) >= Settings().max_request_bytes, "uploads up to the backend's own request limit"
-    for name in ("proxy_read_timeout", "proxy_send_timeout"):
-        values = [nginx_seconds(d[1]) for d in server + api if d[0] == name]
-        assert values and min(values) >= 300, f"{name} must be generous (>= 300s)"
+    read = [nginx_seconds(d[1]) for d in server + api if d[0] == "proxy_read_timeout"]
+    assert read and min(read) >= 300, "proxy_read_timeout must be generous (>= 300s): answers may take long"
     spa = nginx_directives(nginx_block(text, r"location\s+/(?=\s*\{)"))
     assert ["try_files", "$uri", "$uri/", "/index.html"] in spa, "unknown paths fall back to the single-page app"
 
