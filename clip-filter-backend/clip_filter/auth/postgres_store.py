@@ -32,9 +32,7 @@ def _row_to_key(row: tuple[Any, ...]) -> ApiKey:
     id_, name, scope, collections, created_at, revoked_at = row
     created = _iso(created_at)
     assert created is not None  # NOT NULL column
-    return ApiKey(
-        id_, name, scope, tuple(collections) if collections is not None else None, created, _iso(revoked_at)
-    )
+    return ApiKey(id_, name, scope, tuple(collections) if collections is not None else None, created, _iso(revoked_at))
 
 
 class PostgresKeyStore:
@@ -79,7 +77,13 @@ class PostgresKeyStore:
             return conn.execute(
                 f"INSERT INTO api_keys (id, name, scope, collections, secret_sha256, created_at) "
                 f"VALUES (%s, %s, %s, %s, %s, now()){on_conflict} RETURNING {_COLUMNS}",
-                (new_key_id(), name, scope, list(collections) if collections is not None else None, hash_secret(secret)),
+                (
+                    new_key_id(),
+                    name,
+                    scope,
+                    list(collections) if collections is not None else None,
+                    hash_secret(secret),
+                ),
             ).fetchone()
 
     def create(self, name: str, scope: Scope, collections: Sequence[str] | None = None) -> tuple[ApiKey, str]:
