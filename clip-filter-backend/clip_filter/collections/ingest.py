@@ -304,16 +304,16 @@ class Ingestor:
                     duplicates=sum(1 for o in outcomes if o is not None and o.status == "duplicate"),
                     failures=[failure_entry(o.filename, o.error) for o in errors if o.error is not None],
                 )
-            # Nothing to write and no job to count for: no transaction (and no fsync) at all.
-            results = (
-                self.store.add_items(batch.collection.id, new_items, model, progress) if new_items or progress else []
-            )
         except BaseException:
             self.discard(batch)
             raise
         finally:
             for item in batch.prepared:
                 item.image = None  # free decoded pixels promptly in long jobs
+        # From here the store owns the originals: it removes them only if its transaction did not commit (a
+        # failure after the COMMIT must not delete what committed rows reference: finding M9).
+        # Nothing to write and no job to count for: no transaction (and no fsync) at all.
+        results = self.store.add_items(batch.collection.id, new_items, model, progress) if new_items or progress else []
         for item, (status, item_id) in zip(batch.prepared, results, strict=False):
             outcomes[item.index] = Outcome(item.index, item.filename, status, item_id)
         return [outcome for outcome in outcomes if outcome is not None]

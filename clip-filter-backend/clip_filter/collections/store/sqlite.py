@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from clip_filter.collections.errors import collection_not_found, item_not_found
+from clip_filter.collections.store.commits import CommitState, announce, originals_until_commit
 from clip_filter.collections.store.files import DataFiles
 from clip_filter.collections.store.gc import collect_garbage
 from clip_filter.collections.store.records import (
@@ -64,7 +65,7 @@ class SqliteCollectionStore(SqliteJobsMixin):
         self.data_dir = self.files.data_dir
         self.db_path = self.data_dir / "collections.sqlite3"
         self._pool = _ReaderPool(self._connect, readers)
-        self._local = threading.local()  # `committed`: whether this thread's last transaction committed
+        self._commits = CommitState()  # per thread: whether its last write transaction committed
         self._write_lock = threading.RLock()
         self._listeners: list[Callable[[Change], None]] = []
         self._queued: list[Change] = []  # changes of the open transaction, announced after its COMMIT
@@ -120,11 +121,11 @@ class SqliteCollectionStore(SqliteJobsMixin):
         """One write transaction under the write lock (BEGIN IMMEDIATE also locks out other processes).
 
         A failed COMMIT (disk full, a deferred constraint) is rolled back, so the writer never stays inside
-        a transaction that makes every later write fail; `self._local.committed` tells callers whether the
-        COMMIT itself went through, which is what decides if their originals may be removed. Listener errors
-        after a COMMIT are logged, never raised: the data is committed and the caller must not undo anything.
+        a transaction that makes every later write fail; `self._commits` tells callers whether the COMMIT
+        itself went through, which is what decides if their originals may be removed (commits.py). Listener
+        errors after a COMMIT are logged, never raised: the data is committed and the caller must not undo anything.
         """
-        self._local.committed = False
+        self._commits.begin()
         with self._write_lock:
             self._check_open()
             conn = self._writer
@@ -141,16 +142,12 @@ class SqliteCollectionStore(SqliteJobsMixin):
             except BaseException:
                 _rollback(conn)
                 self._queued = []
+                self._commits.commit_failed(known_rolled_back=True)  # a local file: a failed COMMIT did not happen
                 raise
-            self._local.committed = True
+            self._commits.committed()
             changes, self._queued = self._queued, []
             # Still under the write lock: listeners see changes exactly in commit order.
-            for change in changes:
-                for listener in self._listeners:
-                    try:
-                        listener(change)
-                    except Exception:  # noqa: BLE001 - the commit stands; a listener drops its cache itself
-                        log.exception("a change listener failed after a commit")
+            announce(changes, self._listeners)
 
     def add_listener(self, listener: Callable[[Change], None]) -> None:
         """Called after each commit that bumps a collection's version, under the write lock."""
@@ -293,87 +290,84 @@ class SqliteCollectionStore(SqliteJobsMixin):
         """
         results: list[tuple[str, int]] = []
         now = utc_now()
-        try:
-            with self._transaction() as conn:
-                row = conn.execute("SELECT * FROM collections WHERE id = ?", (collection_id,)).fetchone()
-                if row is None:
-                    raise ClipFilterError("collection_not_found", "The collection was deleted.", 404)
-                collection = self._collection(row)
-                if items and model is not None:
-                    collection.check_model(*model)
-                    if collection.item_count == 0 or collection.model is None:
-                        conn.execute(
-                            "UPDATE collections SET model = ?, pretrained = ?, dim = ? WHERE id = ?",
-                            (model[0], model[1], model[2], collection_id),
-                        )
-                change = Change(collection_id, 0)
-                counts = {"image": 0, "text": 0}
-                # Vectors of another dimension would make every later search and map fail: refused here too.
-                dim = model[2] if model is not None else (collection.dim if collection.item_count else None)
-                for item in items:
-                    embedding = np.ascontiguousarray(item.embedding, np.float32).reshape(-1)
-                    if dim and embedding.size != dim:
-                        raise ClipFilterError(
-                            "dimension_mismatch",
-                            f"An embedding has {embedding.size} dimensions; collection "
-                            f"{collection.name!r} holds {dim}-dimensional ones.",
-                            409,
-                            dim=dim,
-                        )
-                    cursor = conn.execute(
-                        "INSERT INTO items (collection_id, kind, filename, mimetype, size, sha256, metadata, "
-                        "truncated, text, original_path, width, height, embedding, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (collection_id, sha256) DO NOTHING",
-                        (
-                            collection_id,
-                            item.kind,
-                            item.filename,
-                            item.mimetype,
-                            item.size,
-                            item.sha256,
-                            json.dumps(item.metadata, ensure_ascii=False),
-                            int(item.truncated),
-                            item.text,
-                            item.original_path,
-                            item.width,
-                            item.height,
-                            embedding.tobytes(),
-                            now,
-                        ),
-                    )
-                    if cursor.rowcount == 1:
-                        assert cursor.lastrowid is not None  # set by the row just inserted
-                        item_id = int(cursor.lastrowid)
-                        results.append(("added", item_id))
-                        counts[item.kind] += 1
-                        change.added_ids.append(item_id)
-                        change.added_vectors.append(embedding)
-                        change.added_kinds.append(item.kind)
-                    else:
-                        existing = conn.execute(
-                            "SELECT id FROM items WHERE collection_id = ? AND sha256 = ?", (collection_id, item.sha256)
-                        ).fetchone()
-                        results.append(("duplicate", int(existing[0])))
-                added = counts["image"] + counts["text"]
-                if added:
+        # Committed rows keep their originals, whatever fails afterwards; otherwise they go (commits.py).
+        with (
+            originals_until_commit(self.files, [item.original_path for item in items], self._commits),
+            self._transaction() as conn,
+        ):
+            row = conn.execute("SELECT * FROM collections WHERE id = ?", (collection_id,)).fetchone()
+            if row is None:
+                raise ClipFilterError("collection_not_found", "The collection was deleted.", 404)
+            collection = self._collection(row)
+            if items and model is not None:
+                collection.check_model(*model)
+                if collection.item_count == 0 or collection.model is None:
                     conn.execute(
-                        "UPDATE collections SET item_count = item_count + ?, image_count = image_count + ?, "
-                        "text_count = text_count + ? WHERE id = ?",
-                        (added, counts["image"], counts["text"], collection_id),
+                        "UPDATE collections SET model = ?, pretrained = ?, dim = ? WHERE id = ?",
+                        (model[0], model[1], model[2], collection_id),
                     )
-                    self._bump_version(conn, collection_id, change)
-                if progress is not None:
-                    # The job's counts move in the same transaction as the rows they count.
-                    progress.added += added
-                    progress.duplicates += sum(1 for status, _ in results if status == "duplicate")
-                    self._add_progress(conn, progress, now)
-        except BaseException:
-            # Only when the COMMIT itself did not happen: committed rows keep their originals, whatever
-            # failed afterwards.
-            if not getattr(self._local, "committed", False):
-                self.files.remove_files([item.original_path for item in items])
-            raise
+            change = Change(collection_id, 0)
+            counts = {"image": 0, "text": 0}
+            # Vectors of another dimension would make every later search and map fail: refused here too.
+            dim = model[2] if model is not None else (collection.dim if collection.item_count else None)
+            for item in items:
+                embedding = np.ascontiguousarray(item.embedding, np.float32).reshape(-1)
+                if dim and embedding.size != dim:
+                    raise ClipFilterError(
+                        "dimension_mismatch",
+                        f"An embedding has {embedding.size} dimensions; collection "
+                        f"{collection.name!r} holds {dim}-dimensional ones.",
+                        409,
+                        dim=dim,
+                    )
+                cursor = conn.execute(
+                    "INSERT INTO items (collection_id, kind, filename, mimetype, size, sha256, metadata, "
+                    "truncated, text, original_path, width, height, embedding, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (collection_id, sha256) DO NOTHING",
+                    (
+                        collection_id,
+                        item.kind,
+                        item.filename,
+                        item.mimetype,
+                        item.size,
+                        item.sha256,
+                        json.dumps(item.metadata, ensure_ascii=False),
+                        int(item.truncated),
+                        item.text,
+                        item.original_path,
+                        item.width,
+                        item.height,
+                        embedding.tobytes(),
+                        now,
+                    ),
+                )
+                if cursor.rowcount == 1:
+                    assert cursor.lastrowid is not None  # set by the row just inserted
+                    item_id = int(cursor.lastrowid)
+                    results.append(("added", item_id))
+                    counts[item.kind] += 1
+                    change.added_ids.append(item_id)
+                    change.added_vectors.append(embedding)
+                    change.added_kinds.append(item.kind)
+                else:
+                    existing = conn.execute(
+                        "SELECT id FROM items WHERE collection_id = ? AND sha256 = ?", (collection_id, item.sha256)
+                    ).fetchone()
+                    results.append(("duplicate", int(existing[0])))
+            added = counts["image"] + counts["text"]
+            if added:
+                conn.execute(
+                    "UPDATE collections SET item_count = item_count + ?, image_count = image_count + ?, "
+                    "text_count = text_count + ? WHERE id = ?",
+                    (added, counts["image"], counts["text"], collection_id),
+                )
+                self._bump_version(conn, collection_id, change)
+            if progress is not None:
+                # The job's counts move in the same transaction as the rows they count.
+                progress.added += added
+                progress.duplicates += sum(1 for status, _ in results if status == "duplicate")
+                self._add_progress(conn, progress, now)
         self.files.remove_files(
             [item.original_path for item, (status, _) in zip(items, results, strict=False) if status == "duplicate"]
         )
