@@ -291,83 +291,82 @@ class SqliteCollectionStore(SqliteJobsMixin):
         results: list[tuple[str, int]] = []
         now = utc_now()
         # Committed rows keep their originals, whatever fails afterwards; otherwise they go (commits.py).
-        with (
-            originals_until_commit(self.files, [item.original_path for item in items], self._commits),
-            self._transaction() as conn,
-        ):
-            row = conn.execute("SELECT * FROM collections WHERE id = ?", (collection_id,)).fetchone()
-            if row is None:
-                raise ClipFilterError("collection_not_found", "The collection was deleted.", 404)
-            collection = self._collection(row)
-            if items and model is not None:
-                collection.check_model(*model)
-                if collection.item_count == 0 or collection.model is None:
+        # The guard wraps the transaction: it acts on how the transaction ended (its COMMIT).
+        with originals_until_commit(self.files, [item.original_path for item in items], self._commits):  # noqa: SIM117
+            with self._transaction() as conn:
+                row = conn.execute("SELECT * FROM collections WHERE id = ?", (collection_id,)).fetchone()
+                if row is None:
+                    raise ClipFilterError("collection_not_found", "The collection was deleted.", 404)
+                collection = self._collection(row)
+                if items and model is not None:
+                    collection.check_model(*model)
+                    if collection.item_count == 0 or collection.model is None:
+                        conn.execute(
+                            "UPDATE collections SET model = ?, pretrained = ?, dim = ? WHERE id = ?",
+                            (model[0], model[1], model[2], collection_id),
+                        )
+                change = Change(collection_id, 0)
+                counts = {"image": 0, "text": 0}
+                # Vectors of another dimension would make every later search and map fail: refused here too.
+                dim = model[2] if model is not None else (collection.dim if collection.item_count else None)
+                for item in items:
+                    embedding = np.ascontiguousarray(item.embedding, np.float32).reshape(-1)
+                    if dim and embedding.size != dim:
+                        raise ClipFilterError(
+                            "dimension_mismatch",
+                            f"An embedding has {embedding.size} dimensions; collection "
+                            f"{collection.name!r} holds {dim}-dimensional ones.",
+                            409,
+                            dim=dim,
+                        )
+                    cursor = conn.execute(
+                        "INSERT INTO items (collection_id, kind, filename, mimetype, size, sha256, metadata, "
+                        "truncated, text, original_path, width, height, embedding, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (collection_id, sha256) DO NOTHING",
+                        (
+                            collection_id,
+                            item.kind,
+                            item.filename,
+                            item.mimetype,
+                            item.size,
+                            item.sha256,
+                            json.dumps(item.metadata, ensure_ascii=False),
+                            int(item.truncated),
+                            item.text,
+                            item.original_path,
+                            item.width,
+                            item.height,
+                            embedding.tobytes(),
+                            now,
+                        ),
+                    )
+                    if cursor.rowcount == 1:
+                        assert cursor.lastrowid is not None  # set by the row just inserted
+                        item_id = int(cursor.lastrowid)
+                        results.append(("added", item_id))
+                        counts[item.kind] += 1
+                        change.added_ids.append(item_id)
+                        change.added_vectors.append(embedding)
+                        change.added_kinds.append(item.kind)
+                    else:
+                        existing = conn.execute(
+                            "SELECT id FROM items WHERE collection_id = ? AND sha256 = ?", (collection_id, item.sha256)
+                        ).fetchone()
+                        results.append(("duplicate", int(existing[0])))
+                added = counts["image"] + counts["text"]
+                if added:
                     conn.execute(
-                        "UPDATE collections SET model = ?, pretrained = ?, dim = ? WHERE id = ?",
-                        (model[0], model[1], model[2], collection_id),
+                        "UPDATE collections SET item_count = item_count + ?, image_count = image_count + ?, "
+                        "text_count = text_count + ? WHERE id = ?",
+                        (added, counts["image"], counts["text"], collection_id),
                     )
-            change = Change(collection_id, 0)
-            counts = {"image": 0, "text": 0}
-            # Vectors of another dimension would make every later search and map fail: refused here too.
-            dim = model[2] if model is not None else (collection.dim if collection.item_count else None)
-            for item in items:
-                embedding = np.ascontiguousarray(item.embedding, np.float32).reshape(-1)
-                if dim and embedding.size != dim:
-                    raise ClipFilterError(
-                        "dimension_mismatch",
-                        f"An embedding has {embedding.size} dimensions; collection "
-                        f"{collection.name!r} holds {dim}-dimensional ones.",
-                        409,
-                        dim=dim,
-                    )
-                cursor = conn.execute(
-                    "INSERT INTO items (collection_id, kind, filename, mimetype, size, sha256, metadata, "
-                    "truncated, text, original_path, width, height, embedding, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (collection_id, sha256) DO NOTHING",
-                    (
-                        collection_id,
-                        item.kind,
-                        item.filename,
-                        item.mimetype,
-                        item.size,
-                        item.sha256,
-                        json.dumps(item.metadata, ensure_ascii=False),
-                        int(item.truncated),
-                        item.text,
-                        item.original_path,
-                        item.width,
-                        item.height,
-                        embedding.tobytes(),
-                        now,
-                    ),
-                )
-                if cursor.rowcount == 1:
-                    assert cursor.lastrowid is not None  # set by the row just inserted
-                    item_id = int(cursor.lastrowid)
-                    results.append(("added", item_id))
-                    counts[item.kind] += 1
-                    change.added_ids.append(item_id)
-                    change.added_vectors.append(embedding)
-                    change.added_kinds.append(item.kind)
-                else:
-                    existing = conn.execute(
-                        "SELECT id FROM items WHERE collection_id = ? AND sha256 = ?", (collection_id, item.sha256)
-                    ).fetchone()
-                    results.append(("duplicate", int(existing[0])))
-            added = counts["image"] + counts["text"]
-            if added:
-                conn.execute(
-                    "UPDATE collections SET item_count = item_count + ?, image_count = image_count + ?, "
-                    "text_count = text_count + ? WHERE id = ?",
-                    (added, counts["image"], counts["text"], collection_id),
-                )
-                self._bump_version(conn, collection_id, change)
-            if progress is not None:
-                # The job's counts move in the same transaction as the rows they count.
-                progress.added += added
-                progress.duplicates += sum(1 for status, _ in results if status == "duplicate")
-                self._add_progress(conn, progress, now)
+                    self._bump_version(conn, collection_id, change)
+                if progress is not None:
+                    # The job's counts move in the same transaction as the rows they count.
+                    progress.added += added
+                    progress.duplicates += sum(1 for status, _ in results if status == "duplicate")
+                    self._add_progress(conn, progress, now)
         self.files.remove_files(
             [item.original_path for item, (status, _) in zip(items, results, strict=False) if status == "duplicate"]
         )
