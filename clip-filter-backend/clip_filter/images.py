@@ -135,10 +135,16 @@ class ImageHeader:
     mimetype: str
     size: tuple[int, int]
     decoded_size: tuple[int, int]
+    orientation: int = 1  # the EXIF turn decoding applies to `size` (1: none)
 
     @property
     def decoded_pixels(self) -> int:
         return self.decoded_size[0] * self.decoded_size[1]
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """(width, height) of the full-size image turned upright, as a full decode_image returns it."""
+        return (self.size[1], self.size[0]) if self.orientation in (5, 6, 7, 8) else self.size
 
 
 class ImageDecodeError(ClipFilterError):
@@ -407,8 +413,9 @@ def probe_image(data: bytes, limits: ImageLimits, target: DecodeTarget | None = 
     try:
         with _open(data, plugins, limits) as opened:
             size = opened.size
+            orientation = _header_orientation(opened)
             _draft(opened, target)
-            return ImageHeader(mimetype, size, opened.size)
+            return ImageHeader(mimetype, size, opened.size, orientation)
     except ImageDecodeError:
         raise
     except _DECODE_ERRORS as exc:
@@ -422,23 +429,48 @@ def decode_image(data: bytes, limits: ImageLimits, target: DecodeTarget | None =
     below the target; without one, at full size. Raises ImageDecodeError for anything that is not an
     acceptable image within `limits`.
     """
+    return decode_image_sized(data, limits, target)[0]
+
+
+def decode_image_sized(
+    data: bytes, limits: ImageLimits, target: DecodeTarget | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """decode_image, and the (width, height) of the *full-size* upright image: what a reduced decode no longer
+    shows, and what a collection records for the item."""
     if not isinstance(data, bytes):
         data = bytes(data)
     mimetype, name, plugins = _checked_format(data, limits)
     try:
         with _open(data, plugins, limits) as opened:
+            full_size = opened.size  # before the draft, which shrinks it
             _draft(opened, target)
             opened.load()  # frame 0 only; with LOAD_TRUNCATED_IMAGES False short data is an error
             factor = target.reduce_factor(opened.size) if target is not None else 1
             if factor > 1:
                 orientation = _orientation(opened)
-                return _transpose(_to_rgb(_reduce(opened, factor)), orientation)
-            image = _apply_orientation(opened)
-        return _to_rgb(image)
+                image = _transpose(_to_rgb(_reduce(opened, factor)), orientation)
+                upright = (full_size[1], full_size[0]) if orientation in (5, 6, 7, 8) else full_size
+            elif opened.size != full_size:  # drafted (JPEG DCT scaling) only
+                orientation = _orientation(opened)
+                image = _to_rgb(_apply_orientation(opened))
+                upright = (full_size[1], full_size[0]) if orientation in (5, 6, 7, 8) else full_size
+            else:  # full size: what the decode shows
+                image = _to_rgb(_apply_orientation(opened))
+                upright = image.size
+        return image, upright
     except ImageDecodeError:
         raise
     except _DECODE_ERRORS as exc:
         raise _decode_failure(exc, data, mimetype, name, limits) from exc
+
+
+def _header_orientation(opened: Image.Image) -> int:
+    """The EXIF turn a decode will still apply, from what the header holds (JPEG, WebP, HEIF read it when
+    opened). 1 for TIFF, whose size Pillow already reports upright (it turns the pixels itself on load), and
+    for a PNG whose eXIf chunk, if any, follows the pixels: Pillow would decode the whole image to find it."""
+    if opened.format == "TIFF" or (opened.format == "PNG" and "exif" not in opened.info):
+        return 1
+    return _orientation(opened)
 
 
 def _check_pixels(size: tuple[int, int], n_bytes: int, limits: ImageLimits) -> None:

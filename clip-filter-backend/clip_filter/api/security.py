@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as AsgiScope
 
@@ -45,7 +46,8 @@ log = logging.getLogger(__name__)
 Rewrite = Callable[[Any, AsgiScope], Any]
 
 CREATE_KEY_HINT = (
-    "create a key with `clip-filter keys create NAME --scope admin` (same CLIP_FILTER_DATA_DIR), or give one in "
+    "create a key with `clip-filter keys create NAME --scope admin` (same CLIP_FILTER_DATA_DIR, or the same "
+    "CLIP_FILTER_DATABASE_URL on PostgreSQL), or give one in "
     "CLIP_FILTER_BOOTSTRAP_KEY / CLIP_FILTER_BOOTSTRAP_KEY_FILE (at least 32 random characters, e.g. "
     "`openssl rand -hex 32`)"
 )
@@ -194,10 +196,10 @@ def _bootstrap_secret(settings: Settings) -> str | None:
 
 def open_access_control(settings: Settings) -> AccessControl:
     """Opens the key store, registers the bootstrap key, and refuses to start when keys are needed but none exist."""
-    from clip_filter.auth.sqlite_store import open_key_store
+    from clip_filter.auth import open_key_store
 
     secret = _bootstrap_secret(settings)
-    store = open_key_store(settings.data_dir)
+    store = open_key_store(settings)
     try:
         if secret is not None:
             key = store.register(secret, "bootstrap", "admin")
@@ -247,7 +249,10 @@ async def require_access(request: Request) -> Principal:
             "Send 'Authorization: Bearer <key>' (or 'X-API-Key'); an admin makes one with "
             "`clip-filter keys create NAME --scope read`.",
         )
-    key = access.authenticate(secret)  # one indexed SQLite read: microseconds, fine on the loop
+    if access.keys.lookup_blocks:  # PostgreSQL: a network round trip, in a worker thread
+        key = await run_in_threadpool(access.authenticate, secret)
+    else:  # one indexed SQLite read: microseconds, fine on the loop
+        key = access.authenticate(secret)
     if key is None:
         raise AuthError(
             401, "The API key is unknown or revoked.", "Check the key; `clip-filter keys list` shows the active ones."

@@ -1,7 +1,9 @@
-"""`clip-filter keys create|list|revoke`: manage API keys in the data directory (CLIP_FILTER_DATA_DIR).
+"""`clip-filter keys create|list|revoke`: manage API keys where the server keeps them (`auth.open_key_store`):
+the PostgreSQL database of CLIP_FILTER_DATABASE_URL when set (shared by every replica on it), else the data
+directory (CLIP_FILTER_DATA_DIR).
 
-Safe while a server runs: the server looks keys up on every request, so a new key works and a revoked one
-stops working at once.
+Safe while servers run: they look keys up on every request, so a new key works and a revoked one stops
+working at once, on every replica.
 """
 
 from __future__ import annotations
@@ -15,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 from clip_filter.auth.keys import SCOPES
 
 if TYPE_CHECKING:
-    from clip_filter.auth.sqlite_store import SqliteKeyStore
+    from clip_filter.auth.keys import KeyStore
 
 Handler = Callable[[argparse.Namespace, Any], int]
 
 
-def _store(settings: Any) -> SqliteKeyStore:
-    from clip_filter.auth.sqlite_store import open_key_store
+def _store(settings: Any) -> KeyStore:
+    from clip_filter.auth import open_key_store
 
-    return open_key_store(settings.data_dir)
+    return open_key_store(settings)
 
 
 def _guard(handler: Handler) -> Handler:

@@ -100,7 +100,12 @@ def validate_new_key(
 
 
 class KeyStore(Protocol):
-    """Where keys live. Implementations: `auth.sqlite_store.SqliteKeyStore` (a file in the data dir)."""
+    """Where keys live. Implementations: `auth.sqlite_store.SqliteKeyStore` (a file in the data dir) and
+    `auth.postgres_store.PostgresKeyStore` (the CLIP_FILTER_DATABASE_URL database, shared by replicas);
+    `auth.open_key_store(settings)` picks one."""
+
+    # Whether a lookup waits on the network (then the HTTP layer runs it in a worker thread, off the event loop).
+    lookup_blocks: bool
 
     def create(self, name: str, scope: Scope, collections: Sequence[str] | None = None) -> tuple[ApiKey, str]:
         """A new key and its secret (the only time the secret exists outside the client)."""

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:  # no torch import at runtime for the web layer's sake
+    from clip_filter.images import DecodeTarget
     from clip_filter.ml.encoder import ModelInfo, TextBatch
 
 
@@ -22,6 +23,11 @@ class Embedder(Protocol):
     def encode_images(self, images: list[Image.Image]) -> np.ndarray: ...
 
     def encode_texts(self, texts: list[str]) -> TextBatch: ...
+
+    # The decode whose preprocessing gives this model exactly its input (a JPEG draft / integer reduction of a
+    # large image, ml/pixels.py): what the matching routes use, so stored and query vectors match theirs.
+    @property
+    def decode_target(self) -> DecodeTarget | None: ...
 
 
 def model_key(info: ModelInfo) -> tuple[str, str, int]:
@@ -42,3 +48,8 @@ class ModelSource(Protocol):
 
     # Safe to call from worker threads; `wait_for_room=False`: refuse (429) rather than wait for a full queue.
     def blocking_embedder(self, wait_for_room: bool = True) -> Embedder: ...
+
+
+def decode_target_of(model: ModelSource) -> DecodeTarget | None:
+    """The loaded model's decode target; None (full size) while no model is loaded."""
+    return model.blocking_embedder().decode_target if model.ready else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from clip_filter.collections.embedder import Embedder, model_key
 from clip_filter.collections.roots import read_regular_file
 from clip_filter.collections.store import CollectionRecord, CollectionStore, JobProgress, NewItem
 from clip_filter.core.errors import ClipFilterError
-from clip_filter.images import ImageLimits, decode_image, sniff_image_mimetype
+from clip_filter.images import DecodeTarget, ImageLimits, decode_image_sized, sniff_image_mimetype
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,10 @@ class _Prepared:
     metadata: dict[str, Any]
     data: bytes | None = None
     text: str | None = None
-    image: Image.Image | None = None
+    image: Image.Image | None = None  # decoded for the model: reduced when large (the model's DecodeTarget)
     original: str | None = None  # stored original's path, once written
+    width: int | None = None  # the original's upright size (the decoded image may be smaller)
+    height: int | None = None
 
 
 @dataclass
@@ -178,8 +181,11 @@ def check_text(text: str) -> str:
     return text
 
 
-def prepare(index: int, source: Source, limits: IngestLimits) -> _Prepared:
-    """Read, hash and decode one source (raises ClipFilterError for a bad one)."""
+def prepare(index: int, source: Source, limits: IngestLimits, target: DecodeTarget | None = None) -> _Prepared:
+    """Read, hash and decode one source (raises ClipFilterError for a bad one).
+
+    `target`: the model's DecodeTarget: a large image is decoded no larger than the model needs (JPEG draft,
+    integer reduction), which gives the pixels the matching routes compute for the same bytes."""
     if source.text is not None:
         if len(source.text) > limits.max_stored_text_bytes:  # at least that many bytes: no need to encode
             raise text_too_long(len(source.text), limits.max_stored_text_bytes)
@@ -212,7 +218,7 @@ def prepare(index: int, source: Source, limits: IngestLimits) -> _Prepared:
             source.metadata,
             text=text,
         )
-    image = decode_image(data, limits.image)  # raises the precise error for non-images too
+    image, (width, height) = decode_image_sized(data, limits.image, target)  # the precise error for non-images too
     return _Prepared(
         index,
         "image",
@@ -223,6 +229,8 @@ def prepare(index: int, source: Source, limits: IngestLimits) -> _Prepared:
         source.metadata,
         data=data,
         image=image,
+        width=width,
+        height=height,
     )
 
 
@@ -231,9 +239,17 @@ def failure_entry(filename: str | None, error: ClipFilterError) -> dict[str, Any
 
 
 class Ingestor:
-    def __init__(self, store: CollectionStore, limits: IngestLimits) -> None:
+    def __init__(
+        self,
+        store: CollectionStore,
+        limits: IngestLimits,
+        decode_target: Callable[[], DecodeTarget | None] = lambda: None,
+    ) -> None:
         self.store = store
         self.limits = limits
+        # The loaded model's DecodeTarget (collections/embedder.decode_target_of), asked once per batch: the
+        # preparation of a batch runs before the model is asked for anything else.
+        self.decode_target = decode_target
 
     def ingest(
         self,
@@ -251,6 +267,7 @@ class Ingestor:
         Needs no model, so bulk jobs run it for the next batch while the model embeds this one.
         """
         batch = PreparedBatch(collection, len(sources), [None] * len(sources), [])
+        target = self.decode_target()
         # Hash first: content already in the collection is never decoded or embedded again (resumable ingest).
         for index, source in enumerate(sources):
             try:
@@ -258,7 +275,7 @@ class Ingestor:
                     raise source.error
                 if source.text is None and source.data is None and source.path is not None:
                     source.data = _read(source, self.limits)
-                prepared_item = self._prepare_after_dedup(index, source, collection)
+                prepared_item = self._prepare_after_dedup(index, source, collection, target)
             except ClipFilterError as error:
                 batch.outcomes[index] = Outcome(index, source.filename, "error", error=error)
                 continue
@@ -304,16 +321,16 @@ class Ingestor:
                     duplicates=sum(1 for o in outcomes if o is not None and o.status == "duplicate"),
                     failures=[failure_entry(o.filename, o.error) for o in errors if o.error is not None],
                 )
-            # Nothing to write and no job to count for: no transaction (and no fsync) at all.
-            results = (
-                self.store.add_items(batch.collection.id, new_items, model, progress) if new_items or progress else []
-            )
         except BaseException:
             self.discard(batch)
             raise
         finally:
             for item in batch.prepared:
                 item.image = None  # free decoded pixels promptly in long jobs
+        # From here the store owns the originals: it removes them only if its transaction did not commit (a
+        # failure after the COMMIT must not delete what committed rows reference: finding M9).
+        # Nothing to write and no job to count for: no transaction (and no fsync) at all.
+        results = self.store.add_items(batch.collection.id, new_items, model, progress) if new_items or progress else []
         for item, (status, item_id) in zip(batch.prepared, results, strict=False):
             outcomes[item.index] = Outcome(item.index, item.filename, status, item_id)
         return [outcome for outcome in outcomes if outcome is not None]
@@ -324,13 +341,15 @@ class Ingestor:
         for item in batch.prepared:
             item.original = None
 
-    def _prepare_after_dedup(self, index: int, source: Source, collection: CollectionRecord) -> _Prepared | Outcome:
+    def _prepare_after_dedup(
+        self, index: int, source: Source, collection: CollectionRecord, target: DecodeTarget | None
+    ) -> _Prepared | Outcome:
         if source.data is not None and sniff_image_mimetype(source.data) is not None:
             digest = sha256_hex(source.data)
             known = self.store.known_hashes(collection.id, [digest])
             if digest in known:
                 return Outcome(index, source.filename, "duplicate", known[digest])
-        prepared_item = prepare(index, source, self.limits)
+        prepared_item = prepare(index, source, self.limits, target)
         known = self.store.known_hashes(collection.id, [prepared_item.sha256])
         if prepared_item.sha256 in known:
             return Outcome(index, source.filename, "duplicate", known[prepared_item.sha256])
@@ -366,8 +385,8 @@ class Ingestor:
                 truncated=truncated[p.index],
                 text=p.text,
                 original_path=p.original,
-                width=p.image.size[0] if p.image is not None else None,
-                height=p.image.size[1] if p.image is not None else None,
+                width=p.width,
+                height=p.height,
             )
             for p in prepared
         ]

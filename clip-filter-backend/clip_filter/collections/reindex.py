@@ -21,6 +21,7 @@ def embed_items(
     out: dict[int, tuple[np.ndarray, bool]] = {}
     images, pixels = [], []
     texts = [item for item in items if item.kind == "text"]
+    target = embedder.decode_target  # decoded as ingest and the matching routes decode: the same pixels
     for item in items:
         if item.kind != "image":
             continue
@@ -41,7 +42,7 @@ def embed_items(
             max(limits.max_bytes, len(data)), max(limits.max_pixels, (item.width or 0) * (item.height or 0))
         )
         try:
-            pixels.append(decode_image(data, accepted))
+            pixels.append(decode_image(data, accepted, target))
         except ClipFilterError as exc:
             raise ClipFilterError(
                 "original_unreadable",

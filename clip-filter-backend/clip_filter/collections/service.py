@@ -21,7 +21,7 @@ import numpy as np
 from clip_filter.collections import reindex as reindexing
 from clip_filter.collections import transfer
 from clip_filter.collections.backends import open_store
-from clip_filter.collections.embedder import Embedder, ModelSource, model_key
+from clip_filter.collections.embedder import Embedder, ModelSource, decode_target_of, model_key
 from clip_filter.collections.indexes import IndexCache
 from clip_filter.collections.ingest import IngestLimits, Ingestor, Outcome, Source
 from clip_filter.collections.jobs import Upload, create_path_job, create_upload_job
@@ -51,7 +51,7 @@ from clip_filter.collections.validation import validate_filters, validate_name
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.core.validation import check_text
 from clip_filter.image_base64 import decode_base64_image
-from clip_filter.images import ImageLimits, decode_image, make_thumbnail, sniff_image_mimetype
+from clip_filter.images import DecodeTarget, ImageLimits, decode_image, make_thumbnail, sniff_image_mimetype
 
 if TYPE_CHECKING:
     from clip_filter.core.config import Settings
@@ -73,7 +73,8 @@ class Collections:
         # SQLite in the data dir, or PostgreSQL when CLIP_FILTER_DATABASE_URL is set.
         self.store: CollectionStore = store if store is not None else open_store(settings)
         self.limits = IngestLimits.from_settings(settings)
-        self.ingestor = Ingestor(self.store, self.limits)
+        # Images are decoded no larger than the model needs, as on the matching routes (the same pixels).
+        self.ingestor = Ingestor(self.store, self.limits, lambda: decode_target_of(self.model))
         self.maps = MapCache(settings.map_cache_size)
         self.store.add_listener(self.maps.apply)
         self.indexes = IndexCache(self.store, settings.ann_min_items, self.maps.drop)
@@ -241,7 +242,10 @@ class Collections:
         limits = ImageLimits(
             max_bytes=max(self.settings.max_image_bytes, item.size), max_pixels=self.settings.max_image_pixels
         )
-        data = make_thumbnail(decode_image(self.read_content(item), limits), size)
+        # Decoded at reduced size too (JPEG draft, integer reduction) down to twice the thumbnail, which
+        # LANCZOS then scales: never the full-size image for a small JPEG preview.
+        target = DecodeTarget(2 * size, 2 * size)
+        data = make_thumbnail(decode_image(self.read_content(item), limits, target), size)
         try:
             write_file_atomic(path, data, sync_dir=False)  # a cache: losing it costs a re-render, no fsync
         except OSError:
@@ -270,11 +274,11 @@ class Collections:
             batch = embedder.encode_texts([text])
             vector, truncated = batch.embeddings[0], bool(batch.truncated[0])
         elif query.image is not None and query.image != "":
-            limits = self.limits.image
+            limits, target = self.limits.image, embedder.decode_target  # the pixels the matching routes use
             image = (
-                decode_base64_image(query.image, limits)
+                decode_base64_image(query.image, limits, target)
                 if isinstance(query.image, str)
-                else decode_image(query.image, limits)
+                else decode_image(query.image, limits, target)
             )
             vector = embedder.encode_images([image])[0]
         else:

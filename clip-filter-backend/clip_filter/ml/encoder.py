@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from clip_filter.images import DecodeTarget
+from clip_filter.ml.pixels import PixelPlan
 from clip_filter.ml.preprocess import ImagePreprocessor
 from clip_filter.ml.text import BpeCache, TextEmbeddingCache, bound_memo, encode_text_trimmed, tokenize
 
@@ -74,6 +76,10 @@ class TextLookup:
 
 
 class ClipEncoder:
+    # (JPEG draft, integer reduction) for decodes meant for this model: CLIP_FILTER_JPEG_DRAFT and
+    # CLIP_FILTER_REDUCE_LARGE_IMAGES, set by ml/factory.load_encoder.
+    reduced_decoding: tuple[bool, bool] = (True, True)
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -98,6 +104,17 @@ class ClipEncoder:
         self.dtype = first_param.dtype
 
     # ---- images ------------------------------------------------------------------------------
+    def pixel_plan(self) -> PixelPlan | None:
+        """The model's decode + resize + crop as data (None: a transform the plan cannot express)."""
+        return self.preprocessor.plan(*self.reduced_decoding)
+
+    @property
+    def decode_target(self) -> DecodeTarget | None:
+        """The smallest decode whose preprocessing gives exactly the model input the matching routes compute
+        for the same bytes (ml/pixels.py); None: decode at full size."""
+        plan = self.pixel_plan()
+        return plan.target if plan is not None else None
+
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """Resize and crop one RGB image into a CPU tensor for encode_pixels (thread-safe).
 

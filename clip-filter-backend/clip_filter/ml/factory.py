@@ -168,7 +168,9 @@ def load_encoder(settings: Settings) -> ClipEncoder:
                 "Set CLIP_FILTER_ALLOW_TEST_ENCODER=1 to use it for a benchmark, or choose real weights.",
             )
         log.warning("CLIP_PRETRAINED=%s: a test-only encoder returning fixed vectors", INSTANT_TAG)
-        return InstantEncoder(settings)
+        instant = InstantEncoder(settings)
+        instant.reduced_decoding = (settings.jpeg_draft, settings.reduce_large_images)
+        return instant
     source = resolve_weights_source(settings)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.precision, device)
@@ -207,7 +209,7 @@ def load_encoder(settings: Settings) -> ClipEncoder:
         context_length=context_length,
     )
     log.info("model ready: %s", info)
-    return ClipEncoder(
+    encoder = ClipEncoder(
         model=model,
         preprocess=preprocess,
         tokenizer=tokenizer,
@@ -216,3 +218,5 @@ def load_encoder(settings: Settings) -> ClipEncoder:
         text_cache=TextEmbeddingCache(settings.text_cache_size),
         tokenizer_cache_size=settings.tokenizer_cache_size,
     )
+    encoder.reduced_decoding = (settings.jpeg_draft, settings.reduce_large_images)
+    return encoder

@@ -21,6 +21,7 @@ from PIL import Image
 from clip_filter.core.config import Settings
 from clip_filter.core.errors import ModelUnavailableError
 from clip_filter.core.memory import release_free_memory
+from clip_filter.images import DecodeTarget
 from clip_filter.ml.batcher import DynamicBatcher
 from clip_filter.ml.decode_pool import DecodePipeline, Prepared
 from clip_filter.ml.encoder import ClipEncoder, ModelInfo, TextBatch
@@ -142,9 +143,7 @@ class ModelService:
     # ---- model work (async, for the web layer) ---------------------------------------------------
     async def decode_images(self, items: list[bytes | str]) -> list[Prepared]:
         """Request images (bytes or base64) -> model pixels per slot, or an error in place (ml/decode_pool.py)."""
-        plan = None
-        if self.encoder is not None:
-            plan = self.encoder.preprocessor.plan(self.settings.jpeg_draft, self.settings.reduce_large_images)
+        plan = self.encoder.pixel_plan() if self.encoder is not None else None
         return await self.decoder.prepare(items, plan)
 
     async def embed_images(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
@@ -224,3 +223,8 @@ class BlockingEmbedder:
 
     def encode_texts(self, texts: list[str]) -> TextBatch:
         return self._service.embed_texts_blocking(texts, self._wait)
+
+    @property
+    def decode_target(self) -> DecodeTarget | None:
+        """The decode `decode_images` uses for the matching routes: the same bytes give the same pixels."""
+        return self._service.require_ready().decode_target

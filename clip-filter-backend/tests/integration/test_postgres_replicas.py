@@ -132,3 +132,65 @@ def test_a_streaming_read_replica_serves_searches_and_listings(server_factory, t
             assert search(client, "read", image=b64(png_bytes(2)), top_k=1)["results"][0]["id"] == second["id"]
     finally:
         replica.stop("immediate")
+
+
+def keys_cli(env: dict[str, str], data_dir, *args: str) -> str:
+    """`clip-filter keys ...` as an operator runs it: its own data dir, only the database URL in common."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, **env, "CLIP_FILTER_DATA_DIR": str(data_dir)}
+    done = subprocess.run(
+        [sys.executable, "-m", "clip_filter", "keys", *args], env=full_env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_api_keys_live_in_postgres_and_every_replica_sees_creates_and_revokes_at_once(
+    server_factory, tmp_path, pg_database
+):
+    import json
+    import secrets
+
+    import httpx
+
+    bootstrap = secrets.token_hex(32)
+    env = replica_env(pg_database, CLIP_FILTER_AUTH="keys", CLIP_FILTER_BOOTSTRAP_KEY=bootstrap)
+    shared = tmp_path / "shared"
+    # Both replicas start at the same moment, each registering the same bootstrap key.
+    replicas = [server_factory(env, data_dir=shared, wait=None) for _ in range(2)]
+    for replica in replicas:
+        replica.wait_ready()
+    with psycopg.connect(pg_database) as conn:
+        rows = conn.execute("SELECT id, name, scope FROM api_keys").fetchall()
+    assert [(name, scope) for _, name, scope in rows] == [("bootstrap", "admin")], "bootstrap key stored once"
+    assert not (shared / "keys.sqlite3").exists()  # keys are in the database, not the shared folder
+
+    cli_env = {"CLIP_FILTER_DATABASE_URL": pg_database}
+    secret = keys_cli(cli_env, tmp_path / "operator", "create", "reader", "--scope", "read").strip()
+    listed = json.loads(keys_cli(cli_env, tmp_path / "operator", "list", "--json"))
+    assert sorted(k["name"] for k in listed) == ["bootstrap", "reader"]
+
+    def status(replica, key: str) -> int:
+        with httpx.Client(base_url=replica.base_url, timeout=60) as http:
+            return http.get("/collections", headers={"Authorization": f"Bearer {key}"}).status_code
+
+    for replica in replicas:
+        assert status(replica, bootstrap) == 200
+        assert status(replica, secret) == 200  # made by the CLI, known to both at once
+        assert status(replica, secret + "x") == 401
+    with httpx.Client(base_url=replicas[0].base_url, timeout=60) as http:
+        refused = http.post("/collections", json={"name": "c"}, headers={"X-API-Key": secret})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+
+    keys_cli(cli_env, tmp_path / "operator", "revoke", "reader")
+    for replica in replicas:
+        assert status(replica, secret) == 401  # the next request after the revoke, on every replica
+        assert status(replica, bootstrap) == 200
+    # A replica restarted with the same bootstrap key registers nothing new.
+    replicas[0].stop()
+    server_factory(env, data_dir=shared)
+    with psycopg.connect(pg_database) as conn:
+        assert conn.execute("SELECT count(*) FROM api_keys WHERE name = 'bootstrap'").fetchone()[0] == 1

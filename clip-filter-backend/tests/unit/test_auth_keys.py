@@ -1,9 +1,11 @@
-"""API keys and the access rules, in-process: key store, scopes per route, Host and Origin rules, settings."""
+"""API keys and the access rules, in-process: key store (SQLite and a real PostgreSQL, tests/pg.py), scopes per
+route, Host and Origin rules, settings."""
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,31 +17,81 @@ from clip_filter.api.security import (
     open_access_control,
     required_scope,
 )
+from clip_filter.auth import open_key_store
 from clip_filter.auth.keys import hash_secret, scope_allows
+from clip_filter.auth.postgres_store import PostgresKeyStore
 from clip_filter.auth.sqlite_store import SqliteKeyStore
 from clip_filter.core.config import Settings
 from clip_filter.core.errors import ClipFilterError
 
 
-def test_keys_are_random_shown_once_and_stored_as_sha256_only(tmp_path: Path):
-    store = SqliteKeyStore(tmp_path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def key_settings(request, tmp_path: Path):
+    """Settings factory for the test's key backend: SQLite in the data dir, or a fresh PostgreSQL database."""
+    extra = {"CLIP_FILTER_DATABASE_URL": request.getfixturevalue("pg_database")} if request.param == "postgres" else {}
+
+    def make(**values) -> Settings:
+        return Settings(CLIP_FILTER_DATA_DIR=tmp_path, **extra, **values)
+
+    return make
+
+
+@pytest.fixture
+def key_store(key_settings):
+    store = open_key_store(key_settings())
+    yield store
+    store.close()
+
+
+def stored_hashes(store) -> list[str]:
+    """The secret column as the database holds it (read around the store)."""
+    if isinstance(store, SqliteKeyStore):
+        rows = sqlite3.connect(store.path).execute("SELECT secret_sha256 FROM api_keys").fetchall()
+    else:
+        assert isinstance(store, PostgresKeyStore)
+        with store._pool.connection() as conn:
+            rows = conn.execute("SELECT secret_sha256 FROM api_keys").fetchall()
+    return sorted(row[0] for row in rows)
+
+
+def test_the_database_url_selects_the_postgres_key_store(key_settings, key_store):
+    expected = PostgresKeyStore if key_settings().database_url else SqliteKeyStore
+    assert type(key_store) is expected and key_store.lookup_blocks is (expected is PostgresKeyStore)
+
+
+def test_keys_are_random_shown_once_and_stored_as_sha256_only(key_store):
+    store = key_store
     key, secret = store.create("ci", "write", ["a", "b", "a"])
     other, other_secret = store.create("ci", "read")
     assert secret != other_secret and secret.startswith("cfk_") and len(secret) == 4 + 43
     assert key.collections == ("a", "b") and other.collections is None and key.id != other.id
     assert store.lookup(secret) == key and store.lookup(other_secret) == other and store.lookup(secret + "x") is None
-    rows = sqlite3.connect(tmp_path / "keys.sqlite3").execute("SELECT secret_sha256 FROM api_keys").fetchall()
-    assert sorted(r[0] for r in rows) == sorted(hashlib.sha256(s.encode()).hexdigest() for s in (secret, other_secret))
+    assert stored_hashes(store) == sorted(hashlib.sha256(s.encode()).hexdigest() for s in (secret, other_secret))
     assert hash_secret(secret) == hashlib.sha256(secret.encode()).hexdigest()
     assert store.count_active() == 2
     revoked = store.revoke("ci")  # by name: every active key with it
-    assert {k.id for k in revoked} == {key.id, other.id}
+    assert [k.id for k in revoked] == [key.id, other.id] and all(k.revoked_at for k in revoked)
     assert store.lookup(secret) is None and store.count_active() == 0
     assert [k.id for k in store.list(include_revoked=True)] == [key.id, other.id] and store.list() == []
     with pytest.raises(ClipFilterError) as err:
         store.revoke("ci")
     assert err.value.code == "key_not_found"
-    store.close()
+    with pytest.raises(ClipFilterError) as err:
+        store.revoke("no\x00such")
+    assert err.value.code == "key_not_found"
+
+
+def test_a_key_made_by_one_store_works_in_another_on_the_same_database_and_revokes_at_once(key_settings):
+    """Two processes (the CLI and a server, or two replicas) on one key database: no cache between them."""
+    first, second = open_key_store(key_settings()), open_key_store(key_settings())
+    try:
+        key, secret = first.create("shared", "read", ["photos"])
+        assert second.lookup(secret) == key and [k.id for k in second.list()] == [key.id]
+        assert [k.id for k in second.revoke(key.id)] == [key.id]
+        assert first.lookup(secret) is None and first.count_active() == 0
+    finally:
+        first.close()
+        second.close()
 
 
 @pytest.mark.parametrize(
@@ -47,21 +99,21 @@ def test_keys_are_random_shown_once_and_stored_as_sha256_only(tmp_path: Path):
     [
         ("bad name", "read", None, "invalid_key_name"),
         ("", "read", None, "invalid_key_name"),
+        ("nul\x00", "read", None, "invalid_key_name"),
         ("ok", "root", None, "invalid_scope"),
         ("ok", "read", ["c\n"], "invalid_name"),
         ("ok", "read", [".."], "invalid_name"),
     ],
 )
-def test_bad_new_keys_are_refused(tmp_path: Path, name, scope, collections, code):
-    store = SqliteKeyStore(tmp_path)
+def test_bad_new_keys_are_refused(key_store, name, scope, collections, code):
     with pytest.raises(ClipFilterError) as err:
-        store.create(name, scope, collections)
-    assert err.value.code == code and store.count_active() == 0
+        key_store.create(name, scope, collections)
+    assert err.value.code == code and key_store.count_active() == 0
 
 
-def test_bootstrap_key_registration_is_idempotent_and_respects_revocation(tmp_path: Path):
+def test_bootstrap_key_registration_is_idempotent_and_respects_revocation(key_settings):
     secret = "b" * 40
-    settings = Settings(CLIP_FILTER_DATA_DIR=tmp_path, CLIP_FILTER_AUTH="keys", CLIP_FILTER_BOOTSTRAP_KEY=secret)
+    settings = key_settings(CLIP_FILTER_AUTH="keys", CLIP_FILTER_BOOTSTRAP_KEY=secret)
     first = open_access_control(settings)
     key = first.authenticate(secret)
     assert key is not None and key.scope == "admin" and key.name == "bootstrap"
@@ -72,6 +124,39 @@ def test_bootstrap_key_registration_is_idempotent_and_respects_revocation(tmp_pa
     again.close()
     with pytest.raises(StartupRefused):  # revoked stays revoked, and then no key is left
         open_access_control(settings)
+
+
+def test_bootstrap_key_registered_at_once_by_many_processes_is_stored_once(key_settings):
+    """Replicas starting together with the same bootstrap secret: one row (the unique hash + ON CONFLICT)."""
+    secret = "c" * 40
+    stores = [open_key_store(key_settings()) for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+    keys, errors = [], []
+
+    def register(store) -> None:
+        barrier.wait()
+        try:
+            keys.append(store.register(secret, "bootstrap", "admin"))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=register, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == [] and len(keys) == len(stores) and len({key.id for key in keys}) == 1
+        assert stored_hashes(stores[0]) == [hash_secret(secret)] and stores[0].count_active() == 1
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_postgres_key_store_on_an_unreachable_database_is_a_503(tmp_path: Path):
+    with pytest.raises(ClipFilterError) as err:
+        PostgresKeyStore("postgresql://nobody@127.0.0.1:1/none", pool_size=1)
+    assert (err.value.code, err.value.status) == ("database_unavailable", 503)
 
 
 def test_startup_refusals(tmp_path: Path):

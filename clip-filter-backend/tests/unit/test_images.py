@@ -683,3 +683,25 @@ def test_base64_fast_and_tolerant_paths_give_the_same_bytes():
     ):
         assert decode_base64_image(text, LIMITS).tobytes() == expected
     assert base64_image_bytes(plain, LIMITS) == data
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_the_original_upright_size_is_known_from_a_reduced_decode_and_from_the_header(fmt, orientation):
+    """What collections record (width, height) and immich reports: the full-size upright image's, while the
+    pixels come from a reduced decode."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.new("RGB", (1800, 1200), (40, 120, 200)).save(buffer, fmt, exif=exif.tobytes())
+    data = buffer.getvalue()
+    limits = images.ImageLimits(max_bytes=1 << 26, max_pixels=10**8)
+    full = images.decode_image(data, limits)
+    upright = (1200, 1800) if orientation in (6, 8) else (1800, 1200)
+    assert full.size == upright
+    target = images.DecodeTarget(256, 256)
+    reduced, size = images.decode_image_sized(data, limits, target)
+    assert size == upright and max(reduced.size) < 1800 and min(reduced.size) >= 256
+    assert (reduced.size[0] > reduced.size[1]) == (upright[0] > upright[1])  # turned like the full decode
+    assert images.decode_image_sized(data, limits)[1] == upright
+    assert images.probe_image(data, limits, target).upright_size == upright

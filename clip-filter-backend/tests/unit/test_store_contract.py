@@ -188,6 +188,96 @@ def test_a_failed_transaction_leaves_no_half_item_and_no_file(store):
     assert store.add_items(c.id, [text_item("ok", np.eye(DIM)[2])], MODEL)[0][0] == "added"  # still usable
 
 
+class AfterCommit(BaseException):
+    """Raised by a change listener, after the COMMIT: not an Exception, so it leaves add_items (as an interrupt)."""
+
+
+def image_item(sha: str, original_path: str) -> NewItem:
+    return NewItem("image", "x.png", "image/png", 9, sha, {}, unit(np.eye(DIM)[0]), original_path=original_path)
+
+
+def test_a_failure_after_the_commit_keeps_the_committed_originals(store):
+    """M9 on both stores: a listener failing after the COMMIT (the store's real hook point) leaves the rows and
+    their originals; an Exception there is logged and the write answers normally, anything else propagates."""
+    c = store.create_collection("c", None, MODEL)
+    first = store.files.write_original(c.id, "a1" * 32, ".png", b"\x89PNG first")
+    second = store.files.write_original(c.id, "a2" * 32, ".png", b"\x89PNG second")
+    failure: list[BaseException] = [MemoryError("simulated, after the commit")]
+
+    def failing(change) -> None:
+        raise failure[0]
+
+    store.add_listener(failing)
+    [(status, _)] = store.add_items(c.id, [image_item("a1" * 32, first)], MODEL)
+    assert status == "added" and (store.data_dir / first).exists()
+    failure[0] = AfterCommit()
+    with pytest.raises(AfterCommit):
+        store.add_items(c.id, [image_item("a2" * 32, second)], MODEL)
+    collection = store.get_collection("c")
+    assert collection.item_count == 2
+    items = {item.sha256: item for batch in store.iter_items(c.id) for item in batch}
+    for sha, data in (("a1" * 32, b"\x89PNG first"), ("a2" * 32, b"\x89PNG second")):
+        original = store.original_file(items[sha])
+        assert original is not None and original.read_bytes() == data
+    # The writer is not left inside a transaction, and a failure *before* the commit still removes its file.
+    failure[0] = MemoryError()
+    third = store.files.write_original(c.id, "a3" * 32, ".png", b"\x89PNG third")
+    bad = image_item("a3" * 32, third)
+    bad.kind = "video"  # the CHECK constraint: the transaction never commits
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.IntegrityError)):
+        store.add_items(c.id, [bad], MODEL)
+    assert not (store.data_dir / third).exists() and store.get_collection("c").item_count == 2
+
+
+def test_ingest_after_a_post_commit_failure_keeps_the_committed_originals(store, tmp_path):
+    """The same through the ingest path (upload, folder job): it must not discard what the store committed."""
+    from clip_filter.collections.ingest import IngestLimits, Ingestor, Source
+    from clip_filter.core.config import Settings
+    from clip_filter.images import ImageLimits
+    from clip_filter.ml.factory import load_encoder
+
+    encoder = load_encoder(Settings(CLIP_MODEL="clip-filter-tiny", CLIP_PRETRAINED="random", CLIP_DEVICE="cpu"))
+    c = store.create_collection("c", None, (encoder.info.model, encoder.info.pretrained, encoder.info.dim))
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buffer, "PNG")
+    data = buffer.getvalue()
+
+    def failing(change) -> None:
+        raise AfterCommit()
+
+    store.add_listener(failing)
+    ingestor = Ingestor(store, IngestLimits(ImageLimits(max_bytes=1 << 20, max_pixels=10**7), 10_000))
+    with pytest.raises(AfterCommit):
+        ingestor.ingest(store.get_collection("c"), [Source(filename="red.png", data=data)], encoder)
+    [[item]] = list(store.iter_items(c.id))
+    original = store.original_file(item)
+    assert original is not None and original.read_bytes() == data
+
+
+def test_postgres_a_commit_the_server_refuses_removes_the_originals_and_writes_go_on(make_pg_store, pg_database):
+    """A COMMIT that fails (a deferred constraint trigger, checked by PostgreSQL at COMMIT time) rolled back: the
+    originals go, and the store keeps working."""
+    store = make_pg_store()
+    c = store.create_collection("c", None, MODEL)
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.filename = 'refused.png' THEN RAISE EXCEPTION 'refused at commit'; END IF; RETURN NULL; END $$"
+        )
+        conn.execute(
+            "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON items DEFERRABLE INITIALLY DEFERRED "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_at_commit()"
+        )
+    path = store.files.write_original(c.id, "b1" * 32, ".png", b"\x89PNG refused")
+    item = image_item("b1" * 32, path)
+    item.filename = "refused.png"
+    with pytest.raises(psycopg.errors.RaiseException):
+        store.add_items(c.id, [item], MODEL)
+    assert store._commits.outcome == "none" and not (store.data_dir / path).exists()
+    assert store.get_collection("c").item_count == 0
+    assert store.add_items(c.id, [text_item("after", np.eye(DIM)[1])], MODEL)[0][0] == "added"
+
+
 def test_metadata_round_trips_and_updates_bump_the_version(store):
     c = store.create_collection("c", None, MODEL)
     metadata = {"year": 2023, "tags": ["a", "b"], "nested": {"x": 1.5, "ok": True}, "none": None, "é": "ü"}

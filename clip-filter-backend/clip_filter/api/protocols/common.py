@@ -3,7 +3,6 @@ shape, the served model's names, and decoding through the service's own image de
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Callable, Coroutine, Sequence
@@ -16,13 +15,9 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clip_filter.core.config import Settings
 from clip_filter.core.errors import ClipFilterError, OverloadedError
-from clip_filter.image_base64 import decode_base64_image
-from clip_filter.images import decode_image
 from clip_filter.ml.encoder import ModelInfo
 from clip_filter.ml.service import FAILED, ModelService
 
@@ -122,26 +117,6 @@ def names_served_model(name: str, info: ModelInfo) -> bool:
 
 # ---- inputs, through the service's own decoder and encoders -----------------------------------------
 URL_PATTERN = re.compile(r"^[a-z][a-z0-9+.\-]*://", re.IGNORECASE)
-
-
-async def decode_all(items: Sequence[str | bytes], settings: Settings, field_name: str) -> list[Image.Image]:
-    """Decode every image (base64/data URI strings or raw bytes) at full size; the first bad one fails the request.
-
-    For immich, which wants the original's size in the answer; the other adapters use prepare_all."""
-    limits = settings.image_limits()
-    _refuse_urls(items, field_name)
-
-    async def one(index: int, item: str | bytes) -> Image.Image:
-        try:
-            if isinstance(item, str):
-                return await run_in_threadpool(decode_base64_image, item, limits)
-            return await run_in_threadpool(decode_image, item, limits)
-        except ClipFilterError as exc:
-            exc.message = f"`{field_name}[{index}]`: {exc.message}"
-            exc.details.setdefault("param", f"{field_name}[{index}]")
-            raise
-
-    return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
 
 
 def _refuse_urls(items: Sequence[str | bytes], field_name: str) -> None:

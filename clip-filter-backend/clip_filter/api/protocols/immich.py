@@ -14,20 +14,22 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from clip_filter.api.deps import ModelDep, SettingsDep
 from clip_filter.api.inputs import read_form
 from clip_filter.api.protocols.common import (
     Failure,
-    decode_all,
     model_id,
     names_served_model,
+    prepare_all,
     protocol_route,
 )
 from clip_filter.api.schemas.common import request_body
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.core.validation import check_text
+from clip_filter.images import probe_image
 
 
 def render_immich_error(failure: Failure) -> JSONResponse:
@@ -143,9 +145,13 @@ async def predict(request: Request, service: ModelDep, settings: SettingsDep) ->
     if kind == "visual":
         if not isinstance(image, UploadFile):
             raise _bad("A visual request needs the `image` file part.")
-        decoded = (await decode_all([await image.read()], settings, "image"))[0]
-        vector = (await service.embed_images([decoded]))[0]
-        return ClipResponse(clip=json.dumps(vector.tolist()), imageHeight=decoded.height, imageWidth=decoded.width)
+        data = await image.read()
+        # Through the service's bounded decoder (pixel budget, admission, reduced-size decode: the pixels of the
+        # native routes); the original's size, which immich records, comes from the header.
+        pixels = await prepare_all(service, [data], "image")
+        width, height = (await run_in_threadpool(probe_image, data, settings.image_limits())).upright_size
+        vector = (await service.embed_images(pixels))[0]
+        return ClipResponse(clip=json.dumps(vector.tolist()), imageHeight=height, imageWidth=width)
     if not isinstance(text, str):
         raise _bad("A textual request needs the `text` field.")
     vector = (await service.embed_texts([check_text(text, "text", settings.max_text_chars)])).embeddings[0]

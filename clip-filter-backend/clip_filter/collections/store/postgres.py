@@ -18,9 +18,10 @@ Durability rules
   before the method returns, so an acknowledged write survives a crash of the replica or the server.
 - Originals are written to the shared data folder (temp file, fsync, rename, fsync of the folder) by
   `files.write_original` before the transaction that references them; names carry a random token, so no two
-  rows share a file. Garbage collection removes only files older than a grace period and re-checks
-  the rows just before unlinking, so a replica never deletes a file another replica's transaction is
-  about to reference (or has just referenced).
+  rows share a file. They are removed again only when that transaction certainly did not commit
+  (commits.py: never after a COMMIT, nor when the COMMIT's outcome is unknown). Garbage collection
+  removes only files older than a grace period and re-checks the rows just before unlinking, so a replica
+  never deletes a file another replica's transaction is about to reference (or has just referenced).
 - Job progress commits in the same transaction as the items it counts (as in SQLite).
 
 Concurrency: a connection pool (psycopg_pool) for reads; writes of this process go through one lock,
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from clip_filter.collections.errors import item_not_found
+from clip_filter.collections.store.commits import CommitState, announce, originals_until_commit
 from clip_filter.collections.store.files import DataFiles
 from clip_filter.collections.store.postgres_collections import COLLECTION_COLUMNS, PostgresCollectionsMixin
 from clip_filter.collections.store.postgres_common import _array, _iso, _no_nul, database_unavailable, job_lease_lost
@@ -117,6 +119,7 @@ class PostgresCollectionStore(PostgresCollectionsMixin, PostgresSearchMixin, Pos
         self.job_lease_s = float(job_lease_s)
         self._claimed: dict[str, str] = {}  # job id -> lease owner, for the jobs this process works on
         self._write_lock = threading.RLock()
+        self._commits = CommitState()  # per thread: whether its last write transaction committed
         self._listeners: list[Callable[[Change], None]] = []
         self._queued: list[Change] = []
         self._closed = False
@@ -189,19 +192,31 @@ class PostgresCollectionStore(PostgresCollectionsMixin, PostgresSearchMixin, Pos
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
+        """One write transaction under this process's write lock, committed when the block ends.
+
+        `self._commits` records whether the COMMIT went through (commits.py): a COMMIT the server answered
+        with an error (a deferred constraint, a serialization failure) was rolled back; one whose connection
+        dropped has an unknown outcome, so the caller keeps its originals (gc removes them if unreferenced).
+        psycopg ends the transaction either way, and the pool discards a broken connection, so no later write
+        finds this one still open. Listener errors after a COMMIT are logged, never raised.
+        """
+        self._commits.begin()
         with self._write_lock, self._connection(self._pool) as conn:
             self._queued = []
+            body_done = False
             try:
                 with conn.transaction():
                     yield conn
-            except BaseException:
+                    body_done = True  # from here on, leaving the block is the COMMIT
+            except BaseException as exc:
                 self._queued = []
+                if body_done:
+                    self._commits.commit_failed(known_rolled_back=getattr(exc, "sqlstate", None) is not None)
                 raise
+            self._commits.committed()
             changes, self._queued = self._queued, []
             # Still under the write lock: listeners see changes exactly in commit order.
-            for change in changes:
-                for listener in self._listeners:
-                    listener(change)
+            announce(changes, self._listeners)
 
     def add_listener(self, listener: Callable[[Change], None]) -> None:
         """Called after each commit of this process that bumps a collection's version, under the write lock."""
@@ -270,13 +285,14 @@ class PostgresCollectionStore(PostgresCollectionsMixin, PostgresSearchMixin, Pos
         """Insert items in one transaction: [("added" | "duplicate", item id)] in input order (as SQLite)."""
         from psycopg.types.json import Jsonb
 
-        for item in items:
-            _no_nul(item.metadata, "invalid_metadata", "metadata")
-            _no_nul(item.filename, "invalid_request", "filename")
-            _no_nul(item.text, "invalid_text", "text")
         results: list[tuple[str, int]] = []
         now = utc_now()
-        try:
+        # Committed rows keep their originals, whatever fails afterwards; otherwise they go (commits.py).
+        with originals_until_commit(self.files, [item.original_path for item in items], self._commits):
+            for item in items:
+                _no_nul(item.metadata, "invalid_metadata", "metadata")
+                _no_nul(item.filename, "invalid_request", "filename")
+                _no_nul(item.text, "invalid_text", "text")
             with self._transaction() as conn:
                 row = self._lock_collection(conn, collection_id)
                 if row is None:
@@ -342,9 +358,6 @@ class PostgresCollectionStore(PostgresCollectionsMixin, PostgresSearchMixin, Pos
                     progress.added += added
                     progress.duplicates += sum(1 for status, _ in results if status == "duplicate")
                     self._add_progress(conn, progress, now)
-        except BaseException:
-            self.files.remove_files([item.original_path for item in items])
-            raise
         self.files.remove_files(
             [item.original_path for item, (status, _) in zip(items, results, strict=False) if status == "duplicate"]
         )

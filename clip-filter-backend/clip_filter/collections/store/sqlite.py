@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from clip_filter.collections.errors import collection_not_found, item_not_found
+from clip_filter.collections.store.commits import CommitState, announce, originals_until_commit
 from clip_filter.collections.store.files import DataFiles
 from clip_filter.collections.store.gc import collect_garbage
 from clip_filter.collections.store.records import (
@@ -64,7 +65,7 @@ class SqliteCollectionStore(SqliteJobsMixin):
         self.data_dir = self.files.data_dir
         self.db_path = self.data_dir / "collections.sqlite3"
         self._pool = _ReaderPool(self._connect, readers)
-        self._local = threading.local()  # `committed`: whether this thread's last transaction committed
+        self._commits = CommitState()  # per thread: whether its last write transaction committed
         self._write_lock = threading.RLock()
         self._listeners: list[Callable[[Change], None]] = []
         self._queued: list[Change] = []  # changes of the open transaction, announced after its COMMIT
@@ -120,11 +121,11 @@ class SqliteCollectionStore(SqliteJobsMixin):
         """One write transaction under the write lock (BEGIN IMMEDIATE also locks out other processes).
 
         A failed COMMIT (disk full, a deferred constraint) is rolled back, so the writer never stays inside
-        a transaction that makes every later write fail; `self._local.committed` tells callers whether the
-        COMMIT itself went through, which is what decides if their originals may be removed. Listener errors
-        after a COMMIT are logged, never raised: the data is committed and the caller must not undo anything.
+        a transaction that makes every later write fail; `self._commits` tells callers whether the COMMIT
+        itself went through, which is what decides if their originals may be removed (commits.py). Listener
+        errors after a COMMIT are logged, never raised: the data is committed and the caller must not undo anything.
         """
-        self._local.committed = False
+        self._commits.begin()
         with self._write_lock:
             self._check_open()
             conn = self._writer
@@ -141,16 +142,12 @@ class SqliteCollectionStore(SqliteJobsMixin):
             except BaseException:
                 _rollback(conn)
                 self._queued = []
+                self._commits.commit_failed(known_rolled_back=True)  # a local file: a failed COMMIT did not happen
                 raise
-            self._local.committed = True
+            self._commits.committed()
             changes, self._queued = self._queued, []
             # Still under the write lock: listeners see changes exactly in commit order.
-            for change in changes:
-                for listener in self._listeners:
-                    try:
-                        listener(change)
-                    except Exception:  # noqa: BLE001 - the commit stands; a listener drops its cache itself
-                        log.exception("a change listener failed after a commit")
+            announce(changes, self._listeners)
 
     def add_listener(self, listener: Callable[[Change], None]) -> None:
         """Called after each commit that bumps a collection's version, under the write lock."""
@@ -293,7 +290,9 @@ class SqliteCollectionStore(SqliteJobsMixin):
         """
         results: list[tuple[str, int]] = []
         now = utc_now()
-        try:
+        # Committed rows keep their originals, whatever fails afterwards; otherwise they go (commits.py).
+        # The guard wraps the transaction: it acts on how the transaction ended (its COMMIT).
+        with originals_until_commit(self.files, [item.original_path for item in items], self._commits):  # noqa: SIM117
             with self._transaction() as conn:
                 row = conn.execute("SELECT * FROM collections WHERE id = ?", (collection_id,)).fetchone()
                 if row is None:
@@ -368,12 +367,6 @@ class SqliteCollectionStore(SqliteJobsMixin):
                     progress.added += added
                     progress.duplicates += sum(1 for status, _ in results if status == "duplicate")
                     self._add_progress(conn, progress, now)
-        except BaseException:
-            # Only when the COMMIT itself did not happen: committed rows keep their originals, whatever
-            # failed afterwards.
-            if not getattr(self._local, "committed", False):
-                self.files.remove_files([item.original_path for item in items])
-            raise
         self.files.remove_files(
             [item.original_path for item, (status, _) in zip(items, results, strict=False) if status == "duplicate"]
         )
