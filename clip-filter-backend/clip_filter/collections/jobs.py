@@ -227,7 +227,8 @@ class JobRunner:
 
 def create_upload_job(store: CollectionStore, collection: CollectionRecord, uploads: list[Upload]) -> JobRecord:
     """Spool the files durably (one at a time, then one folder fsync), then commit the job: acknowledged
-    only once both are on disk. A failure removes the spool."""
+    only once both are on disk. A failure removes the spool unless the job row committed (then the spool is
+    its input, and the job runs); when that cannot be told, the spool stays for startup GC to judge."""
     job_id = new_job_id()
     try:
         files = []
@@ -237,8 +238,19 @@ def create_upload_job(store: CollectionStore, collection: CollectionRecord, uplo
         store.files.sync_spool(job_id)
         return store.create_job(job_id, collection, "upload", None, files)
     except BaseException:
-        store.files.remove_spool(job_id)
+        if not _job_may_exist(store, job_id):
+            store.files.remove_spool(job_id)
         raise
+
+
+def _job_may_exist(store: CollectionStore, job_id: str) -> bool:
+    try:
+        store.get_job(job_id)
+    except ClipFilterError as exc:
+        return exc.code != "job_not_found"
+    except Exception:  # noqa: BLE001 - the database cannot say: keep the files
+        return True
+    return True
 
 
 def create_path_job(

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -791,3 +792,39 @@ def test_a_restarted_replica_resumes_the_jobs_its_dead_predecessor_held_at_once(
     job, taken_over = store.claim_job("new")
     assert (job.id, taken_over) == ("mine", True)
     assert store.claim_job("new") is None  # the other host's job and a live process's job stay held
+
+
+def test_an_upload_job_keeps_its_spool_once_its_row_committed(store, monkeypatch):
+    # A failure after the job row committed (an interrupt on the way back) must not delete the files the
+    # committed job will read; a failure before it leaves no spool behind.
+    import io
+
+    from clip_filter.collections.jobs import Upload, create_upload_job
+
+    c = store.create_collection("spools")
+    commit_job = store.create_job
+    created: list[str] = []
+
+    def commit_then_interrupt(job_id, *args, **kwargs):
+        created.append(job_id)
+        commit_job(job_id, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "create_job", commit_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        create_upload_job(store, c, [Upload("a.png", "image/png", {}, data=b"spooled")])
+    monkeypatch.undo()
+    job = store.get_job(created[0])
+    (spooled,) = store.job_files(job.id, -1, 10)
+    assert Path(spooled.path).read_bytes() == b"spooled"
+
+    class Broken(io.RawIOBase):
+        def readinto(self, buffer):
+            raise OSError("client went away")
+
+    before = set(store.files.jobs_dir.iterdir())
+    with pytest.raises(OSError, match="client went away"):
+        create_upload_job(
+            store, c, [Upload("b.png", None, {}, data=b"one"), Upload("c.png", None, {}, stream=Broken())]
+        )
+    assert set(store.files.jobs_dir.iterdir()) == before
