@@ -152,13 +152,15 @@ class PostgresSearchMixin(PostgresStoreBase):
     ) -> str:
         """Set this transaction up for an HNSW scan and return its statement (params: *where, q, n, q)."""
         ef = int(min(MAX_EF_SEARCH, max(ef_search or self.ef_search, 1)))
-        # SET LOCAL: for this transaction only (the pooled connection keeps its defaults).
-        conn.execute(f"SET LOCAL hnsw.ef_search = {ef}")
-        conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        conn.execute(f"SET LOCAL hnsw.max_scan_tuples = {int(max(self.max_scan_tuples, candidates))}")
-        # The decision for the index was made above from exact counts; without this, a filter the planner
-        # misestimates (jsonb containment has no useful statistics) makes it sort all matching rows.
-        conn.execute("SET LOCAL enable_sort = off")
+        # set_config(..., true) is SET LOCAL: for this transaction only (the pooled connection keeps its
+        # defaults); all four in one round trip. enable_sort off: the decision for the index was made above
+        # from exact counts; without it, a filter the planner misestimates (jsonb containment has no useful
+        # statistics) makes it sort all matching rows.
+        conn.execute(
+            "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+            "set_config('hnsw.max_scan_tuples', %s, true), set_config('enable_sort', 'off', true)",
+            (str(ef), str(int(max(self.max_scan_tuples, candidates)))),
+        )
         cast = f"{index_type}({int(dim)})"
         return (
             "WITH candidates AS MATERIALIZED ("
@@ -184,9 +186,13 @@ class PostgresSearchMixin(PostgresStoreBase):
         """Candidates from the HNSW index, re-scored exactly; None when it found fewer than the page needs."""
         ef = int(min(MAX_EF_SEARCH, max(ef_search or self.ef_search, 1)))
         # Unfiltered, the ef_search candidates the graph search found anyway are all re-scored. Under a
-        # filter each candidate costs ~1/selectivity visited tuples (iterative scan), so fewer are asked
-        # for: twice the page, enough for the exact re-sort to repair the relaxed order.
-        candidates = max(2 * want, want + 10) if filtered else max(want, ef)
+        # filter each candidate costs ~1/selectivity visited tuples (iterative scan): at least twice the
+        # page, and up to `filtered_candidates` (capped by ef_search) for the exact re-sort to pick from;
+        # the relaxed order's first matches alone miss true neighbours at 1M rows.
+        if filtered:
+            candidates = max(2 * want, want + 10, min(ef, self.filtered_candidates))
+        else:
+            candidates = max(want, ef)
         statement = self._hnsw_statement(conn, dim, index_type, where, ef_search, candidates)
         rows = conn.execute(statement, (*params, query, candidates, query)).fetchall()
         if len(rows) < want:
