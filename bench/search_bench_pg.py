@@ -302,6 +302,8 @@ def measure_queries(
                 for ef in filtered_ef:
                     rows.append(measure(f"pg {name} ef{ef} c{candidates}", name, {MASK_KEYS[name]: True}, queries,
                                         ef_search=ef))
+        for name in masks:
+            rows.append(measure(f"pg {name} exact", name, {MASK_KEYS[name]: True}, queries[:50], exact=True))
         store.exact_max_rows, store.filtered_candidates = defaults  # the store's defaults decide
         for name in masks:
             rows.append(measure(f"pg {name} auto", name, {MASK_KEYS[name]: True}, queries))
