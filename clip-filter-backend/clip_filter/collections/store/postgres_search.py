@@ -15,7 +15,7 @@ from clip_filter.core.errors import ClipFilterError
 MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
 # A filter the planner estimates at more than this many times exact_max_rows rows goes straight to the
 # index (no count); a wrong estimate costs time only: a scan that comes back short ends in the exact answer.
-COUNT_MARGIN = 4
+COUNT_MARGIN = 2
 
 
 def filters_sql(filters: dict[str, Any]) -> tuple[str, list[Any]]:
