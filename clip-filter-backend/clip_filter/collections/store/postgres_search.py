@@ -230,10 +230,8 @@ class PostgresSearchMixin(PostgresStoreBase):
         # filter each candidate costs ~1/selectivity visited tuples (iterative scan): at least twice the
         # page, and up to `filtered_candidates` (capped by ef_search) for the exact re-sort to pick from;
         # the relaxed order's first matches alone miss true neighbours at 1M rows.
-        if filtered:
-            candidates = max(2 * want, want + 10, min(ef, self.filtered_candidates))
-        else:
-            candidates = max(want, ef)
+        unfiltered = max(want, ef)
+        candidates = max(2 * want, want + 10, min(ef, self.filtered_candidates)) if filtered else unfiltered
         statement = self._hnsw_statement(conn, dim, index_type, where, ef_search, candidates)
         rows = conn.execute(statement, (*params, query, candidates, query)).fetchall()
         if len(rows) < want:
