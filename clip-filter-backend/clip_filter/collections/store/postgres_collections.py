@@ -162,7 +162,12 @@ class PostgresCollectionsMixin(PostgresStoreBase):
             row = self._lock_collection(conn, collection_id)
             if row is None or not row["dim"]:
                 return
-            conn.execute("SET LOCAL maintenance_work_mem = '1GB'")
+            # At least 1 GB for this build (a graph that outgrows maintenance_work_mem builds far slower);
+            # a server configured with more keeps its value (1M halfvec(512) rows need ~2 GB).
+            conn.execute(
+                "SELECT set_config('maintenance_work_mem', '1GB', true) "
+                "WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < pg_size_bytes('1GB')"
+            )
             self._build_index(conn, collection_id, row["dim"])
 
     def index_size_bytes(self, collection_id: int) -> int:

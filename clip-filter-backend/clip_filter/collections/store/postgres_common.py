@@ -72,6 +72,7 @@ class PostgresStoreBase:
     ef_search: int
     exact_max_rows: int
     max_scan_tuples: int
+    filtered_candidates: int
     job_lease_s: float
     _claimed: dict[str, str]
     _queued: list[Change]
