@@ -151,7 +151,20 @@ def encoder_figures(args) -> dict:
     out["eager_captions_s"] = args.batch / timed(lambda: (eager_texts(), sync()), args.repeats)
     out["service_captions_s"] = args.batch / timed(lambda: (service_encoder.encode_texts(captions), sync()), args.repeats)
 
-    # The original project's best match: the image and each caption in separate eager fp32 passes.
+    out["baseline_latency"] = original_style_latencies(args, eager, tokenizer, device, sync)
+
+    if device.type == "cuda":
+        big = torch.stack([service_encoder.preprocess(im) for im in make_images(32, seed=9)] * 8)  # 256
+        fp16 = load_encoder(settings.model_copy(update={"precision": "fp16", "batch_size": 256}))
+        out["fp16_b256_images_s"] = 256 / timed(lambda: (fp16.encode_pixels(big), sync()), args.repeats)
+    return out
+
+
+def original_style_latencies(args, eager, tokenizer, device, sync) -> list[float]:
+    """The original project's best match: the image and each caption in separate eager fp32 passes."""
+    import open_clip
+    import torch
+
     preprocess = open_clip.create_model_and_transforms(args.model, pretrained=None)[2]
     one_image = make_images(1, seed=5)[0]
     latencies = []
@@ -165,13 +178,37 @@ def encoder_figures(args) -> dict:
             logits.softmax(dim=-1)
         sync()
         latencies.append(time.perf_counter() - start)
-    out["baseline_latency"] = latencies
+    return latencies
 
-    if device.type == "cuda":
-        big = torch.stack([service_encoder.preprocess(im) for im in make_images(32, seed=9)] * 8)  # 256
-        fp16 = load_encoder(settings.model_copy(update={"precision": "fp16", "batch_size": 256}))
-        out["fp16_b256_images_s"] = 256 / timed(lambda: (fp16.encode_pixels(big), sync()), args.repeats)
-    return out
+
+def best_match_baseline(args) -> list[float]:
+    """original_style_latencies with its own eager fp32 model (for --latency-only)."""
+    import open_clip
+    import torch
+
+    from clip_filter.ml.factory import load_encoder
+
+    torch.set_num_threads(args.threads)
+    eager = load_encoder(service_settings(args).model_copy(update={"precision": "fp32"}))
+    sync = torch.cuda.synchronize if eager.device.type == "cuda" else (lambda: None)
+    tokenizer = open_clip.get_tokenizer(args.model)
+    original_style_latencies(args, eager.model, tokenizer, eager.device, sync)  # warm-up
+    return original_style_latencies(args, eager.model, tokenizer, eager.device, sync)
+
+
+def best_match_latencies(url: str, args) -> list[float]:
+    """One original-JSON best-match request at a time (1 PNG, 2 captions), after one warm-up request."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=600) as http:
+        body = {"image_base64": png_b64(make_images(1, seed=5)[0]), "text_input1": "a cat", "text_input2": "a car"}
+        http.post("/image_text_similarity_best_match", json=body).raise_for_status()
+        latencies = []
+        for _ in range(args.latency_requests):
+            start = time.perf_counter()
+            http.post("/image_text_similarity_best_match", json=body).raise_for_status()
+            latencies.append(time.perf_counter() - start)
+    return latencies
 
 
 def encoder_only_images_s(encoder, images, repeats: int, sync=lambda: None) -> float:
@@ -232,22 +269,12 @@ def rss_mb(pid: int, field: str = "VmHWM") -> float:
 
 
 def server_figures(args) -> dict:
-    import httpx
-
     out: dict = {}
     with tempfile.TemporaryDirectory() as data_dir:
         process, url = start_server(args, data_dir)
         out["ready_rss_mb"] = rss_mb(process.pid, "VmRSS")
         try:
-            with httpx.Client(base_url=url, timeout=600) as http:
-                body = {"image_base64": png_b64(make_images(1, seed=5)[0]), "text_input1": "a cat", "text_input2": "a car"}
-                http.post("/image_text_similarity_best_match", json=body).raise_for_status()
-                latencies = []
-                for _ in range(args.latency_requests):
-                    start = time.perf_counter()
-                    http.post("/image_text_similarity_best_match", json=body).raise_for_status()
-                    latencies.append(time.perf_counter() - start)
-                out["service_latency"] = latencies
+            out["service_latency"] = best_match_latencies(url, args)
 
             out.update(asyncio.run(concurrent_clients(url, args)))
             out.update(asyncio.run(protocol_clients(url, args, process.pid)))
@@ -529,6 +556,8 @@ def main() -> None:
     parser.add_argument("--no-ceiling", action="store_true", help="skip the pipeline-ceiling table")
     parser.add_argument("--ceiling-only", action="store_true", help="only the pipeline-ceiling table")
     parser.add_argument("--ceiling-modes", nargs="+", default=["threads", f"processes:{os.cpu_count() or 1}"])
+    parser.add_argument("--latency-only", action="store_true",
+                        help="only the best-match latency rows (baseline and over HTTP) and the 16-client row")
     parser.add_argument("--ingest-backends", action="store_true",
                         help="only measure ingest images/s through SQLite and through PostgreSQL + pgvector")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds for --ingest-backends")
@@ -545,6 +574,9 @@ def main() -> None:
         return
     if args.ceiling_only:
         pipeline_ceiling(args, model_rate=None)
+        return
+    if args.latency_only:
+        latency_only(args)
         return
 
     enc = encoder_figures(args)
@@ -604,6 +636,30 @@ def main() -> None:
         print(note)
     if not args.no_ceiling:
         pipeline_ceiling(args, model_rate=enc["service_images_s"])
+
+
+def latency_only(args) -> None:
+    """--latency-only: best match p50/p95 over HTTP vs the original-style baseline, and the 16-client row, in one
+    run (a few minutes: for before/after comparisons of the request path)."""
+    enc = best_match_baseline(args)
+    with tempfile.TemporaryDirectory() as data_dir:
+        process, url = start_server(args, data_dir)
+        try:
+            srv = {"service_latency": best_match_latencies(url, args)}
+            srv.update(asyncio.run(concurrent_clients(url, args)))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+    b50, b95 = percentile(enc, 50) * 1e3, percentile(enc, 95) * 1e3
+    s50, s95 = percentile(srv["service_latency"], 50) * 1e3, percentile(srv["service_latency"], 95) * 1e3
+    use = srv["clients16_model"]
+    print(f"\nclip-filter latency benchmark: {args.model}, random weights, device {args.device}, "
+          f"{args.latency_requests} requests, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(f"best match p50 / p95 ms (1 image, 2 captions): {b50:.1f} / {b95:.1f} original-style, "
+          f"{s50:.1f} / {s95:.1f} over HTTP = {s50 / b50:.2f} of baseline (target <= 0.25)")
+    print(f"16 clients (JPEG, original JSON): {srv['clients16_rps']:.1f} images/s, p99 "
+          f"{srv['clients16_p99'] * 1e3:.0f} ms, errors {srv['clients16_errors']}/{srv['clients16_requests']}; "
+          f"model busy {use['busy']:.0%}, {use['rate']:.1f} images/s while busy")
 
 
 def pipeline_ceiling(args, model_rate: float | None) -> None:

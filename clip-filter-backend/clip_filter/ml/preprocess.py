@@ -63,7 +63,9 @@ class ImagePreprocessor:
         # uint8 pixels come only from the split transform (image_to_tensor, plan()), which has mean and std.
         assert self._mean is not None and self._std is not None
         # Exactly ToTensor's `.float().div(255)` then Normalize's `.sub_(mean).div_(std)`.
-        return pixels.contiguous().float().div(255).sub_(self._mean).div_(self._std)
+        # On the pixels' device (CUDA: normalised after the uint8 copy); .to() is a no-op on the CPU.
+        mean, std = self._mean.to(pixels.device), self._std.to(pixels.device)
+        return pixels.contiguous().float().div(255).sub_(mean).div_(std)
 
 
 def _split(transform: Any) -> tuple[list[Any] | None, torch.Tensor | None, torch.Tensor | None]:
