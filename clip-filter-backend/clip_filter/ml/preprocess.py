@@ -31,6 +31,7 @@ class ImagePreprocessor:
         self.transform = transform
         self._geometry, self._mean, self._std = _split(transform)
         self._plan = _plan_of(self._geometry) if self._geometry is not None else None
+        self._device_stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def split(self) -> bool:
@@ -63,9 +64,21 @@ class ImagePreprocessor:
         # uint8 pixels come only from the split transform (image_to_tensor, plan()), which has mean and std.
         assert self._mean is not None and self._std is not None
         # Exactly ToTensor's `.float().div(255)` then Normalize's `.sub_(mean).div_(std)`.
-        # On the pixels' device (CUDA: normalised after the uint8 copy); .to() is a no-op on the CPU.
-        mean, std = self._mean.to(pixels.device), self._std.to(pixels.device)
+        mean, std = self._stats_on(pixels.device)  # CUDA: normalised on the GPU, after the uint8 copy
         return pixels.contiguous().float().div(255).sub_(mean).div_(std)
+
+    def _stats_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std on `device`, copied there once (the CPU's are the originals)."""
+        assert self._mean is not None and self._std is not None
+        if device.type == "cpu":
+            return self._mean, self._std
+        stats = self._device_stats.get(device)
+        if stats is None:
+            stats = (self._mean.to(device), self._std.to(device))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the copy is complete before any stream reads them
+            self._device_stats[device] = stats
+        return stats
 
 
 def _split(transform: Any) -> tuple[list[Any] | None, torch.Tensor | None, torch.Tensor | None]:
