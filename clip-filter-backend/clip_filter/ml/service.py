@@ -39,6 +39,10 @@ LOADING, READY, FAILED = "loading", "ready", "failed"
 
 # The announcement a request made while decoding (decode_images), ended when its images are queued (embed_images).
 _EXPECTED: contextvars.ContextVar[Expectation | None] = contextvars.ContextVar("clip_filter_expected", default=None)
+# Captions whose encoding prefetch_texts started for this request, and the task computing them.
+_TEXTS_STARTED: contextvars.ContextVar[tuple[list[str], asyncio.Future[TextBatch]] | None] = contextvars.ContextVar(
+    "clip_filter_texts_started", default=None
+)
 
 
 class ModelService:
@@ -196,10 +200,24 @@ class ModelService:
 
     async def embed_texts(self, texts: list[str]) -> TextBatch:
         # Cached captions skip the queue entirely: repeated captions cost no model time.
+        started = _TEXTS_STARTED.get()
+        if started is not None and started[0] == texts:  # prefetch_texts began these while the images decoded
+            _TEXTS_STARTED.set(None)
+            return await started[1]
         lookup = self.require_ready().lookup_texts(texts)
         if lookup.missing:
             lookup.add(dict(zip(lookup.missing, await self._batcher().submit("text", lookup.missing), strict=True)))
         return lookup.batch()
+
+    def prefetch_texts(self, texts: list[str]) -> None:
+        """Start encoding a request's captions now, before its images are decoded, so that the model thread
+        encodes them while a decode thread decodes the images; the same request's later embed_texts(texts)
+        awaits that work instead of queueing the captions again. Captions all cached: nothing to start."""
+        if not texts or self.encoder is None or self.state != READY or not self.encoder.lookup_texts(texts).missing:
+            return
+        task = asyncio.ensure_future(self.embed_texts(list(texts)))
+        task.add_done_callback(_consume_error)  # a request that fails before awaiting it: no unretrieved error
+        _TEXTS_STARTED.set((list(texts), task))
 
     async def _pixels(self, loop: asyncio.AbstractEventLoop, encoder: ClipEncoder, image: Any) -> torch.Tensor:
         if isinstance(image, (np.ndarray, torch.Tensor)):  # already the model's uint8 input (decode_images)
@@ -245,6 +263,11 @@ class ModelService:
         assert self.encoder is not None
         batch = self.encoder.encode_texts(texts)
         return list(zip(batch.embeddings, batch.truncated, strict=True))
+
+
+def _consume_error(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _as_tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -239,3 +239,44 @@ def test_tensor_geometry_matches_the_pil_path_closely(encoder, size):
     difference = np.abs(tensor.numpy().astype(np.int16) - cpu.astype(np.int16))
     # torchvision's tensor bicubic antialias filter approximates Pillow's: within a grey level or so.
     assert difference.mean() < 0.5 and difference.max() <= 3
+
+
+# ---- captions encoded while the images decode ----------------------------------------------------------
+def test_prefetched_captions_are_encoded_once_and_equal_the_plain_path():
+    service = ModelService(tiny(CLIP_TEXT_CACHE_SIZE=0))  # no cache: a second encoding would show in items_run
+    service.start(wait=True)
+    try:
+        texts = ["a cat", "a dog on a sofa", "a cat"]
+
+        async def request():
+            service.prefetch_texts(texts)  # started before the (here: absent) image decode
+            assert service.batcher is not None
+            return await service.embed_texts(texts), service.batcher.items_run
+
+        prefetched, items_run = asyncio.run(request())
+        plain = asyncio.run(service.embed_texts(texts))
+        assert np.array_equal(prefetched.embeddings, plain.embeddings) and prefetched.truncated == plain.truncated
+        assert items_run == 2  # the two distinct captions, once
+        assert service.batcher.items_run == 4  # the plain call encoded them again (no cache)
+    finally:
+        service.close()
+
+
+def test_prefetch_is_skipped_for_cached_captions_and_other_captions_take_the_plain_path():
+    service = ModelService(tiny())
+    service.start(wait=True)
+    try:
+        asyncio.run(service.embed_texts(["cached"]))
+        assert service.batcher is not None and service.batcher.items_run == 1
+
+        async def request():
+            service.prefetch_texts(["cached"])  # all cached: nothing started
+            assert service.batcher.items_run == 1
+            service.prefetch_texts(["new one"])
+            other = await service.embed_texts(["something else"])  # not what was prefetched: encoded itself
+            return other
+
+        other = asyncio.run(request())
+        assert other.embeddings.shape == (1, service.info.dim)
+    finally:
+        service.close()
