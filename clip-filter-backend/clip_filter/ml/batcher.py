@@ -233,8 +233,8 @@ class DynamicBatcher:
         staged = _Staged(batch)
         prepare = self._prepare.get(batch[0].kind)
         try:
-            staged.prepared = [item.payload for item in batch] if prepare is None else prepare(
-                [item.payload for item in batch]
+            staged.prepared = (
+                [item.payload for item in batch] if prepare is None else prepare([item.payload for item in batch])
             )
         except BaseException as exc:  # noqa: BLE001 - a failed preparation fails its requests, not the thread
             log.exception("preparing a model batch failed")

@@ -142,12 +142,12 @@ class ClipEncoder:
             if pixels.device.type == "cuda":  # decoded on the GPU already: nothing crosses the bus
                 return StagedPixels(self.normalise(pixels).to(self.dtype))
             if self._copy_stream is None:
-                self._copy_stream = torch.cuda.Stream(self.device)
+                self._copy_stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]  # unannotated in torch
             # Page-locked memory, so that the copy below runs asynchronously (_stack stacks into it directly).
             host = pixels if pixels.is_pinned() else pixels.contiguous().pin_memory()
             with torch.cuda.stream(self._copy_stream):
                 tensor = self.normalise(host.to(self.device, non_blocking=True)).to(self.dtype)
-                ready = torch.cuda.Event()
+                ready = torch.cuda.Event()  # type: ignore[no-untyped-call]  # unannotated in torch
                 ready.record(self._copy_stream)
             return StagedPixels(tensor, ready, host)
 

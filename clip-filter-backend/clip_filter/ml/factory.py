@@ -155,11 +155,11 @@ def _build_from_weights(
 def check_gpu_decoding(device: torch.device) -> None:
     """CLIP_FILTER_GPU_JPEG=1 is refused at start-up unless the model is on a CUDA device whose torchvision
     decodes JPEG there (ml/gpu_decode.py)."""
-    from clip_filter.ml.gpu_decode import GpuJpegUnavailable, check_gpu_jpeg
+    from clip_filter.ml.gpu_decode import GpuJpegUnavailableError, check_gpu_jpeg
 
     try:
         check_gpu_jpeg(device)
-    except GpuJpegUnavailable as exc:
+    except GpuJpegUnavailableError as exc:
         raise ModelLoadError(
             f"CLIP_FILTER_GPU_JPEG=1 cannot be used: {exc}.",
             "Unset CLIP_FILTER_GPU_JPEG (JPEGs are then decoded on the CPU), or run the model on an NVIDIA GPU "

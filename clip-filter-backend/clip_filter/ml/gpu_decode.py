@@ -40,14 +40,14 @@ from clip_filter.ml.pixels import PixelPlan, decode_to_pixels, probe
 EXIF_ORIENTATION = 0x0112
 
 
-class GpuJpegUnavailable(Exception):
+class GpuJpegUnavailableError(Exception):
     """Why GPU JPEG decoding cannot be used on this machine (a startup refusal)."""
 
 
 def check_gpu_jpeg(device: torch.device) -> None:
     """Refuse CLIP_FILTER_GPU_JPEG unless the model's device is CUDA and torchvision decodes JPEG on it."""
     if device.type != "cuda":
-        raise GpuJpegUnavailable(f"the model runs on {device}, and GPU JPEG decoding needs a CUDA device")
+        raise GpuJpegUnavailableError(f"the model runs on {device}, and GPU JPEG decoding needs a CUDA device")
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -56,11 +56,11 @@ def check_gpu_jpeg(device: torch.device) -> None:
             decoded = decode_jpeg([_tiny_jpeg()], mode=ImageReadMode.RGB, device=device)
         torch.cuda.synchronize(device)
         if decoded[0].device.type != "cuda":
-            raise GpuJpegUnavailable("torchvision decoded the JPEG on the CPU")
-    except GpuJpegUnavailable:
+            raise GpuJpegUnavailableError("torchvision decoded the JPEG on the CPU")
+    except GpuJpegUnavailableError:
         raise
     except Exception as exc:  # torchvision without nvJPEG raises RuntimeError or friends
-        raise GpuJpegUnavailable(f"torchvision cannot decode JPEG on {device}: {exc}") from exc
+        raise GpuJpegUnavailableError(f"torchvision cannot decode JPEG on {device}: {exc}") from exc
 
 
 def _tiny_jpeg() -> torch.Tensor:
@@ -80,7 +80,10 @@ def geometry_on_tensor(image: torch.Tensor, plan: PixelPlan) -> torch.Tensor:
     height, width = int(image.shape[-2]), int(image.shape[-1])
     new_w, new_h = plan.output_size(width, height)
     if (new_w, new_h) != (width, height):
-        mode = {Image.Resampling.BICUBIC: InterpolationMode.BICUBIC, Image.Resampling.BILINEAR: InterpolationMode.BILINEAR}
+        mode = {
+            Image.Resampling.BICUBIC: InterpolationMode.BICUBIC,
+            Image.Resampling.BILINEAR: InterpolationMode.BILINEAR,
+        }
         interpolation = mode.get(Image.Resampling(plan.resample), InterpolationMode.BICUBIC)
         image = TF.resize(image, [new_h, new_w], interpolation=interpolation, antialias=True)
     return TF.center_crop(image, list(plan.crop)).contiguous()

@@ -185,14 +185,15 @@ class ModelService:
             expectation.arrive_within(self.settings.max_batch_wait_ms / 1000.0)
         return prepared
 
-    async def embed_images(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
+    async def embed_images(self, images: Sequence[Image.Image | np.ndarray | torch.Tensor]) -> np.ndarray:
         encoder = self.require_ready()
         if not images:
             return np.zeros((0, encoder.info.dim), np.float32)
         loop = asyncio.get_running_loop()
         expectation = _EXPECTED.get()
-        if all(isinstance(im, (np.ndarray, torch.Tensor)) for im in images):  # decoded already: no hop, no await
-            pixels: Sequence[torch.Tensor] = [_as_tensor(im) for im in images]
+        decoded = [im for im in images if isinstance(im, (np.ndarray, torch.Tensor))]
+        if len(decoded) == len(images):  # all model pixels already (decode_images): no thread hop, no await
+            pixels: Sequence[torch.Tensor] = [_as_tensor(im) for im in decoded]
         else:
             pixels = await asyncio.gather(*(self._pixels(loop, encoder, im) for im in images))
         rows = await self._batcher().submit("image", pixels, expectation)

@@ -28,8 +28,9 @@ pytestmark = [
 
 
 def tiny(**overrides) -> Settings:
-    return Settings(**{"CLIP_MODEL": "clip-filter-tiny", "CLIP_PRETRAINED": "random", "CLIP_DEVICE": "cuda",
-                       **overrides})
+    return Settings(
+        **{"CLIP_MODEL": "clip-filter-tiny", "CLIP_PRETRAINED": "random", "CLIP_DEVICE": "cuda", **overrides}
+    )
 
 
 def pixels_of(encoder, count: int) -> list[torch.Tensor]:

@@ -17,14 +17,16 @@ from PIL import Image
 from clip_filter.core.config import Settings
 from clip_filter.ml.batcher import DynamicBatcher
 from clip_filter.ml.factory import ModelLoadError, load_encoder
-from clip_filter.ml.gpu_decode import GpuJpegUnavailable, check_gpu_jpeg, geometry_on_tensor
+from clip_filter.ml.gpu_decode import GpuJpegUnavailableError, check_gpu_jpeg, geometry_on_tensor
 from clip_filter.ml.service import FAILED, READY, ModelService
 
 from .image_factory import noise
 
 
 def tiny(**overrides) -> Settings:
-    return Settings(**{"CLIP_MODEL": "clip-filter-tiny", "CLIP_PRETRAINED": "random", "CLIP_DEVICE": "cpu", **overrides})
+    return Settings(
+        **{"CLIP_MODEL": "clip-filter-tiny", "CLIP_PRETRAINED": "random", "CLIP_DEVICE": "cpu", **overrides}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +77,9 @@ def test_the_batcher_prepares_the_next_batch_while_the_model_runs_the_current_on
             assert gate.wait(10), "the next batch was not prepared while this one ran"
         return [p + 1 for p in prepared]
 
-    batcher = DynamicBatcher({"image": run}, max_batch=1, max_wait_s=0.0, max_queue=10, prepare={"image": prepare},
-                             prefetch=True)
+    batcher = DynamicBatcher(
+        {"image": run}, max_batch=1, max_wait_s=0.0, max_queue=10, prepare={"image": prepare}, prefetch=True
+    )
 
     async def main():
         return await asyncio.gather(batcher.submit("image", [1]), batcher.submit("image", [2]))
@@ -94,8 +97,14 @@ def test_without_prefetch_the_model_thread_prepares_and_a_failed_preparation_fai
         return [(threading.current_thread().name, p) for p in payloads]
 
     for prefetch in (False, True):
-        batcher = DynamicBatcher({"image": lambda staged: staged}, max_batch=1, max_wait_s=0.0, max_queue=10,
-                                 prepare={"image": prepare}, prefetch=prefetch)
+        batcher = DynamicBatcher(
+            {"image": lambda staged: staged},
+            max_batch=1,
+            max_wait_s=0.0,
+            max_queue=10,
+            prepare={"image": prepare},
+            prefetch=prefetch,
+        )
 
         async def main(batcher=batcher):
             bad = await asyncio.gather(batcher.submit("image", ["bad"]), return_exceptions=True)
@@ -145,8 +154,9 @@ def test_a_lone_client_right_after_a_batch_does_not_wait_for_the_window():
 
 def test_an_idle_model_waits_for_an_expected_request_and_batches_it_with_the_first():
     batches: list[list] = []
-    batcher = DynamicBatcher({"image": lambda p: batches.append(list(p)) or p}, max_batch=64, max_wait_s=30.0,
-                             max_queue=100)
+    batcher = DynamicBatcher(
+        {"image": lambda p: batches.append(list(p)) or p}, max_batch=64, max_wait_s=30.0, max_queue=100
+    )
 
     async def main():
         expected = batcher.expect()  # a second request is decoding
@@ -163,8 +173,9 @@ def test_an_idle_model_waits_for_an_expected_request_and_batches_it_with_the_fir
 
 def test_a_withdrawn_or_expired_expectation_is_not_waited_for():
     batches: list[list] = []
-    batcher = DynamicBatcher({"image": lambda p: batches.append(list(p)) or p}, max_batch=64, max_wait_s=60.0,
-                             max_queue=100)
+    batcher = DynamicBatcher(
+        {"image": lambda p: batches.append(list(p)) or p}, max_batch=64, max_wait_s=60.0, max_queue=100
+    )
 
     async def main():
         gone = batcher.expect()
@@ -213,13 +224,17 @@ def test_gpu_jpeg_is_refused_at_start_up_on_the_cpu_with_a_clear_reason_and_fix(
         assert service.state == FAILED and "CLIP_FILTER_GPU_JPEG" in status["reason"] and status["fix"]
     finally:
         service.close()
-    with pytest.raises(GpuJpegUnavailable, match="needs a CUDA device"):
+    with pytest.raises(GpuJpegUnavailableError, match="needs a CUDA device"):
         check_gpu_jpeg(torch.device("cpu"))
 
 
 def test_gpu_jpeg_is_refused_for_the_instant_encoder_too():
-    settings = Settings(CLIP_MODEL="ViT-B-32", CLIP_PRETRAINED="instant-test", CLIP_FILTER_ALLOW_TEST_ENCODER="1",
-                        CLIP_FILTER_GPU_JPEG="1")
+    settings = Settings(
+        CLIP_MODEL="ViT-B-32",
+        CLIP_PRETRAINED="instant-test",
+        CLIP_FILTER_ALLOW_TEST_ENCODER="1",
+        CLIP_FILTER_GPU_JPEG="1",
+    )
     with pytest.raises(ModelLoadError, match="CLIP_FILTER_GPU_JPEG"):
         load_encoder(settings)
 
@@ -273,8 +288,7 @@ def test_prefetch_is_skipped_for_cached_captions_and_other_captions_take_the_pla
             service.prefetch_texts(["cached"])  # all cached: nothing started
             assert service.batcher.items_run == 1
             service.prefetch_texts(["new one"])
-            other = await service.embed_texts(["something else"])  # not what was prefetched: encoded itself
-            return other
+            return await service.embed_texts(["something else"])  # not what was prefetched: encoded itself
 
         other = asyncio.run(request())
         assert other.embeddings.shape == (1, service.info.dim)
