@@ -153,7 +153,7 @@ class ClipEncoder:
 
     def _stack(self, pixels: list[torch.Tensor]) -> torch.Tensor:
         """One (n, 3, H, W) tensor; on CUDA, CPU pixels are stacked straight into pinned memory."""
-        on_device = [p.device == self.device for p in pixels]
+        on_device = [p.device.type != "cpu" for p in pixels]
         if any(on_device):  # GPU-decoded JPEGs (beside CPU-decoded images, if any)
             return torch.stack([p.to(self.device) for p in pixels])
         if self.device.type != "cuda" or not pixels:

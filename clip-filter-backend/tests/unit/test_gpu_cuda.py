@@ -64,7 +64,7 @@ def test_fp16_embeddings_on_cuda_match_fp32_on_the_cpu():
     pixels = torch.stack(pixels_of(gpu, 10))
     got, want = gpu.encode_pixels(pixels), cpu.encode_pixels(pixels)
     cosines = (got * want).sum(axis=1)
-    assert got.dtype == np.float32 and cosines.min() > 0.999, cosines
+    assert got.dtype == np.float32 and cosines.min() > 0.995, cosines
     assert np.array_equal(gpu.encode_pixels(pixels), got)  # deterministic run to run
 
 
