@@ -61,10 +61,12 @@ class Expectation:
     """A request on its way to the batcher (decoding its images): while one is live, an idle model waits
     (up to max_wait_s) for its items instead of running a batch without them. Ends when its items are
     queued (`submit(..., expectation=...)`) or by `withdraw()`; `arrive_within(s)` bounds its life once
-    its decode is over, so a request that never submits (a 4xx after decoding) costs one window at most."""
+    its decode is over, so a request that never submits (a 4xx after decoding) costs one window at most.
+    Only a batch of the same kind waits for it (a batch of captions does not wait for images)."""
 
-    def __init__(self, batcher: DynamicBatcher) -> None:
+    def __init__(self, batcher: DynamicBatcher, kind: str) -> None:
         self._batcher = batcher
+        self.kind = kind
         self.live = True
         self.expires_at = float("inf")
 
@@ -138,9 +140,9 @@ class DynamicBatcher:
         with self._cond:
             return not self._queue or len(self._queue) + count <= self._max_queue
 
-    def expect(self) -> Expectation:
-        """Announce a request whose items will follow (see Expectation)."""
-        expectation = Expectation(self)
+    def expect(self, kind: str = "image") -> Expectation:
+        """Announce a request whose items of `kind` will follow (see Expectation)."""
+        expectation = Expectation(self, kind)
         with self._cond:
             self._expected.add(expectation)
         return expectation
@@ -148,10 +150,17 @@ class DynamicBatcher:
     async def submit(self, kind: str, payloads: Sequence[Any], expectation: Expectation | None = None) -> list[Any]:
         """Queue all payloads of one request (all or none), then await their results. `expectation`: the
         announcement this request made (ended here, in the same step as its items are queued)."""
+        return await self.submit_now(kind, payloads, expectation)
+
+    def submit_now(
+        self, kind: str, payloads: Sequence[Any], expectation: Expectation | None = None
+    ) -> asyncio.Future[list[Any]]:
+        """submit, with the items queued before this returns (from the event loop's thread): the model can
+        start on them while the caller goes on with other work; the returned future gives the results."""
         loop = asyncio.get_running_loop()
         items = [_Item(kind, payload, loop, loop.create_future()) for payload in payloads]
         self._enqueue(items, expectation=expectation)
-        return list(await asyncio.gather(*(item.future for item in items)))
+        return asyncio.gather(*(item.future for item in items))
 
     def submit_blocking(self, kind: str, payloads: Sequence[Any], wait_for_room: bool = True) -> list[Any]:
         """The same for worker threads: blocks until the results are in. With `wait_for_room` (bulk jobs) it
@@ -204,7 +213,7 @@ class DynamicBatcher:
             deadline = first.enqueued_at + self._max_wait_s
             while sum(1 for item in self._queue if item.kind == first.kind) < self._max_batch and not self._closed:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._others_expected():
+                if remaining <= 0 or not self._others_expected(first.kind):
                     break
                 self._cond.wait(timeout=min(remaining, self._next_expiry() - time.monotonic()))
             batch: list[_Item] = []
@@ -218,12 +227,12 @@ class DynamicBatcher:
             self._cond.notify_all()  # wakes producers waiting for room
             return batch
 
-    def _others_expected(self) -> bool:
-        """Whether a live announcement is left (expired ones are dropped here). Under the lock."""
+    def _others_expected(self, kind: str) -> bool:
+        """Whether a live announcement of `kind` is left (expired ones are dropped here). Under the lock."""
         now = time.monotonic()
         for expectation in [e for e in self._expected if e.expires_at <= now]:
             expectation._end()
-        return bool(self._expected)
+        return any(e.kind == kind for e in self._expected)
 
     def _next_expiry(self) -> float:
         return min((e.expires_at for e in self._expected), default=float("inf"))

@@ -26,11 +26,11 @@ import torch
 from PIL import Image
 
 from clip_filter.core.config import Settings
-from clip_filter.core.errors import ModelUnavailableError
+from clip_filter.core.errors import ModelUnavailableError, OverloadedError
 from clip_filter.core.memory import release_free_memory
 from clip_filter.ml.batcher import DynamicBatcher, Expectation
 from clip_filter.ml.decode_pool import DecodePipeline, Prepared
-from clip_filter.ml.encoder import ClipEncoder, ModelInfo, StagedPixels, TextBatch
+from clip_filter.ml.encoder import ClipEncoder, ModelInfo, StagedPixels, TextBatch, TextLookup
 from clip_filter.ml.factory import ModelLoadError, load_encoder
 
 log = logging.getLogger(__name__)
@@ -214,9 +214,18 @@ class ModelService:
         """Start encoding a request's captions now, before its images are decoded, so that the model thread
         encodes them while a decode thread decodes the images; the same request's later embed_texts(texts)
         awaits that work instead of queueing the captions again. Captions all cached: nothing to start."""
-        if not texts or self.encoder is None or self.state != READY or not self.encoder.lookup_texts(texts).missing:
+        if not texts or self.encoder is None or self.state != READY:
             return
-        task = asyncio.ensure_future(self.embed_texts(list(texts)))
+        lookup = self.encoder.lookup_texts(list(texts))
+        if not lookup.missing:
+            return
+        # Queued now, not from a task the event loop would start later (a decode thread holding the GIL can
+        # delay that by the interpreter's 5 ms switch interval): the model starts on them at once.
+        try:
+            rows = self._batcher().submit_now("text", lookup.missing)
+        except OverloadedError:
+            return  # a full queue: embed_texts answers the request's 429 as without prefetching
+        task = asyncio.ensure_future(_finish_lookup(lookup, rows))
         task.add_done_callback(_consume_error)  # a request that fails before awaiting it: no unretrieved error
         _TEXTS_STARTED.set((list(texts), task))
 
@@ -264,6 +273,11 @@ class ModelService:
         assert self.encoder is not None
         batch = self.encoder.encode_texts(texts)
         return list(zip(batch.embeddings, batch.truncated, strict=True))
+
+
+async def _finish_lookup(lookup: TextLookup, rows: asyncio.Future[list[Any]]) -> TextBatch:
+    lookup.add(dict(zip(lookup.missing, await rows, strict=True)))
+    return lookup.batch()
 
 
 def _consume_error(task: asyncio.Future[Any]) -> None:

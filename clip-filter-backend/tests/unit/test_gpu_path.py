@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -294,3 +295,38 @@ def test_prefetch_is_skipped_for_cached_captions_and_other_captions_take_the_pla
         assert other.embeddings.shape == (1, service.info.dim)
     finally:
         service.close()
+
+
+def test_prefetched_captions_are_queued_before_prefetch_texts_returns():
+    service = ModelService(tiny(CLIP_TEXT_CACHE_SIZE=0))
+    service.start(wait=True)
+    try:
+
+        async def request():
+            service.prefetch_texts(["a red kite", "a blue boat"])
+            assert service.batcher is not None
+            deadline = time.monotonic() + 10
+            # The event loop is held here (no await): only captions already queued can be encoded meanwhile.
+            while service.batcher.items_run < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            ran = service.batcher.items_run
+            return ran, await service.embed_texts(["a red kite", "a blue boat"])
+
+        ran, batch = asyncio.run(request())
+        assert ran == 2 and batch.embeddings.shape == (2, service.info.dim)
+        assert service.batcher.items_run == 2  # awaited the prefetched work, not encoded again
+    finally:
+        service.close()
+
+
+def test_a_batch_of_captions_does_not_wait_for_expected_images():
+    batcher = DynamicBatcher({"text": lambda p: p, "image": lambda p: p}, max_batch=64, max_wait_s=60.0, max_queue=100)
+
+    async def main():
+        images = batcher.expect("image")  # a request is decoding its images
+        texts = await asyncio.wait_for(batcher.submit("text", ["a cat"]), timeout=10)  # not held for them
+        images.withdraw()
+        return texts
+
+    assert asyncio.run(main()) == ["a cat"]
+    batcher.close()
