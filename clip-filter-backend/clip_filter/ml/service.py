@@ -213,8 +213,18 @@ class ModelService:
     def prefetch_texts(self, texts: list[str]) -> None:
         """Start encoding a request's captions now, before its images are decoded, so that the model thread
         encodes them while a decode thread decodes the images; the same request's later embed_texts(texts)
-        awaits that work instead of queueing the captions again. Captions all cached: nothing to start."""
-        if not texts or self.encoder is None or self.state != READY:
+        awaits that work instead of queueing the captions again. Captions all cached: nothing to start.
+
+        Only with prefetch on (CLIP_PREFETCH_BATCHES: `auto` = a CUDA model): on a CPU model the caption
+        encoding and the image decode share the same cores, and the request was measured no faster (on
+        2 cores, slower: docs/benchmarks-pipeline.md, "Best match")."""
+        if (
+            not texts
+            or self.encoder is None
+            or self.state != READY
+            or self.batcher is None
+            or not self.batcher.prefetch
+        ):
             return
         lookup = self.encoder.lookup_texts(list(texts))
         if not lookup.missing:

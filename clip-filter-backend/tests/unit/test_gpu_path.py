@@ -19,6 +19,7 @@ from clip_filter.core.config import Settings
 from clip_filter.ml.batcher import DynamicBatcher
 from clip_filter.ml.factory import ModelLoadError, load_encoder
 from clip_filter.ml.gpu_decode import GpuJpegUnavailableError, check_gpu_jpeg, geometry_on_tensor
+from clip_filter.ml import service as service_module
 from clip_filter.ml.service import FAILED, READY, ModelService
 
 from .image_factory import noise
@@ -259,7 +260,9 @@ def test_tensor_geometry_matches_the_pil_path_closely(encoder, size):
 
 # ---- captions encoded while the images decode ----------------------------------------------------------
 def test_prefetched_captions_are_encoded_once_and_equal_the_plain_path():
-    service = ModelService(tiny(CLIP_TEXT_CACHE_SIZE=0))  # no cache: a second encoding would show in items_run
+    service = ModelService(
+        tiny(CLIP_TEXT_CACHE_SIZE=0, CLIP_PREFETCH_BATCHES="on")
+    )  # no cache: a second encoding would show in items_run
     service.start(wait=True)
     try:
         texts = ["a cat", "a dog on a sofa", "a cat"]
@@ -279,7 +282,7 @@ def test_prefetched_captions_are_encoded_once_and_equal_the_plain_path():
 
 
 def test_prefetch_is_skipped_for_cached_captions_and_other_captions_take_the_plain_path():
-    service = ModelService(tiny())
+    service = ModelService(tiny(CLIP_PREFETCH_BATCHES="on"))
     service.start(wait=True)
     try:
         asyncio.run(service.embed_texts(["cached"]))
@@ -298,7 +301,7 @@ def test_prefetch_is_skipped_for_cached_captions_and_other_captions_take_the_pla
 
 
 def test_prefetched_captions_are_queued_before_prefetch_texts_returns():
-    service = ModelService(tiny(CLIP_TEXT_CACHE_SIZE=0))
+    service = ModelService(tiny(CLIP_TEXT_CACHE_SIZE=0, CLIP_PREFETCH_BATCHES="on"))
     service.start(wait=True)
     try:
 
@@ -315,6 +318,23 @@ def test_prefetched_captions_are_queued_before_prefetch_texts_returns():
         ran, batch = asyncio.run(request())
         assert ran == 2 and batch.embeddings.shape == (2, service.info.dim)
         assert service.batcher.items_run == 2  # awaited the prefetched work, not encoded again
+    finally:
+        service.close()
+
+
+def test_captions_are_not_prefetched_on_a_cpu_model_by_default():
+    service = ModelService(tiny())
+    service.start(wait=True)
+    try:
+
+        async def request():
+            service.prefetch_texts(["a green tram"])
+            started = service_module._TEXTS_STARTED.get()  # what embed_texts would await
+            assert service.batcher is not None
+            return started, service.batcher.queued, await service.embed_texts(["a green tram"])
+
+        started, queued, batch = asyncio.run(request())
+        assert started is None and queued == 0 and batch.embeddings.shape == (1, service.info.dim)
     finally:
         service.close()
 
