@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clip_filter.core.config import Settings
+from clip_filter.ml import service as service_module
 from clip_filter.ml.batcher import DynamicBatcher
 from clip_filter.ml.factory import ModelLoadError, load_encoder
 from clip_filter.ml.gpu_decode import GpuJpegUnavailableError, check_gpu_jpeg, geometry_on_tensor
-from clip_filter.ml import service as service_module
 from clip_filter.ml.service import FAILED, READY, ModelService
 
 from .image_factory import noise
