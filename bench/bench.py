@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench.py                 # ViT-B-32, random weights (speed does not depend on them)
     .venv/bin/python bench/bench.py --quick         # fewer repetitions, for a smoke run
     .venv/bin/python bench/bench.py --device cuda   # on a GPU machine: also fp16 images/s at batch 256
+    .venv/bin/python bench/bench.py --device cuda --gpu-only   # only the GPU lines (bench/gpu_check.sh)
 
 Rows:
   images/s, captions/s   eager fp32 open_clip (the original project's way) vs the service's encoder path
@@ -151,7 +152,33 @@ def encoder_figures(args) -> dict:
     out["eager_captions_s"] = args.batch / timed(lambda: (eager_texts(), sync()), args.repeats)
     out["service_captions_s"] = args.batch / timed(lambda: (service_encoder.encode_texts(captions), sync()), args.repeats)
 
-    # The original project's best match: the image and each caption in separate eager fp32 passes.
+    out["baseline_latency"] = original_style_latencies(args, eager, tokenizer, device, sync)
+
+    if device.type == "cuda":
+        out.update(fp16_b256_figures(args))
+    return out
+
+
+def fp16_b256_figures(args) -> dict:
+    """On CUDA: fp16 images/s at batch 256 from uint8 pixels in host memory (pinned staging, the copy and the
+    per-batch normalisation included: what the service does), and the model alone on input already on the GPU."""
+    import torch
+
+    from clip_filter.ml.factory import load_encoder
+
+    fp16 = load_encoder(service_settings(args).model_copy(update={"precision": "fp16", "batch_size": 256}))
+    big = torch.stack([fp16.preprocess(im) for im in make_images(32, seed=9)] * 8)  # 256
+    sync = torch.cuda.synchronize
+    staged = fp16.stage_pixels(big)
+    return {"fp16_b256_images_s": 256 / timed(lambda: (fp16.encode_pixels(big), sync()), args.repeats),
+            "fp16_b256_model_images_s": 256 / timed(lambda: (fp16.run_staged(staged), sync()), args.repeats)}
+
+
+def original_style_latencies(args, eager, tokenizer, device, sync) -> list[float]:
+    """The original project's best match: the image and each caption in separate eager fp32 passes."""
+    import open_clip
+    import torch
+
     preprocess = open_clip.create_model_and_transforms(args.model, pretrained=None)[2]
     one_image = make_images(1, seed=5)[0]
     latencies = []
@@ -165,13 +192,40 @@ def encoder_figures(args) -> dict:
             logits.softmax(dim=-1)
         sync()
         latencies.append(time.perf_counter() - start)
-    out["baseline_latency"] = latencies
+    return latencies
 
-    if device.type == "cuda":
-        big = torch.stack([service_encoder.preprocess(im) for im in make_images(32, seed=9)] * 8)  # 256
-        fp16 = load_encoder(settings.model_copy(update={"precision": "fp16", "batch_size": 256}))
-        out["fp16_b256_images_s"] = 256 / timed(lambda: (fp16.encode_pixels(big), sync()), args.repeats)
-    return out
+
+def best_match_baseline(args) -> list[float]:
+    """original_style_latencies with its own eager fp32 model (for --latency-only)."""
+    import open_clip
+    import torch
+
+    from clip_filter.ml.factory import load_encoder
+
+    torch.set_num_threads(args.threads)
+    eager = load_encoder(service_settings(args).model_copy(update={"precision": "fp32"}))
+    sync = torch.cuda.synchronize if eager.device.type == "cuda" else (lambda: None)
+    tokenizer = open_clip.get_tokenizer(args.model)
+    original_style_latencies(args, eager.model, tokenizer, eager.device, sync)  # warm-up
+    return original_style_latencies(args, eager.model, tokenizer, eager.device, sync)
+
+
+def best_match_latencies(url: str, args, fresh_captions: bool = False) -> list[float]:
+    """One original-JSON best-match request at a time (1 PNG, 2 captions), after one warm-up request.
+    `fresh_captions`: two captions never sent before in every request (none comes from the text cache)."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=600) as http:
+        body = {"image_base64": png_b64(make_images(1, seed=5)[0]), "text_input1": "a cat", "text_input2": "a car"}
+        http.post("/image_text_similarity_best_match", json=body).raise_for_status()
+        latencies = []
+        for i in range(args.latency_requests):
+            if fresh_captions:
+                body.update(text_input1=f"a photo of cat number {i}", text_input2=f"a photo of car number {i}")
+            start = time.perf_counter()
+            http.post("/image_text_similarity_best_match", json=body).raise_for_status()
+            latencies.append(time.perf_counter() - start)
+    return latencies
 
 
 def encoder_only_images_s(encoder, images, repeats: int, sync=lambda: None) -> float:
@@ -232,22 +286,12 @@ def rss_mb(pid: int, field: str = "VmHWM") -> float:
 
 
 def server_figures(args) -> dict:
-    import httpx
-
     out: dict = {}
     with tempfile.TemporaryDirectory() as data_dir:
         process, url = start_server(args, data_dir)
         out["ready_rss_mb"] = rss_mb(process.pid, "VmRSS")
         try:
-            with httpx.Client(base_url=url, timeout=600) as http:
-                body = {"image_base64": png_b64(make_images(1, seed=5)[0]), "text_input1": "a cat", "text_input2": "a car"}
-                http.post("/image_text_similarity_best_match", json=body).raise_for_status()
-                latencies = []
-                for _ in range(args.latency_requests):
-                    start = time.perf_counter()
-                    http.post("/image_text_similarity_best_match", json=body).raise_for_status()
-                    latencies.append(time.perf_counter() - start)
-                out["service_latency"] = latencies
+            out["service_latency"] = best_match_latencies(url, args)
 
             out.update(asyncio.run(concurrent_clients(url, args)))
             out.update(asyncio.run(protocol_clients(url, args, process.pid)))
@@ -529,6 +573,11 @@ def main() -> None:
     parser.add_argument("--no-ceiling", action="store_true", help="skip the pipeline-ceiling table")
     parser.add_argument("--ceiling-only", action="store_true", help="only the pipeline-ceiling table")
     parser.add_argument("--ceiling-modes", nargs="+", default=["threads", f"processes:{os.cpu_count() or 1}"])
+    parser.add_argument("--latency-only", action="store_true",
+                        help="only the best-match latency rows (baseline and over HTTP) and the 16-client row")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="CUDA: fp16 images/s at batch 256, best match and 16 clients with CPU and with GPU JPEG "
+                             "decoding, each line printed as soon as it is measured (bench/gpu_check.sh)")
     parser.add_argument("--ingest-backends", action="store_true",
                         help="only measure ingest images/s through SQLite and through PostgreSQL + pgvector")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds for --ingest-backends")
@@ -545,6 +594,12 @@ def main() -> None:
         return
     if args.ceiling_only:
         pipeline_ceiling(args, model_rate=None)
+        return
+    if args.latency_only:
+        latency_only(args)
+        return
+    if args.gpu_only:
+        gpu_only(args)
         return
 
     enc = encoder_figures(args)
@@ -584,7 +639,8 @@ def main() -> None:
         f"{loading['peak_rss_mb']:.0f} / {loading['ready_rss_mb']:.0f} MB",
         f"{loading['peak_rss_mb'] / loading['open_clip_peak_mb']:.2f} of baseline peak", "<= 1200 MB")
     if "fp16_b256_images_s" in enc:
-        row("GPU images/s fp16, batch 256", "", f"{enc['fp16_b256_images_s']:.0f}")
+        row("GPU images/s fp16, batch 256: from host uint8 pixels / model alone", "",
+            f"{enc['fp16_b256_images_s']:.0f} / {enc['fp16_b256_model_images_s']:.0f}")
 
     footnotes = [f"encoder-only: {encoder_runs[0]:.1f} images/s before the server runs, {encoder_runs[1]:.1f} after; "
                  "the ratios use the better.",
@@ -604,6 +660,64 @@ def main() -> None:
         print(note)
     if not args.no_ceiling:
         pipeline_ceiling(args, model_rate=enc["service_images_s"])
+
+
+def latency_only(args) -> None:
+    """--latency-only: best match p50/p95 over HTTP vs the original-style baseline, and the 16-client row, in one
+    run (a few minutes: for before/after comparisons of the request path)."""
+    enc = best_match_baseline(args)
+    with tempfile.TemporaryDirectory() as data_dir:
+        process, url = start_server(args, data_dir)
+        try:
+            srv = {"service_latency": best_match_latencies(url, args),
+                   "fresh_latency": best_match_latencies(url, args, fresh_captions=True)}
+            srv.update(asyncio.run(concurrent_clients(url, args)))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+    b50, b95 = percentile(enc, 50) * 1e3, percentile(enc, 95) * 1e3
+    s50, s95 = percentile(srv["service_latency"], 50) * 1e3, percentile(srv["service_latency"], 95) * 1e3
+    use = srv["clients16_model"]
+    print(f"\nclip-filter latency benchmark: {args.model}, random weights, device {args.device}, "
+          f"{args.latency_requests} requests, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(f"best match p50 / p95 ms (1 image, 2 captions): {b50:.1f} / {b95:.1f} original-style, "
+          f"{s50:.1f} / {s95:.1f} over HTTP = {s50 / b50:.2f} of baseline (target <= 0.25)")
+    f50, f95 = percentile(srv["fresh_latency"], 50) * 1e3, percentile(srv["fresh_latency"], 95) * 1e3
+    print(f"best match, 2 new captions every request (none cached): {f50:.1f} / {f95:.1f} ms = "
+          f"{f50 / b50:.2f} of baseline")
+    print(f"16 clients (JPEG, original JSON): {srv['clients16_rps']:.1f} images/s, p99 "
+          f"{srv['clients16_p99'] * 1e3:.0f} ms, errors {srv['clients16_errors']}/{srv['clients16_requests']}; "
+          f"model busy {use['busy']:.0%}, {use['rate']:.1f} images/s while busy")
+
+
+def gpu_only(args) -> None:
+    """--gpu-only: the GPU figures, one line each as soon as measured (a time limit keeps what came before)."""
+    import torch
+
+    if not torch.cuda.is_available() or not args.device.startswith("cuda"):
+        raise SystemExit("--gpu-only needs --device cuda on a machine with an NVIDIA GPU")
+    print(f"clip-filter GPU benchmark: {args.model}, random weights, {torch.cuda.get_device_name()}, "
+          f"torch {torch.__version__}, {os.cpu_count()} CPUs", flush=True)
+    gpu = fp16_b256_figures(args)
+    print(f"fp16 images/s, batch 256: {gpu['fp16_b256_images_s']:.0f} from host uint8 pixels (pinned copy + "
+          f"normalisation included), {gpu['fp16_b256_model_images_s']:.0f} model alone", flush=True)
+    baseline = best_match_baseline(args)
+    b50 = percentile(baseline, 50) * 1e3
+    print(f"best match original-style baseline p50: {b50:.1f} ms (eager fp32, image and captions apart)", flush=True)
+    for label, env in (("CPU JPEG decoding", {}), ("GPU JPEG decoding", {"CLIP_FILTER_GPU_JPEG": "1"})):
+        with tempfile.TemporaryDirectory() as data_dir:
+            process, url = start_server(args, data_dir, extra_env=env)
+            try:
+                latencies = best_match_latencies(url, args)
+                srv = asyncio.run(concurrent_clients(url, args))
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
+        s50 = percentile(latencies, 50) * 1e3
+        use = srv["clients16_model"]
+        print(f"{label}: best match p50 {s50:.1f} ms = {s50 / b50:.2f} of baseline; 16 clients (JPEG, original "
+              f"JSON) {srv['clients16_rps']:.1f} images/s, p99 {srv['clients16_p99'] * 1e3:.0f} ms, errors "
+              f"{srv['clients16_errors']}/{srv['clients16_requests']}, model busy {use['busy']:.0%}", flush=True)
 
 
 def pipeline_ceiling(args, model_rate: float | None) -> None:

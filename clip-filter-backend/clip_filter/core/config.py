@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=1, validation_alias="CLIP_MAX_QUEUE")
     decode_workers: int = Field(2, ge=1, le=64, validation_alias="CLIP_DECODE_WORKERS")
 
+    # --- GPU path (issue 13 item 6: ml/encoder.py, ml/batcher.py, ml/gpu_decode.py) ----------------------
+    # The next batch staged (stacked in pinned memory, copied on a side stream) while the current one runs:
+    # "auto" turns it on for a CUDA model, where the copy overlaps the forward pass; "on" / "off" force it.
+    prefetch_batches: Literal["auto", "on", "off"] = Field("auto", validation_alias="CLIP_PREFETCH_BATCHES")
+    # JPEG request images decoded on the GPU (nvJPEG via torchvision) and resized there; CUDA only (refused at
+    # start-up otherwise). Pixels differ slightly from the CPU path's (docs/benchmarks-pipeline.md, "GPU").
+    gpu_jpeg: bool = Field(False, validation_alias="CLIP_FILTER_GPU_JPEG")
+
     # --- server -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", validation_alias="CLIP_FILTER_HOST")
     port: int = Field(5000, ge=0, le=65535, validation_alias="CLIP_FILTER_PORT")

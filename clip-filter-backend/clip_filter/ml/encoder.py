@@ -1,12 +1,21 @@
 """A small synchronous wrapper around one open_clip model: preprocess, encode images, encode texts.
 
 One thread (the batcher's model thread, or the CLI) calls the encode methods; `preprocess` and
-`lookup_texts` are safe to call from other threads so that decoding overlaps model work.
+`lookup_texts` are safe to call from other threads so that decoding overlaps model work, and so is
+`stage_pixels` (the batcher's stage thread, with prefetch).
+
+Images go through the model in two steps, `stage_pixels` (stack, normalise, move to the model's device
+and dtype) and `run_staged` (the forward pass, L2 normalisation, back to NumPy). On a CPU they are the
+same tensor operations as one call. On CUDA (`StagedPixels`): the uint8 batch is put in pinned (page-locked)
+host memory and copied with `non_blocking=True` on a side stream, normalised there in float32 (4x fewer
+bytes cross the bus than float pixels would), and the model's stream waits for that copy's event, so the
+next batch's copy overlaps the current batch's forward pass; `encode_pixels` stages chunk i+1 before it
+runs chunk i.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,6 +48,18 @@ class ModelInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class StagedPixels:
+    """One chunk of model input, on the model's device and in its dtype (see stage_pixels)."""
+
+    tensor: torch.Tensor
+    ready: Any = None  # a torch.cuda.Event recorded after the copy (CUDA only)
+    host: torch.Tensor | None = None  # the pinned source, kept alive until the copy is done
+
+    def __len__(self) -> int:
+        return int(self.tensor.shape[0])
 
 
 @dataclass
@@ -102,6 +123,7 @@ class ClipEncoder:
         first_param = next(model.parameters())
         self.device = first_param.device
         self.dtype = first_param.dtype
+        self._copy_stream: Any = None  # CUDA: the side stream host-to-device copies run on (stage_pixels)
 
     # ---- images ------------------------------------------------------------------------------
     def pixel_plan(self) -> PixelPlan | None:
@@ -126,16 +148,61 @@ class ClipEncoder:
         """preprocess() outputs, stacked -> the float32 input open_clip's own transform would give."""
         return self.preprocessor.normalise_batch(pixels)
 
-    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        """(n, 3, H, W) stacked preprocess() outputs -> (n, dim) float32 L2-normalised embeddings."""
-        outputs = []
+    def stage_pixels(self, pixels: torch.Tensor | Sequence[torch.Tensor]) -> StagedPixels:
+        """preprocess() outputs (stacked, or a list of (3, H, W) tensors, on the CPU or already on the model's
+        device) -> the model's input on its device and in its dtype. Thread-safe (the batcher's stage thread)."""
         with torch.inference_mode():
-            for start in range(0, pixels.shape[0], self.batch_size):
-                chunk = self.normalise(pixels[start : start + self.batch_size]).to(self.device, self.dtype)
-                features = self.model.encode_image(chunk).float()
-                outputs.append(F.normalize(features, dim=-1).cpu().numpy())
-        if not outputs:
+            if not isinstance(pixels, torch.Tensor):
+                pixels = self._stack(list(pixels))
+            if self.device.type != "cuda":
+                return StagedPixels(self.normalise(pixels).to(self.device, self.dtype))
+            if pixels.device.type == "cuda":  # decoded on the GPU already: nothing crosses the bus
+                return StagedPixels(self.normalise(pixels).to(self.dtype))
+            if self._copy_stream is None:
+                self._copy_stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]  # unannotated in torch
+            # Page-locked memory, so that the copy below runs asynchronously (_stack stacks into it directly).
+            host = pixels if pixels.is_pinned() else pixels.contiguous().pin_memory()
+            with torch.cuda.stream(self._copy_stream):
+                tensor = self.normalise(host.to(self.device, non_blocking=True)).to(self.dtype)
+                ready = torch.cuda.Event()  # type: ignore[no-untyped-call]  # unannotated in torch
+                ready.record(self._copy_stream)
+            return StagedPixels(tensor, ready, host)
+
+    def _stack(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        """One (n, 3, H, W) tensor; on CUDA, CPU pixels are stacked straight into pinned memory."""
+        on_device = [p.device.type != "cpu" for p in pixels]
+        if any(on_device):  # GPU-decoded JPEGs (beside CPU-decoded images, if any)
+            return torch.stack([p.to(self.device) for p in pixels])
+        if self.device.type != "cuda" or not pixels:
+            return torch.stack(pixels)
+        host = torch.empty((len(pixels), *pixels[0].shape), dtype=pixels[0].dtype, pin_memory=True)
+        return torch.stack(pixels, out=host)
+
+    def run_staged(self, staged: StagedPixels) -> np.ndarray:
+        """A staged chunk -> (n, dim) float32 L2-normalised embeddings (the model thread)."""
+        with torch.inference_mode():
+            tensor = staged.tensor
+            if staged.ready is not None:
+                stream = torch.cuda.current_stream(self.device)
+                stream.wait_event(staged.ready)  # the copy is done before the model reads it
+                tensor.record_stream(stream)  # allocated on the copy stream, used on this one
+            features = self.model.encode_image(tensor).float()
+            return F.normalize(features, dim=-1).cpu().numpy().astype(np.float32, copy=False)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """(n, 3, H, W) stacked preprocess() outputs -> (n, dim) float32 L2-normalised embeddings, in chunks of
+        batch_size; each chunk is staged before the previous one runs (on CUDA its copy overlaps that run)."""
+        starts = range(0, pixels.shape[0], self.batch_size)
+        if not starts:
             return np.zeros((0, self.info.dim), np.float32)
+        outputs = []
+        staged = self.stage_pixels(pixels[: self.batch_size])
+        for start in starts:
+            after = start + self.batch_size
+            upcoming = self.stage_pixels(pixels[after : after + self.batch_size]) if after < len(pixels) else None
+            outputs.append(self.run_staged(staged))
+            if upcoming is not None:
+                staged = upcoming
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:

@@ -152,6 +152,21 @@ def _build_from_weights(
     return cast_model(model.eval().to(device), dtype), preprocess
 
 
+def check_gpu_decoding(device: torch.device) -> None:
+    """CLIP_FILTER_GPU_JPEG=1 is refused at start-up unless the model is on a CUDA device whose torchvision
+    decodes JPEG there (ml/gpu_decode.py)."""
+    from clip_filter.ml.gpu_decode import GpuJpegUnavailableError, check_gpu_jpeg
+
+    try:
+        check_gpu_jpeg(device)
+    except GpuJpegUnavailableError as exc:
+        raise ModelLoadError(
+            f"CLIP_FILTER_GPU_JPEG=1 cannot be used: {exc}.",
+            "Unset CLIP_FILTER_GPU_JPEG (JPEGs are then decoded on the CPU), or run the model on an NVIDIA GPU "
+            "(CLIP_DEVICE=cuda) with a CUDA build of torchvision.",
+        ) from exc
+
+
 def load_encoder(settings: Settings) -> ClipEncoder:
     """Build the model, its preprocessing and tokenizer, on the chosen device and precision."""
     if settings.model_name not in open_clip.list_models():
@@ -161,6 +176,8 @@ def load_encoder(settings: Settings) -> ClipEncoder:
         )
     from clip_filter.ml.instant import INSTANT_TAG, InstantEncoder, is_instant
 
+    if is_instant(settings) and settings.gpu_jpeg:
+        check_gpu_decoding(torch.device("cpu"))  # the instant encoder runs on the CPU: refused the same way
     if is_instant(settings):  # the pipeline benchmark's model stand-in: never by accident
         if not settings.allow_test_encoder:
             raise ModelLoadError(
@@ -173,7 +190,9 @@ def load_encoder(settings: Settings) -> ClipEncoder:
         return instant
     source = resolve_weights_source(settings)
     device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.precision, device)
+    dtype = resolve_dtype(settings.precision, device)  # "auto" on CUDA: fp16
+    if settings.gpu_jpeg:
+        check_gpu_decoding(device)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
 

@@ -14,7 +14,7 @@ import open_clip
 import torch
 
 from clip_filter.core.config import Settings
-from clip_filter.ml.encoder import ClipEncoder, ModelInfo, TextBatch
+from clip_filter.ml.encoder import ClipEncoder, ModelInfo, StagedPixels, TextBatch
 from clip_filter.ml.text import BpeCache, TextEmbeddingCache, bound_memo
 
 INSTANT_TAG = "instant-test"
@@ -54,13 +54,16 @@ class InstantEncoder(ClipEncoder):
         if hasattr(tokenizer, "bpe") and hasattr(tokenizer, "cache"):
             bound_memo(tokenizer)
         self.device, self.dtype = torch.device("cpu"), torch.float32
+        self._copy_stream = None
         rng = np.random.default_rng(0)
         vectors = rng.standard_normal((2, dim)).astype(np.float32)
         self._image_vector, self._text_vector = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        self.normalise(pixels)  # the per-batch normalisation is pipeline work: kept
-        return np.repeat(self._image_vector[None], pixels.shape[0], axis=0)
+        return self.run_staged(self.stage_pixels(pixels))  # the per-batch normalisation is pipeline work: kept
+
+    def run_staged(self, staged: StagedPixels) -> np.ndarray:
+        return np.repeat(self._image_vector[None], len(staged), axis=0)
 
     def encode_texts(self, texts: list[str]) -> TextBatch:
         if not texts:

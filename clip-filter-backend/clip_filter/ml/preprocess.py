@@ -31,6 +31,7 @@ class ImagePreprocessor:
         self.transform = transform
         self._geometry, self._mean, self._std = _split(transform)
         self._plan = _plan_of(self._geometry) if self._geometry is not None else None
+        self._device_stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @property
     def split(self) -> bool:
@@ -63,7 +64,24 @@ class ImagePreprocessor:
         # uint8 pixels come only from the split transform (image_to_tensor, plan()), which has mean and std.
         assert self._mean is not None and self._std is not None
         # Exactly ToTensor's `.float().div(255)` then Normalize's `.sub_(mean).div_(std)`.
-        return pixels.contiguous().float().div(255).sub_(self._mean).div_(self._std)
+        mean, std, scale = self._stats_on(pixels.device)  # CUDA: normalised on the GPU, after the uint8 copy
+        return pixels.contiguous().float().div(scale).sub_(mean).div_(std)
+
+    def _stats_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]:
+        """mean, std and the 255 divisor for `device`, copied there once (the CPU's are the originals).
+
+        On CUDA the divisor is a tensor on the device: divided by a Python scalar, CUDA multiplies by its
+        reciprocal (one bit less exact); divided by a tensor it divides, as the CPU does, so the values match."""
+        assert self._mean is not None and self._std is not None
+        if device.type == "cpu":
+            return self._mean, self._std, 255
+        stats = self._device_stats.get(device)
+        if stats is None:
+            stats = (self._mean.to(device), self._std.to(device), torch.tensor(255.0, device=device))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the copies are complete before any stream reads them
+            self._device_stats[device] = stats
+        return stats
 
 
 def _split(transform: Any) -> tuple[list[Any] | None, torch.Tensor | None, torch.Tensor | None]:
