@@ -180,12 +180,12 @@ class DecodePipeline:
         except ClipFilterError as exc:
             return exc
 
-
     def _in_process(self, checked: _Checked) -> bool:
         """Where an image decodes when there are worker processes. JPEG stays on the threads by default: with
         DCT scaling its decode is short, and on 2 cores the process hop cost more than it relieved (640x480
         and 1920x1080 JPEG: 4.4 vs 5.1 and 11.0 vs 11.9 ms of server CPU per image, lower rates too), while
-        PNG screenshots over multipart ran 1.25x faster in processes (docs/benchmarks-pipeline.md)."""
+        PNG screenshots split both ways at the same CPU; longer decodes are what processes can take off
+        the GIL on more cores (docs/benchmarks-pipeline.md, the threads/processes rule)."""
         if not self._n_processes:
             return False
         jpeg = checked.header is not None and checked.header.mimetype == "image/jpeg"
