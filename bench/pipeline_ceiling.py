@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -63,6 +64,9 @@ def start_server(model: str, data_dir: str, extra_env: dict[str, str]) -> tuple[
     env = {**os.environ, "CLIP_MODEL": model, "CLIP_PRETRAINED": "instant-test", "CLIP_FILTER_ALLOW_TEST_ENCODER": "1",
            "CLIP_FILTER_PORT": str(port), "CLIP_FILTER_DATA_DIR": data_dir, "CLIP_FILTER_LOG_LEVEL": "warning",
            "CLIP_TEXT_CACHE_SIZE": "0",
+           # the GPU-deployment rule (docs/benchmarks-pipeline.md): the cores decode, torch keeps one thread;
+           # torch's default team (one per core) would spin-wait beside the decoders and be measured instead
+           "CLIP_TORCH_THREADS": "1",
            # this checkout's package, whatever is installed in the environment
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "clip-filter-backend"),
                                                        os.environ.get("PYTHONPATH")])),
@@ -183,45 +187,83 @@ def model_only_rate(model: str, batch: int = 32) -> float:
 
 
 def run(args) -> dict:
+    """Every mode's server is started first; then each image set is measured mode after mode (and
+    `rounds` times over), so the modes of one cell are seconds apart, not minutes, on a machine whose
+    load moves. The bare rate is measured beside each cell's round, with the servers idle."""
     sets = {name: files for name, files in image_sets(CLIENTS).items()
             if not args.sets or any(key in name for key in args.sets)}
-    modes = {}
-    for mode in args.modes:
-        env = {"CLIP_FILTER_DECODE_PROCESSES": mode.split(":")[1] if mode.startswith("processes") else "0"}
-        if args.no_reduce:
-            env.update(CLIP_FILTER_JPEG_DRAFT="0", CLIP_FILTER_REDUCE_LARGE_IMAGES="0")
-        with tempfile.TemporaryDirectory() as data_dir:
-            process, url = start_server(args.model, data_dir, env)
-            try:
-                rows = {}
-                for name, files in sets.items():
-                    n = iter(range(10**9))
-                    single = [[json_body(files[c], next(n)) for _ in range(args.json_requests)] for c in range(CLIENTS)]
-                    multi = [[multipart_body([files[(c + k) % len(files)] for k in range(MULTIPART_IMAGES)], next(n))
-                              for _ in range(args.multipart_requests)] for c in range(CLIENTS)]
-                    asyncio.run(load(url, [requests[:1] for requests in single]))  # warm-up
-                    cpu0 = cpu_seconds(process.pid)
-                    original = asyncio.run(load(url, single))
-                    cpu1 = cpu_seconds(process.pid)
-                    multipart = asyncio.run(load(url, multi))
-                    cpu2 = cpu_seconds(process.pid)
-                    rows[name] = {
-                        # Server CPU per image: robust to other load on a shared machine, unlike rates.
-                        "json_cpu_ms_per_image": (cpu1 - cpu0) / original["requests"] * 1e3,
-                        "multipart_cpu_ms_per_image": (cpu2 - cpu1) / (multipart["requests"] * MULTIPART_IMAGES) * 1e3,
-                        "json_images_s": original["rps"], "json_captions_s": 2 * original["rps"],
-                        "json_errors": original["errors"],
-                        "multipart_images_s": MULTIPART_IMAGES * multipart["rps"],
-                        "multipart_captions_s": 2 * multipart["rps"], "multipart_errors": multipart["errors"],
-                        # measured right after, with the server idle: the ratio's two sides are minutes
-                        # apart at most on a machine whose load moves
-                        "bare": bare_rate(files, args.bare_repeats, not args.no_reduce),
-                    }
-                modes[mode] = {"rows": rows, "rss_mb": rss_mb(process.pid), "peak_rss_mb": rss_mb(process.pid, "VmHWM")}
-            finally:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=30)
+    rounds = max(1, getattr(args, "rounds", 1))
+    servers: dict[str, tuple[subprocess.Popen, str]] = {}
+    with contextlib.ExitStack() as stack:
+        for mode in args.modes:
+            env = mode_env(mode)
+            if args.no_reduce:
+                env.update(CLIP_FILTER_JPEG_DRAFT="0", CLIP_FILTER_REDUCE_LARGE_IMAGES="0")
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory())
+            servers[mode] = start_server(args.model, data_dir, env)
+            stack.callback(stop_server, servers[mode][0])
+        samples: dict[str, dict[str, list[dict]]] = {mode: {name: [] for name in sets} for mode in args.modes}
+        bare: dict[str, list[dict]] = {name: [] for name in sets}
+        for name, files in sets.items():
+            n = iter(range(10**9))
+            single = [[json_body(files[c], next(n)) for _ in range(args.json_requests)] for c in range(CLIENTS)]
+            multi = [[multipart_body([files[(c + k) % len(files)] for k in range(MULTIPART_IMAGES)], next(n))
+                      for _ in range(args.multipart_requests)] for c in range(CLIENTS)]
+            for _ in range(rounds):
+                for mode, (process, url) in servers.items():
+                    samples[mode][name].append(measure_cell(process, url, single, multi))
+                bare[name].append(bare_rate(files, args.bare_repeats, not args.no_reduce))
+        modes = {}
+        for mode, (process, _) in servers.items():
+            rows = {name: {**mean_of(samples[mode][name]), "bare": mean_of(bare[name]), "rounds": rounds}
+                    for name in sets}
+            modes[mode] = {"rows": rows, "rss_mb": rss_mb(process.pid), "peak_rss_mb": rss_mb(process.pid, "VmHWM")}
     return {"modes": modes}
+
+
+def measure_cell(process: subprocess.Popen, url: str, single: list, multi: list) -> dict:
+    asyncio.run(load(url, [requests[:1] for requests in single]))  # warm-up
+    cpu0 = cpu_seconds(process.pid)
+    original = asyncio.run(load(url, single))
+    cpu1 = cpu_seconds(process.pid)
+    multipart = asyncio.run(load(url, multi))
+    cpu2 = cpu_seconds(process.pid)
+    return {
+        # Server CPU per image: robust to other load on a shared machine, unlike rates.
+        "json_cpu_ms_per_image": (cpu1 - cpu0) / original["requests"] * 1e3,
+        "multipart_cpu_ms_per_image": (cpu2 - cpu1) / (multipart["requests"] * MULTIPART_IMAGES) * 1e3,
+        "json_images_s": original["rps"], "json_captions_s": 2 * original["rps"], "json_errors": original["errors"],
+        "multipart_images_s": MULTIPART_IMAGES * multipart["rps"], "multipart_captions_s": 2 * multipart["rps"],
+        "multipart_errors": multipart["errors"],
+    }
+
+
+def mean_of(samples: list[dict]) -> dict:
+    """Rates as total work over total time (the mean of rates would overweight fast rounds); the rest averaged."""
+    out = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if key.endswith("_errors"):
+            out[key] = sum(values)
+        elif key.endswith("_s"):  # a rate: harmonic mean = equal work per round over the total time
+            out[key] = len(values) / sum(1 / v for v in values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def mode_env(mode: str) -> dict[str, str]:
+    """'threads', 'processes:N' or 'auto', optionally followed by ',NAME=VALUE' server settings."""
+    decode, *settings = mode.split(",")
+    env = dict(setting.split("=", 1) for setting in settings)
+    if decode != "auto":
+        env.setdefault("CLIP_FILTER_DECODE_PROCESSES", decode.split(":")[1] if decode.startswith("processes") else "0")
+    return env
 
 
 def cpu_seconds(pid: int) -> float:
@@ -249,7 +291,8 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 def print_table(result: dict, model_rate: float | None, cpu: str) -> list[str]:
     lines = [f"pipeline ceiling ({CLIENTS} clients, instant-test encoder, {os.cpu_count()} CPUs: {cpu})"]
-    header = f"{'images':26} {'decode':12} {'JSON img/s':>10} {'cap/s':>6} {'mp img/s':>8} {'cap/s':>6} " \
+    width = max(12, *(len(mode) for mode in result["modes"]))
+    header = f"{'images':26} {'decode':{width}} {'JSON img/s':>10} {'cap/s':>6} {'mp img/s':>8} {'cap/s':>6} " \
              f"{'bare img/s':>10} {'JSON/bare':>9} {'mp/bare':>7}   {'CPU ms/img: JSON':>16} {'mp':>5} {'bare':>5}"
     lines += [header, "-" * len(header)]
     for mode, data in result["modes"].items():
@@ -257,14 +300,14 @@ def print_table(result: dict, model_rate: float | None, cpu: str) -> list[str]:
             bare = row["bare"]["images_s"]
             errors = row["json_errors"] + row["multipart_errors"]
             lines.append(
-                f"{name:26} {mode:12} {row['json_images_s']:10.1f} {row['json_captions_s']:6.1f} "
+                f"{name:26} {mode:{width}} {row['json_images_s']:10.1f} {row['json_captions_s']:6.1f} "
                 f"{row['multipart_images_s']:8.1f} {row['multipart_captions_s']:6.1f} {bare:10.1f} "
                 f"{row['json_images_s'] / bare:9.0%} {row['multipart_images_s'] / bare:7.0%}   "
                 f"{row['json_cpu_ms_per_image']:16.1f} {row['multipart_cpu_ms_per_image']:5.1f} "
                 f"{row['bare']['cpu_ms_per_image']:5.1f}"
                 + (f"  ({errors} errors)" if errors else "")
             )
-        lines.append(f"{'':26} {mode:12} server RSS after the run {data['rss_mb']:.0f} MB, "
+        lines.append(f"{'':26} {mode:{width}} server RSS after the run {data['rss_mb']:.0f} MB, "
                      f"peak {data['peak_rss_mb']:.0f} MB")
     if model_rate:
         best = max(max(r["json_images_s"], r["multipart_images_s"]) for d in result["modes"].values()
@@ -277,10 +320,12 @@ def print_table(result: dict, model_rate: float | None, cpu: str) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--modes", nargs="+", default=["threads", f"processes:{os.cpu_count() or 1}"])
+    parser.add_argument("--modes", nargs="+", default=["threads", f"processes:{os.cpu_count() or 1}"],
+                        help="threads | processes:N | auto, each optionally with ,NAME=VALUE server settings")
     parser.add_argument("--json-requests", type=int, default=8, help="per client")
     parser.add_argument("--multipart-requests", type=int, default=2, help="per client")
     parser.add_argument("--bare-repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="measure each cell this many times, modes interleaved")
     parser.add_argument("--no-reduce", action="store_true", help="CLIP_FILTER_JPEG_DRAFT=0 and no reduction")
     parser.add_argument("--no-model", action="store_true", help="skip the model-alone figure")
     parser.add_argument("--sets", nargs="*", help="only the image sets whose name contains one of these")

@@ -35,6 +35,7 @@ _STRUCTURAL = np.zeros(256, bool)
 _STRUCTURAL[list(b",[]{}")] = True
 _STEP = np.zeros(256, np.int8)  # +1 opens a container, -1 closes one
 _STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
+_ALL_BUT_OPENERS = bytes(b for b in range(256) if b not in b",[{")  # bytes.translate deletes these
 
 
 def _invalid_json(message: str, **details: Any) -> ClipFilterError:
@@ -49,7 +50,16 @@ def scan(raw: bytes, max_elements: int, max_depth: int) -> None:
     Vectorised over 1 MiB chunks (NumPy releases the GIL inside each step, so the event loop keeps
     running while a large body is scanned on a worker thread); state carried between chunks: whether
     we are inside a string, the trailing run of backslashes, the depth, the counts.
+
+    First a bound that needs no string tracking: every counted value is a comma or an opening bracket
+    somewhere in the body, and the depth is at most the number of opening brackets. A body within both
+    (the usual one: a few fields, a large base64 string) is accepted after one C pass (bytes.translate,
+    about 5x cheaper than the scan on a 550 KB image body).
     """
+    openers = raw.translate(None, _ALL_BUT_OPENERS)
+    brackets = len(openers) - openers.count(b",")
+    if brackets <= max_depth and len(openers) <= max_elements:
+        return
     in_string = 0  # parity of unescaped quotes so far
     backslash_run = 0  # backslashes at the end of the previous chunk
     depth = values = 0

@@ -11,7 +11,8 @@ For each request (`DecodePipeline.prepare`):
    after its resize. One bad image is an error in its own slot; the others go on.
 
 Where step 3 runs: on the service's decode threads (CLIP_DECODE_WORKERS, the default), or with
-CLIP_FILTER_DECODE_PROCESSES=N in N worker processes (spawned, torch-free), whose pixels come back
+CLIP_FILTER_DECODE_PROCESSES=N in N worker processes (spawned, torch-free; JPEGs stay on the threads, where
+they measured cheaper), whose pixels come back
 through one shared-memory arena (`multiprocessing.shared_memory`): the parent only copies 150 KB out
 of a slot, no array is pickled. A worker that dies (a crashing decoder, the OOM killer) breaks the
 process pool: it is replaced and the images that were in flight are tried once more; an image that
@@ -105,15 +106,19 @@ def _check_all(items: Sequence[bytes | str], limits: ImageLimits, plan: PixelPla
 
 
 class DecodePipeline:
-    def __init__(self, settings: Any, threads: Executor) -> None:
+    def __init__(self, settings: Any, threads: Executor, jpeg_on_threads: bool = True) -> None:
+        """`jpeg_on_threads`: with worker processes, JPEGs still decode on the threads (see _in_process);
+        False sends every image to the processes (the parity tests)."""
         self.limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
         self.max_request_pixels = min(settings.max_request_pixels, settings.max_decoding_pixels)
         self.admission = PixelAdmission(settings.max_decoding_pixels)
         self._threads = threads
         self._n_processes = settings.decode_processes
+        self._jpeg_on_threads = jpeg_on_threads
         self._processes: ProcessPixelPool | None = None
         self._lock = threading.Lock()
         self.refused = {"request_too_many_pixels": 0, "decode_busy": 0}
+        self.decoded = {"threads": 0, "processes": 0}  # images decoded to model pixels on each path
 
     @property
     def mode(self) -> str:
@@ -167,11 +172,24 @@ class DecodePipeline:
         try:
             if plan is None:
                 return await loop.run_in_executor(self._threads, decode_image, checked.data, self.limits, None)
-            if self._n_processes:
+            if self._in_process(checked):
+                self.decoded["processes"] += 1
                 return await self._process_pool(plan).decode(checked.data, self.limits, plan)
+            self.decoded["threads"] += 1
             return await loop.run_in_executor(self._threads, decode_to_pixels, checked.data, self.limits, plan)
         except ClipFilterError as exc:
             return exc
+
+    def _in_process(self, checked: _Checked) -> bool:
+        """Where an image decodes when there are worker processes. JPEG stays on the threads by default: with
+        DCT scaling its decode is short, and on 2 cores the process hop cost more than it relieved (640x480
+        and 1920x1080 JPEG: 4.4 vs 5.1 and 11.0 vs 11.9 ms of server CPU per image, lower rates too), while
+        PNG screenshots split both ways at the same CPU; longer decodes are what processes can take off
+        the GIL on more cores (docs/benchmarks-pipeline.md, the threads/processes rule)."""
+        if not self._n_processes:
+            return False
+        jpeg = checked.header is not None and checked.header.mimetype == "image/jpeg"
+        return not (self._jpeg_on_threads and jpeg)
 
 
 # ---- worker processes ----------------------------------------------------------------------------

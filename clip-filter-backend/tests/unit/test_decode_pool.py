@@ -90,7 +90,7 @@ def threads():
 
 @pytest.fixture(scope="module")
 def process_pipeline(threads):
-    pipeline = DecodePipeline(settings(decode_processes=2), threads)
+    pipeline = DecodePipeline(settings(decode_processes=2), threads, jpeg_on_threads=False)  # every image: parity
     yield pipeline
     pipeline.close()
 
@@ -134,6 +134,29 @@ def test_processes_give_the_thread_path_pixels_bit_for_bit(threads, process_pipe
     for a, b in zip(in_threads, in_processes, strict=True):
         assert isinstance(a, np.ndarray) and a.flags.writeable
         assert np.array_equal(a, b)
+
+
+def test_with_processes_jpeg_stays_on_the_threads_by_default_and_the_pixels_are_the_same(threads, vit_preprocessor):
+    plan = vit_preprocessor.plan(jpeg_draft=True, reduce=True)
+    files = sample_files()  # 2 JPEGs, 3 PNGs, 1 WebP
+    in_threads = prepare(DecodePipeline(settings(), threads), files, plan)
+    pipeline = DecodePipeline(settings(decode_processes=2), threads)
+    try:
+        mixed = prepare(pipeline, files, plan)
+        assert pipeline.decoded == {"threads": 2, "processes": 4}
+        for a, b in zip(in_threads, mixed, strict=True):
+            assert np.array_equal(a, b)
+    finally:
+        pipeline.close()
+    everything = DecodePipeline(settings(decode_processes=2), threads, jpeg_on_threads=False)
+    try:
+        prepare(everything, files, plan)
+        assert everything.decoded == {"threads": 0, "processes": 6}
+    finally:
+        everything.close()
+    only_threads = DecodePipeline(settings(), threads)
+    prepare(only_threads, files, plan)
+    assert only_threads.decoded == {"threads": 6, "processes": 0}
 
 
 def test_processes_give_the_thread_path_embeddings_bit_for_bit(threads, process_pipeline):

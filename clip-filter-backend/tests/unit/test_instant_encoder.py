@@ -35,3 +35,21 @@ def test_flagged_and_returns_fixed_normalised_vectors_after_real_preprocessing()
     texts = encoder.encode_texts(["a cat", "word " * 100])
     assert texts.embeddings.shape == (2, 512) and texts.truncated == [False, True]  # really tokenized
     assert not np.allclose(texts.embeddings[0], images[0])
+
+
+def test_honours_torch_threads():
+    """CLIP_TORCH_THREADS applies to the instant encoder too (its normalisation is torch work); in a fresh
+    process, since the setting is process-wide."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from clip_filter.core.config import Settings\n"
+        "from clip_filter.ml.factory import load_encoder\n"
+        "load_encoder(Settings(CLIP_MODEL='ViT-B-32', CLIP_PRETRAINED='instant-test', "
+        "CLIP_FILTER_ALLOW_TEST_ENCODER='1', CLIP_TORCH_THREADS='1'))\n"
+        "print(torch.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "1"

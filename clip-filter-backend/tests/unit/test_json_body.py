@@ -90,3 +90,13 @@ def test_parse_takes_form_field_text_too():
     with pytest.raises(ClipFilterError) as caught:
         parse('{"k": ' + "7" * 5000 + "}", 10, 4)
     assert caught.value.code == "invalid_json"
+
+
+def test_quick_bound_and_exact_scan_agree_at_the_edges():
+    """The translate bound accepts only what the exact scan accepts; strings full of structure fall through to it."""
+    body = json.dumps({"image_base64": "QUJD" * 100_000, "text_input1": "a", "text_input2": "b"}).encode()
+    assert code_of(body, 3, 1) is None  # 3 members at depth 1: the bound alone answers
+    assert code_of(body, 2, 1) == "json_too_large" and code_of(body, 3, 0) == "invalid_json"
+    commas = json.dumps({"t": "," * 5000 + "[{" * 100}).encode()  # the bound says 5201 values, 201 levels
+    assert code_of(commas, 1, 1) is None  # the exact scan: one member, depth 1
+    assert code_of(commas, 0, 1) == "json_too_large"
