@@ -176,6 +176,8 @@ def load_encoder(settings: Settings) -> ClipEncoder:
         )
     from clip_filter.ml.instant import INSTANT_TAG, InstantEncoder, is_instant
 
+    if settings.torch_threads:  # before any branch: the instant encoder's torch work obeys it too
+        torch.set_num_threads(settings.torch_threads)
     if is_instant(settings) and settings.gpu_jpeg:
         check_gpu_decoding(torch.device("cpu"))  # the instant encoder runs on the CPU: refused the same way
     if is_instant(settings):  # the pipeline benchmark's model stand-in: never by accident
@@ -193,8 +195,6 @@ def load_encoder(settings: Settings) -> ClipEncoder:
     dtype = resolve_dtype(settings.precision, device)  # "auto" on CUDA: fp16
     if settings.gpu_jpeg:
         check_gpu_decoding(device)
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
 
     try:
         if source.kind == "random":

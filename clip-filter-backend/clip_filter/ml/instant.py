@@ -26,11 +26,9 @@ def is_instant(settings: Settings) -> bool:
 
 class InstantEncoder(ClipEncoder):
     def __init__(self, settings: Settings) -> None:  # noqa: D107 - no model: ClipEncoder's fields set here
-        # The per-batch normalisation runs torch ops: honour CLIP_TORCH_THREADS as a real model does. Without it,
-        # torch's default OpenMP team (one per core) spin-waits beside the decode threads and the ceiling bench
-        # measured that spinning (~5-10 ms of CPU per image on 2 cores) instead of the pipeline.
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        # CLIP_TORCH_THREADS is applied by load_encoder before it gets here: the per-batch normalisation runs
+        # torch ops, and torch's default OpenMP team (one per core) spin-waits beside the decode threads (the
+        # ceiling bench measured ~5-10 ms of CPU per image on 2 cores of that spinning otherwise).
         config = open_clip.get_model_config(settings.model_name) or {}
         vision = config.get("vision_cfg", {})
         image_size = vision.get("image_size", 224)
