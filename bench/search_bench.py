@@ -283,6 +283,7 @@ def bench_postgres(n: int, data: np.ndarray, queries: np.ndarray, label: str, ar
                 filtered_ef=[int(x) for x in args.filtered_ef.split(",")],
                 filtered_candidates=[int(x) for x in args.filtered_candidates.split(",")],
                 exact_queries=args.pg_exact_queries, timed=timed, pct=pct, index_bytes=size,
+                exact_max_rows=args.pg_exact_max_rows,
             )
             rows[0]["build"] = build
             note = f"{args.index_type} m{args.hnsw_m} efc{args.hnsw_ef_construction}"
@@ -333,6 +334,8 @@ def main() -> int:
                         help="PostgresCollectionStore.filtered_candidates values of filtered rows")
     parser.add_argument("--throughput-seconds", type=float, default=20.0, help="per throughput configuration")
     parser.add_argument("--throughput-threads", default="1,4", help="concurrent searches per backend process")
+    parser.add_argument("--pg-exact-max-rows", type=int, default=None,
+                        help="exact_max_rows of the 'auto' rows (default: the store's default)")
     parser.add_argument("--pg-exact-queries", type=int, default=20, help="queries for the exact PostgreSQL row")
     args = parser.parse_args()
     sizes = [10_000, 100_000] + ([] if args.quick else [1_000_000])

@@ -269,6 +269,7 @@ def measure_queries(
     timed: Any,
     pct: Any,
     index_bytes: int,
+    exact_max_rows: int | None = None,
 ) -> list[dict]:
     import psycopg
 
@@ -305,6 +306,8 @@ def measure_queries(
         for name in masks:
             rows.append(measure(f"pg {name} exact", name, {MASK_KEYS[name]: True}, queries[:50], exact=True))
         store.exact_max_rows, store.filtered_candidates = defaults  # the store's defaults decide
+        if exact_max_rows is not None:
+            store.exact_max_rows = exact_max_rows  # CLIP_FILTER_PG_EXACT_MAX_ROWS as given
         for name in masks:
             rows.append(measure(f"pg {name} auto", name, {MASK_KEYS[name]: True}, queries))
         rows.append(measure("pg auto", "all", None, queries))
