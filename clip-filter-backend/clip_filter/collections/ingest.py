@@ -344,15 +344,17 @@ class Ingestor:
     def _prepare_after_dedup(
         self, index: int, source: Source, collection: CollectionRecord, target: DecodeTarget | None
     ) -> _Prepared | Outcome:
+        checked = None  # a hash already looked up: the store is asked once per item (a round trip on PostgreSQL)
         if source.data is not None and sniff_image_mimetype(source.data) is not None:
-            digest = sha256_hex(source.data)
-            known = self.store.known_hashes(collection.id, [digest])
-            if digest in known:
-                return Outcome(index, source.filename, "duplicate", known[digest])
+            checked = sha256_hex(source.data)
+            known = self.store.known_hashes(collection.id, [checked])
+            if checked in known:
+                return Outcome(index, source.filename, "duplicate", known[checked])
         prepared_item = prepare(index, source, self.limits, target)
-        known = self.store.known_hashes(collection.id, [prepared_item.sha256])
-        if prepared_item.sha256 in known:
-            return Outcome(index, source.filename, "duplicate", known[prepared_item.sha256])
+        if prepared_item.sha256 != checked:
+            known = self.store.known_hashes(collection.id, [prepared_item.sha256])
+            if prepared_item.sha256 in known:
+                return Outcome(index, source.filename, "duplicate", known[prepared_item.sha256])
         return prepared_item
 
     def _embed(self, prepared: list[_Prepared], embedder: Embedder) -> list[NewItem]:
