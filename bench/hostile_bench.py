@@ -6,12 +6,15 @@
     .venv/bin/python bench/hostile_bench.py --only pixel-bomb-png --only json-deep
 
 Each attack gets a fresh `clip-filter serve` on 127.0.0.1 (so one attack's leftovers cannot colour the next),
-warmed up with one small image and one caption, then left idle 2 s. Then, while the attack runs:
+warmed up with one small image and one caption, then left idle 2 s. The attack's requests are built first (PNGs,
+multi-megabyte JSON bodies: client work that must not count), then, while the attack runs:
   - a thread samples the server's /proc/<pid>/status every 20 ms (VmRSS; VmHWM read before and after catches a
     peak between samples) and SIGKILLs the server if VmRSS passes the cap (--max-rss-gb, 6 by default: no
     cgroup is available here, and `prlimit --as` breaks torch, which reserves far more address space than it uses);
-  - a thread polls GET /health/ready every 50 ms on one keep-alive connection and records each latency
-    (a poll still waiting when the attack ends counts with the time it had waited so far).
+  - a separate process (as a container healthcheck is) polls GET /health/ready every 50 ms on one keep-alive
+    connection and records each latency (a poll still waiting when the attack ends counts with the time it had
+    waited so far). Not a thread of this process: here it would share the GIL with the attack's own client
+    threads and measure their stalls, not the server's.
 Columns: the attack's own status codes (per-slot error codes of a 200 in brackets), idle RSS, peak RSS during the
 attack, (peak - idle) / idle (goal <= 0.5), and p50 / p99 of /health/ready during it (goal p99 <= 50 ms).
 
@@ -35,6 +38,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -95,52 +99,101 @@ class RssSampler(threading.Thread):
         self.join(timeout=2)
 
 
-class HealthPoller(threading.Thread):
-    """GET /health/ready every `interval` s on one keep-alive connection; latencies in seconds."""
+class HealthPoller:
+    """GET /health/ready every `interval` s on one keep-alive connection, in a child process; latencies in seconds.
+
+    The child (`poll_health`, this file run with --health-poller) counts the polls that start after begin();
+    stop() ends it and reads its figures.
+    """
 
     def __init__(self, url: str, interval: float = 0.05, timeout: float = 60) -> None:
-        super().__init__(daemon=True)
-        self.url, self.interval, self.timeout = url, interval, timeout
         self.latencies: list[float] = []
         self.failures: Counter[str] = Counter()
-        self._in_flight_since: float | None = None
-        self._window_start = float("inf")  # polls that start before begin() are the connection's warm-up
-        self.connected = threading.Event()
-        self._stop_event = threading.Event()
+        self._process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--health-poller", url, str(interval), str(timeout)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
 
-    def run(self) -> None:
-        import httpx
+    def start(self) -> None:
+        pass  # the child starts polling at once
 
-        with httpx.Client(base_url=self.url, timeout=self.timeout, trust_env=False) as http:
-            while not self._stop_event.is_set():
-                start = self._in_flight_since = time.perf_counter()
-                try:
-                    status = http.get("/health/ready").status_code
-                    if status != 200:
-                        self.failures[str(status)] += 1
-                except httpx.HTTPError as exc:
-                    self.failures[type(exc).__name__] += 1
-                self._in_flight_since = None
-                self.connected.set()
-                if self._stop_event.is_set():
-                    break
-                if start >= self._window_start:
-                    self.latencies.append(time.perf_counter() - start)
-                self._stop_event.wait(self.interval)
+    def wait_connected(self, timeout: float = 30) -> bool:
+        """True once the child's first poll answered (its connection is open)."""
+        assert self._process.stdout is not None
+        ready = threading.Event()
+        threading.Thread(target=lambda: ready.set() if self._process.stdout.readline().strip() == "connected"
+                         else None, daemon=True).start()
+        return ready.wait(timeout)
+
+    def _send(self, command: str) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.write(command + "\n")
+        self._process.stdin.flush()
 
     def begin(self) -> None:
-        """Counts the polls from now on (call once connected.wait() returned)."""
-        self.latencies.clear()
-        self.failures.clear()
-        self._window_start = time.perf_counter()
+        """Counts the polls from now on (call once wait_connected() returned)."""
+        self._send("begin")
 
     def stop(self) -> None:
         """Ends polling; a poll still waiting counts with the time it has waited (a lower bound)."""
-        since = self._in_flight_since
-        self._stop_event.set()
-        if since is not None:
-            self.latencies.append(time.perf_counter() - max(since, self._window_start))
-            self.failures["still waiting at the end"] += 1
+        try:
+            self._send("stop")
+            out, _ = self._process.communicate(timeout=10)
+            figures = json.loads(out.strip().splitlines()[-1])
+            self.latencies, self.failures = figures["latencies"], Counter(figures["failures"])
+        except (subprocess.TimeoutExpired, ValueError, IndexError, BrokenPipeError):
+            self._process.kill()
+            self._process.wait(timeout=10)
+            self.failures["poller failed"] += 1
+
+
+def poll_health(url: str, interval: float, timeout: float) -> None:
+    """The poller child: polls until "stop" arrives on stdin, then prints {"latencies", "failures"} as JSON."""
+    import httpx
+
+    latencies: list[float] = []
+    failures: Counter[str] = Counter()
+    window_start = [float("inf")]  # polls that start before "begin" are the connection's warm-up
+    in_flight_since: list[float | None] = [None]
+    stop = threading.Event()
+
+    def commands() -> None:
+        for line in sys.stdin:
+            if line.strip() == "begin":
+                window_start[0] = time.perf_counter()
+            elif line.strip() == "stop":
+                break
+        since = in_flight_since[0]
+        if since is not None and not stop.is_set():
+            latencies.append(time.perf_counter() - max(since, window_start[0]))
+            failures["still waiting at the end"] += 1
+        stop.set()
+        print(json.dumps({"latencies": latencies, "failures": failures}), flush=True)
+        os._exit(0)  # a poll may still be waiting: do not wait for it
+
+    threading.Thread(target=commands, daemon=True).start()
+    connected = False
+    with httpx.Client(base_url=url, timeout=timeout, trust_env=False) as http:
+        while not stop.is_set():
+            start = in_flight_since[0] = time.perf_counter()
+            try:
+                status = http.get("/health/ready").status_code
+                ok = str(status) if status != 200 else None
+            except httpx.HTTPError as exc:
+                ok = type(exc).__name__
+            elapsed = time.perf_counter() - start
+            in_flight_since[0] = None
+            if not connected:
+                connected = True
+                print("connected", flush=True)
+            if stop.is_set():
+                break
+            if start >= window_start[0]:
+                latencies.append(elapsed)
+                if ok is not None:
+                    failures[ok] += 1
+            stop.wait(interval)
+    stop.wait()  # the commands thread prints and exits
 
 
 # ---- the attacks ------------------------------------------------------------------------------------------
@@ -211,13 +264,12 @@ def bomb_tiff() -> bytes:
 
 
 def images_attack(make: Callable[[], bytes], count: int, ext: str, mime: str):
-    def attack(url: str, timeout: float) -> AttackResult:
-        data = make()
+    def attack(url: str, timeout: float, data: bytes) -> AttackResult:
         files = [("images", (f"{i}.{ext}", data, mime)) for i in range(count)]
         status, seconds, body = post(url, "/embeddings/images", timeout, files=files)
         return AttackResult([describe(status, body)],
                             [f"{count} × {len(data) / 1024:.0f} KB on the wire, answered in {seconds:.1f} s"])
-    return attack
+    return make, attack
 
 
 def cjk_captions(count: int, chars: int, seed: int) -> list[str]:
@@ -227,9 +279,11 @@ def cjk_captions(count: int, chars: int, seed: int) -> list[str]:
 
 
 def tokenizer_attack(requests: int, captions: int, chars: int):
-    def attack(url: str, timeout: float) -> AttackResult:
-        bodies = [json.dumps({"texts": cjk_captions(captions, chars, seed)}, ensure_ascii=False).encode()
-                  for seed in range(requests)]
+    def prepare() -> list[bytes]:
+        return [json.dumps({"texts": cjk_captions(captions, chars, seed)}, ensure_ascii=False).encode()
+                for seed in range(requests)]
+
+    def attack(url: str, timeout: float, bodies: list[bytes]) -> AttackResult:
         headers = {"content-type": "application/json"}
         probe: list = []
 
@@ -246,26 +300,30 @@ def tokenizer_attack(requests: int, captions: int, chars: int):
                             [(f"{requests} × {captions} captions × {chars} chars ({len(bodies[0]) / MiB:.1f} MB each), "
                               f"last answer after {seconds:.1f} s; a 1-caption request 1 s in: {p_status} "
                               f"in {p_seconds:.1f} s")])
-    return attack
+    return prepare, attack
 
 
 def json_array_attack(elements: int):
-    def attack(url: str, timeout: float) -> AttackResult:
-        body = b'{"texts":[' + b"{}," * (elements - 1) + b"{}]}"
+    def prepare() -> bytes:
+        return b'{"texts":[' + b"{}," * (elements - 1) + b"{}]}"
+
+    def attack(url: str, timeout: float, body: bytes) -> AttackResult:
         status, seconds, answer = post(url, "/embeddings/texts", timeout, content=body,
                                        headers={"content-type": "application/json"})
         return AttackResult([describe(status, answer)],
                             [f"{elements / 1e6:.0f} M × {{}} ({len(body) / MiB:.0f} MB), answered in {seconds:.1f} s"])
-    return attack
+    return prepare, attack
 
 
 def json_deep_attack(depth: int):
-    def attack(url: str, timeout: float) -> AttackResult:
-        body = b'{"texts":' + b"[" * depth + b"]" * depth + b"}"
+    def prepare() -> bytes:
+        return b'{"texts":' + b"[" * depth + b"]" * depth + b"}"
+
+    def attack(url: str, timeout: float, body: bytes) -> AttackResult:
         status, seconds, answer = post(url, "/embeddings/texts", timeout, content=body,
                                        headers={"content-type": "application/json"})
         return AttackResult([describe(status, answer)], [f"{depth:,} nested arrays, answered in {seconds:.1f} s"])
-    return attack
+    return prepare, attack
 
 
 def small_pngs(count: int, seed: int, size: int = 64) -> list[bytes]:
@@ -281,18 +339,20 @@ def small_pngs(count: int, seed: int, size: int = 64) -> list[bytes]:
 
 
 def upload_flood_attack(requests: int, images: int):
-    def attack(url: str, timeout: float) -> AttackResult:
+    def prepare() -> list:
+        return [[("files", (f"{k}-{i}.png", data, "image/png")) for i, data in enumerate(small_pngs(images, k))]
+                for k in range(requests)]
+
+    def attack(url: str, timeout: float, payloads: list) -> AttackResult:
         import httpx
 
         httpx.post(url + "/collections", json={"name": "flood"}, timeout=30, trust_env=False).raise_for_status()
-        payloads = [[("files", (f"{k}-{i}.png", data, "image/png")) for i, data in enumerate(small_pngs(images, k))]
-                    for k in range(requests)]
         calls = [lambda p=p: post(url, "/collections/flood/items", timeout, files=p) for p in payloads]
         results = concurrently(calls)
         return AttackResult([describe(s, b) for s, _, b in results],
                             [(f"{requests} concurrent uploads × {images} distinct 64×64 PNGs, "
                               f"last answer after {max(r[1] for r in results):.1f} s")])
-    return attack
+    return prepare, attack
 
 
 @dataclass
@@ -300,7 +360,15 @@ class Attack:
     name: str
     finding: str
     timeout: float
-    run: Callable[[str, float], AttackResult]
+    # (prepare, run): prepare() builds the requests' payloads before the measured window; run(url, timeout,
+    # payload) sends them.
+    parts: tuple[Callable[[], Any], Callable[[str, float, Any], AttackResult]]
+
+    def prepare(self) -> Any:
+        return self.parts[0]()
+
+    def run(self, url: str, timeout: float, payload: Any) -> AttackResult:
+        return self.parts[1](url, timeout, payload)
 
 
 ATTACKS = [
@@ -347,6 +415,7 @@ def stop_server(process: subprocess.Popen) -> None:
 def run_attack(attack: Attack, args, timeout: float) -> Row:
     row = Row(attack)
     with tempfile.TemporaryDirectory(prefix="hostile-") as data_dir:
+        payload = attack.prepare()  # client work, before the server starts and the window opens
         process, url = start_server(args, data_dir)
         try:
             warm_up(url)
@@ -356,10 +425,10 @@ def run_attack(attack: Attack, args, timeout: float) -> Row:
             sampler = RssSampler(process.pid, 0.02, args.max_rss_gb * 1024)
             poller = HealthPoller(url, 0.05, timeout)
             poller.start()
-            poller.connected.wait(30)
+            poller.wait_connected(30)
             sampler.start()
             poller.begin()
-            result = attack.run(url, timeout)
+            result = attack.run(url, timeout, payload)
             time.sleep(0.5)  # a refused request may still be freeing (or decoding) when its answer arrives
             poller.stop()
             sampler.stop()
@@ -418,6 +487,10 @@ def table(rows: list[Row], cap_gb: float) -> list[str]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--health-poller"]:  # the poller child (HealthPoller)
+        url, interval, timeout = sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+        poll_health(url, interval, timeout)
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="clip-filter-tiny")
     parser.add_argument("--device", default="cpu")

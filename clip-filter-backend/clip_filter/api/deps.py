@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from clip_filter.api.admission import UploadGate
 from clip_filter.collections.service import Collections
 from clip_filter.core.config import Settings
 from clip_filter.ml.service import ModelService
@@ -25,6 +26,16 @@ async def get_collections(request: Request) -> Collections:
     return request.app.state.collections
 
 
+async def get_upload_gate(request: Request) -> UploadGate:
+    return request.app.state.upload_gate
+
+
+async def get_job_upload_gate(request: Request) -> UploadGate:
+    return request.app.state.job_upload_gate
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 ModelDep = Annotated[ModelService, Depends(get_model_service)]
 CollectionsDep = Annotated[Collections, Depends(get_collections)]
+UploadGateDep = Annotated[UploadGate, Depends(get_upload_gate)]
+JobUploadGateDep = Annotated[UploadGate, Depends(get_job_upload_gate)]

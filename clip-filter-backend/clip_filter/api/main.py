@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from clip_filter import __version__
 from clip_filter.api import metrics
+from clip_filter.api.admission import UploadGate
 from clip_filter.api.errors import install_error_handlers
 from clip_filter.api.limits import BodySizeLimit
 from clip_filter.api.protocols import enabled_routers
@@ -66,6 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.rate_limiter = RequestRateLimiter(settings)
+    # A few uploads at a time read and processed, a few more waiting, the rest 429 (api/admission.py); bulk-job
+    # uploads have their own places, so a long job upload does not hold up small ones.
+    app.state.upload_gate = UploadGate("uploads", settings.upload_concurrency, settings.upload_backlog)
+    app.state.job_upload_gate = UploadGate("job uploads", settings.upload_concurrency, settings.upload_backlog)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     # Keys, CORS (off unless CLIP_FILTER_CORS_ORIGINS), Host/cross-site/content-type checks and security headers;

@@ -69,6 +69,15 @@ IMAGE_REFUSALS = Counter(
     "clip_filter_image_refusals", "Images refused while being checked or decoded, by error code.", ["code"]
 )
 ITEMS_INGESTED = Counter("clip_filter_items_ingested", "Items committed to collections by this process.", ["kind"])
+UPLOADS_ACTIVE = Gauge(
+    "clip_filter_uploads_active", "Uploads being read and processed now (api/admission.py).", ["what"]
+)
+UPLOADS_WAITING = Gauge("clip_filter_uploads_waiting", "Uploads waiting for a place, bodies not read yet.", ["what"])
+UPLOAD_REFUSALS = Counter(
+    "clip_filter_upload_refusals",
+    "Uploads answered 429 before their body was read (all places and backlog taken).",
+    ["what"],
+)
 
 
 def route_template(scope: Scope) -> str | None:

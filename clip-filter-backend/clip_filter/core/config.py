@@ -131,6 +131,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"{value!r} is not a rate limit such as '600/minute' or '10/second;600/hour'") from exc
         return value
 
+    # --- upload admission (issue 11: /health under an upload flood; api/admission.py) ----------------------
+    # Uploads (POST /collections/{name}/items, multipart job uploads) read and processed at once; more wait,
+    # without their bodies read, up to the backlog; beyond it 429 `overloaded` + Retry-After before the body is read.
+    upload_concurrency: int = Field(2, ge=1, le=64, validation_alias="CLIP_FILTER_UPLOAD_CONCURRENCY")
+    upload_backlog: int = Field(8, ge=0, le=10_000, validation_alias="CLIP_FILTER_UPLOAD_BACKLOG")
+
     # --- collections: durability and limits (issue 11: items 4 and 5; docs/architecture.md) -------
     # A stored text (JSON `texts`, a text file) over this many UTF-8 bytes is refused (413 text_too_long).
     max_stored_text_bytes: int = Field(1 * MB, ge=1, validation_alias="CLIP_FILTER_MAX_STORED_TEXT_BYTES")

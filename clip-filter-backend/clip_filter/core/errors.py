@@ -34,8 +34,9 @@ class ModelUnavailableError(ClipFilterError):
 
 
 class OverloadedError(ClipFilterError):
-    """The inference queue is full (429); the client should retry after `retry_after` seconds."""
+    """The inference queue (or another bounded stage, named in `message`) is full (429); the client should retry
+    after `retry_after` seconds."""
 
-    def __init__(self, retry_after: int = 1) -> None:
-        super().__init__("overloaded", "The model queue is full; retry shortly.", 429, retry_after=retry_after)
+    def __init__(self, retry_after: int = 1, message: str = "The model queue is full; retry shortly.") -> None:
+        super().__init__("overloaded", message, 429, retry_after=retry_after)
         self.retry_after = retry_after

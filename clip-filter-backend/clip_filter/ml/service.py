@@ -27,7 +27,7 @@ from PIL import Image
 
 from clip_filter.core.config import Settings
 from clip_filter.core.errors import ModelUnavailableError, OverloadedError
-from clip_filter.core.memory import release_free_memory
+from clip_filter.core.memory import freeze_long_lived_objects, release_free_memory
 from clip_filter.images import DecodeTarget
 from clip_filter.ml.batcher import DynamicBatcher, Expectation
 from clip_filter.ml.decode_pool import DecodePipeline, Prepared
@@ -76,6 +76,10 @@ class ModelService:
             log.exception("model load failed")
             self._fail(f"Loading the model failed: {exc}", "Check the server log and the CLIP_* settings.")
             return
+        # torch, open_clip and the model live as long as the process: out of the cyclic collector's sight, so a
+        # full collection no longer walks them while holding the GIL (200-300 ms, see core/memory.py).
+        frozen = freeze_long_lived_objects()
+        log.debug("%d long-lived objects frozen for the garbage collector", frozen)
         release_free_memory()  # what loading and the precision cast freed (the fp32 weights, for bf16)
         if self.settings.gpu_jpeg:  # load_encoder refused it unless the model is on a CUDA device that can
             from clip_filter.ml.gpu_decode import GpuJpegDecoder

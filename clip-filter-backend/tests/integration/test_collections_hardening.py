@@ -9,8 +9,10 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -122,6 +124,115 @@ def test_uploads_answer_429_when_the_model_queue_is_full(server_factory):
     assert refused.headers["retry-after"] == "1" and refused.json()["error"]["code"] == "overloaded"
     with server.client() as client:  # refused uploads left nothing behind; accepted ones are all there
         assert client.get("/collections/busy").json()["item_count"] == 8 * statuses.count(200)
+
+
+# Uploads admitted a few at a time (api/admission.py): a flood is refused before its bodies are read.
+def _multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = "clip-filter-test-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{n}"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for n, data in files
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+class RawUpload:
+    """One POST on its own socket: the headers (and as much of the body as asked) now, the rest later."""
+
+    def __init__(self, base_url: str, path: str, body: bytes, content_type: str, send_now: int = 0) -> None:
+        host, port = base_url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=60)
+        self.body, self.sent = body, send_now
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self.sock.sendall(head.encode() + body[:send_now])
+
+    def finish(self) -> None:
+        self.sock.sendall(self.body[self.sent :])
+
+    def response(self) -> tuple[int, dict[str, str], dict]:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(65536)
+            assert chunk, f"connection closed before an answer: {data!r}"
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        while len(rest) < int(headers["content-length"]):
+            chunk = self.sock.recv(65536)
+            assert chunk, "connection closed inside the answer"
+            rest += chunk
+        self.sock.close()
+        return int(lines[0].split()[1]), headers, json.loads(rest)
+
+
+def _gate_metric(base_url: str, name: str, what: str) -> float:
+    text = httpx.get(base_url + "/metrics", timeout=30).text
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{what="{what}"}} '):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _wait_for_metric(base_url: str, name: str, what: str, value: float, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _gate_metric(base_url, name, what) != value:
+        assert time.monotonic() < deadline, f"{name}{{what={what!r}}} never reached {value}"
+        time.sleep(0.05)
+
+
+def test_a_flood_of_uploads_is_refused_before_its_bodies_are_read(server_factory):
+    server = server_factory({"CLIP_FILTER_UPLOAD_CONCURRENCY": "1", "CLIP_FILTER_UPLOAD_BACKLOG": "1"})
+    with server.client() as client:
+        client.post("/collections", json={"name": "gate"}).raise_for_status()
+    path = "/collections/gate/items"
+    body_a, kind = _multipart([("a.png", png_bytes(501, (64, 64)))])
+    body_b, _ = _multipart([("b.png", png_bytes(502, (64, 64)))])
+    first = RawUpload(server.base_url, path, body_a, kind, send_now=len(body_a) // 2)  # admitted, body half sent
+    _wait_for_metric(server.base_url, "clip_filter_uploads_active", "uploads", 1)
+    second = RawUpload(server.base_url, path, body_b, kind)  # headers only: waits in the backlog, unread
+    _wait_for_metric(server.base_url, "clip_filter_uploads_waiting", "uploads", 1)
+    # Every place and the backlog are taken: 429 at once, although not one byte of these bodies was sent.
+    third = RawUpload(server.base_url, path, b"x" * 10 * MIB, kind)
+    status, headers, error = third.response()
+    assert status == 429 and headers["retry-after"] == "1", error
+    assert error["error"]["code"] == "overloaded" and "uploads" in error["error"]["message"]
+    assert _gate_metric(server.base_url, "clip_filter_upload_refusals_total", "uploads") == 1
+
+    first.finish()
+    status, _, added = first.response()
+    assert status == 200 and [r["status"] for r in added["results"]] == ["added"]
+    second.finish()  # admitted once the first was done
+    status, _, added = second.response()
+    assert status == 200 and [r["status"] for r in added["results"]] == ["added"]
+    _wait_for_metric(server.base_url, "clip_filter_uploads_active", "uploads", 0)
+    with server.client() as client:  # the refused upload left nothing; the admitted ones are both there
+        assert client.get("/collections/gate").json()["item_count"] == 2
+
+
+def test_job_uploads_have_their_own_places(server_factory):
+    server = server_factory({"CLIP_FILTER_UPLOAD_CONCURRENCY": "1", "CLIP_FILTER_UPLOAD_BACKLOG": "0"})
+    with server.client() as client:
+        client.post("/collections", json={"name": "jobgate"}).raise_for_status()
+    body, kind = _multipart([("j.png", png_bytes(503, (64, 64)))])
+    job = RawUpload(server.base_url, "/collections/jobgate/jobs", body, kind, send_now=len(body) // 2)
+    _wait_for_metric(server.base_url, "clip_filter_uploads_active", "job uploads", 1)
+    refused = RawUpload(server.base_url, "/collections/jobgate/jobs", b"x" * MIB, kind)
+    status, headers, error = refused.response()
+    assert status == 429 and headers["retry-after"] == "1" and error["error"]["code"] == "overloaded", error
+    with server.client() as client:  # a job upload does not take an item upload's place
+        added = client.post("/collections/jobgate/items", files=[("files", ("i.png", png_bytes(504), "image/png"))])
+        assert added.status_code == 200, added.text
+        job.finish()
+        status, _, started = job.response()
+        assert status == 202, started
+        assert wait_for_job(client, started["id"])["state"] == "done"
 
 
 # ---- M6: the map survives metadata writes and is recomputed in the background -------------------------------

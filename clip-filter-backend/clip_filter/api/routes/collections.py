@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from clip_filter.api.bodies import parse, read_model, read_object
-from clip_filter.api.deps import CollectionsDep, ModelDep, SettingsDep
+from clip_filter.api.deps import CollectionsDep, ModelDep, SettingsDep, UploadGateDep
 from clip_filter.api.inputs import read_form, request_kind
 from clip_filter.api.multipart import clean_filename, file_parts
 from clip_filter.api.schemas.collections import (
@@ -103,34 +103,45 @@ async def delete_collection(name: str, collections: CollectionsDep) -> Response:
     **OUT,
 )
 async def add_items(
-    name: str, request: Request, collections: CollectionsDep, model: ModelDep, settings: SettingsDep
+    name: str,
+    request: Request,
+    collections: CollectionsDep,
+    model: ModelDep,
+    settings: SettingsDep,
+    uploads: UploadGateDep,
 ) -> dict[str, Any]:
     """Each file or text gets a slot: added, duplicate (same content already present) or error.
 
     A full model queue answers 429 (Retry-After) before the body is read or decoded, and again instead of
-    waiting should it fill meanwhile: an upload never holds a worker thread waiting for the model."""
+    waiting should it fill meanwhile: an upload never holds a worker thread waiting for the model. Only
+    CLIP_FILTER_UPLOAD_CONCURRENCY uploads are read and processed at once, CLIP_FILTER_UPLOAD_BACKLOG more wait
+    unread, and beyond that the answer is 429 before the body is read (api/admission.py)."""
     validate_name(name)
+    kind = request_kind(request)
     if model.ready and not model.queue_has_room():
         raise OverloadedError(retry_after=1)
-    if request_kind(request) == "json":
-        body = parse(AddTextsBody, await read_object(request), max_texts=settings.max_texts_per_request)
-        metadata = body.metadata or [None] * len(body.texts)
-        sources = [Source(text=text, metadata=meta or {}) for text, meta in zip(body.texts, metadata, strict=True)]
-    else:
-        limit = settings.max_images_per_request
-        form = await read_form(request, max_files=limit + 1, max_fields=2 * limit + 16)
-        sources = [
-            Source(
-                filename=part.filename,
-                data=await part.upload.read(),
-                content_type=part.upload.content_type,
-                metadata=part.metadata,
-            )
-            for part in file_parts(form, limit)
-        ]
-    model.require_ready()  # 503 before any work while the model loads
-    # The texts come back whole: each is bounded (CLIP_FILTER_MAX_STORED_TEXT_BYTES) and was just sent.
-    return views.add_result_view(await run_in_threadpool(collections.add, name, sources, False))
+    async with uploads.admit():
+        if model.ready and not model.queue_has_room():  # it may have filled while this one waited
+            raise OverloadedError(retry_after=1)
+        if kind == "json":
+            body = parse(AddTextsBody, await read_object(request), max_texts=settings.max_texts_per_request)
+            metadata = body.metadata or [None] * len(body.texts)
+            sources = [Source(text=text, metadata=meta or {}) for text, meta in zip(body.texts, metadata, strict=True)]
+        else:
+            limit = settings.max_images_per_request
+            form = await read_form(request, max_files=limit + 1, max_fields=2 * limit + 16)
+            sources = [
+                Source(
+                    filename=part.filename,
+                    data=await part.upload.read(),
+                    content_type=part.upload.content_type,
+                    metadata=part.metadata,
+                )
+                for part in file_parts(form, limit)
+            ]
+        model.require_ready()  # 503 before any work while the model loads
+        # The texts come back whole: each is bounded (CLIP_FILTER_MAX_STORED_TEXT_BYTES) and was just sent.
+        return views.add_result_view(await run_in_threadpool(collections.add, name, sources, False))
 
 
 @router.get("/collections/{name}/items", summary="Items in id order (stable pages)", response_model=ItemPageOut, **OUT)

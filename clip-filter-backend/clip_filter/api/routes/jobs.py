@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from clip_filter.api.bodies import parse, read_object
-from clip_filter.api.deps import CollectionsDep
+from clip_filter.api.deps import CollectionsDep, JobUploadGateDep
 from clip_filter.api.inputs import read_form, request_kind
 from clip_filter.api.multipart import file_parts
 from clip_filter.api.schemas.collections import JOB_FILES_FORM, FolderJobBody, JobOut, request_body
@@ -33,21 +33,27 @@ MAX_UPLOAD_JOB_FILES = 100_000
     response_model_exclude_unset=True,
     openapi_extra=request_body(FolderJobBody, JOB_FILES_FORM),
 )
-async def create_job(name: str, request: Request, collections: CollectionsDep) -> dict[str, Any]:
+async def create_job(
+    name: str, request: Request, collections: CollectionsDep, job_uploads: JobUploadGateDep
+) -> dict[str, Any]:
     """multipart: repeated `files` (+ optional repeated `metadata`, one JSON object per file);
-    JSON: `{"path": "/folder/inside/CLIP_FILTER_INGEST_ROOTS"}`."""
+    JSON: `{"path": "/folder/inside/CLIP_FILTER_INGEST_ROOTS"}`.
+
+    Multipart uploads are admitted like item uploads (api/admission.py): a few spooled at once, a few more
+    waiting unread, 429 beyond."""
     kind = request_kind(request)
     await run_in_threadpool(collections.get_collection, name)  # 404 before the body is read
     if kind == "json":
         body = parse(FolderJobBody, await read_object(request))
         job = await run_in_threadpool(collections.create_folder_job, name, body.path, body.include_hidden)
     else:
-        form = await read_form(request, max_files=MAX_UPLOAD_JOB_FILES + 1, max_fields=MAX_UPLOAD_JOB_FILES + 16)
-        uploads = [
-            Upload(part.filename, part.upload.content_type, part.metadata, stream=part.upload.file)
-            for part in file_parts(form, MAX_UPLOAD_JOB_FILES)
-        ]
-        job = await run_in_threadpool(collections.create_upload_job, name, uploads)
+        async with job_uploads.admit():
+            form = await read_form(request, max_files=MAX_UPLOAD_JOB_FILES + 1, max_fields=MAX_UPLOAD_JOB_FILES + 16)
+            uploads = [
+                Upload(part.filename, part.upload.content_type, part.metadata, stream=part.upload.file)
+                for part in file_parts(form, MAX_UPLOAD_JOB_FILES)
+            ]
+            job = await run_in_threadpool(collections.create_upload_job, name, uploads)
     return views.job_view(job)
 
 
