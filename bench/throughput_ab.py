@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Throughput of two server trees, interleaved on one machine: the same client code (bench/bench.py's) against each.
+
+    PYTHONPATH= .venv/bin/python bench/throughput_ab.py --tree v0.2=/tmp/bench-v02/clip-filter-backend \
+        --tree head=clip-filter-backend --rounds 1
+
+Per round and tree (in the order given, so rounds alternate A B A B): a fresh ViT-B-32 server (random weights)
+from that tree's `clip_filter` (PYTHONPATH), then bench.py's rows: best-match p50 over --latency-requests
+single requests, 16 concurrent best-match clients (original JSON, JPEG photos; 3 warm-up requests each, then
+--requests-per-client), and a bulk ingest job of --ingest-images PNGs. One line of JSON per (round, tree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import clients_round, jpeg_b64, make_images, percentile, png_b64, start_server  # noqa: E402
+
+
+def measure(args, extra_env: dict[str, str]) -> dict:
+    import httpx
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as data_dir:
+        process, url = start_server(args, data_dir, extra_env=extra_env)
+        try:
+            with httpx.Client(base_url=url, timeout=600, trust_env=False) as http:
+                body = {"image_base64": png_b64(make_images(1, seed=5)[0]), "text_input1": "a cat", "text_input2": "a car"}
+                http.post("/image_text_similarity_best_match", json=body).raise_for_status()
+                latencies = []
+                for _ in range(args.latency_requests):
+                    start = time.perf_counter()
+                    http.post("/image_text_similarity_best_match", json=body).raise_for_status()
+                    latencies.append(time.perf_counter() - start)
+                out["best_match_p50_ms"] = percentile(latencies, 50) * 1e3
+            bodies = [json.dumps({"image_base64": jpeg_b64(im), "text_input1": "a cat", "text_input2": "a car"}).encode()
+                      for im in make_images(16, seed=11)]
+            path = "/image_text_similarity_best_match"
+            asyncio.run(clients_round(url, path, bodies, 3))
+            run = asyncio.run(clients_round(url, path, bodies, args.requests_per_client))
+            out["clients16_images_s"], out["clients16_errors"] = run["rps"], run["errors"]
+            folder = Path(data_dir) / "ingest"
+            folder.mkdir()
+            for i, image in enumerate(make_images(args.ingest_images, seed=21)):
+                image.save(folder / f"{i:04d}.png")
+            with httpx.Client(base_url=url, timeout=600, trust_env=False) as http:
+                http.post("/collections", json={"name": "bench"}).raise_for_status()
+                start = time.perf_counter()
+                job = http.post("/collections/bench/jobs", json={"path": str(folder)}).json()
+                while True:
+                    state = http.get(f"/jobs/{job['job_id']}").json()
+                    if state["state"] in ("done", "failed", "interrupted"):
+                        break
+                    time.sleep(0.05)
+                elapsed = time.perf_counter() - start
+                if state["state"] != "done" or state["added"] != args.ingest_images:
+                    raise SystemExit(f"ingest did not complete: {state}")
+                out["ingest_images_s"] = args.ingest_images / elapsed
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tree", action="append", required=True, help="NAME=path of a clip-filter-backend folder")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--latency-requests", type=int, default=20)
+    parser.add_argument("--requests-per-client", type=int, default=8)
+    parser.add_argument("--ingest-images", type=int, default=128)
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the servers (e.g. CLIP_PRECISION=fp32)")
+    args = parser.parse_args()
+    trees = [t.split("=", 1) for t in args.tree]
+    extra_env = dict(kv.split("=", 1) for kv in args.env)  # after bench.py's own settings, so they win
+    for round_ in range(args.rounds):
+        for name, path in trees:
+            os.environ["PYTHONPATH"] = str(Path(path).resolve())
+            figures = measure(args, extra_env)
+            print(json.dumps({"round": round_, "tree": name, "env": extra_env, "load": round(os.getloadavg()[0], 2),
+                              **figures}),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
