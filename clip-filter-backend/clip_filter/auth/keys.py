@@ -99,6 +99,12 @@ def validate_new_key(
     return name, scope, limited  # type: ignore[return-value]
 
 
+def key_not_found(id_or_name: str) -> ClipFilterError:
+    return ClipFilterError(
+        "key_not_found", f"No active key with id or name {id_or_name!r}.", 404, fix="See `clip-filter keys list`."
+    )
+
+
 class KeyStore(Protocol):
     """Where keys live. Implementations: `auth.sqlite_store.SqliteKeyStore` (a file in the data dir) and
     `auth.postgres_store.PostgresKeyStore` (the CLIP_FILTER_DATABASE_URL database, shared by replicas);

@@ -15,8 +15,15 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
-from clip_filter.auth.keys import ApiKey, Scope, hash_secret, new_key_id, new_secret, validate_new_key
-from clip_filter.core.errors import ClipFilterError
+from clip_filter.auth.keys import (
+    ApiKey,
+    Scope,
+    hash_secret,
+    key_not_found,
+    new_key_id,
+    new_secret,
+    validate_new_key,
+)
 
 _COLUMNS = "id, name, scope, collections, created_at, revoked_at"
 
@@ -132,12 +139,7 @@ class PostgresKeyStore:
                     (id_or_name, id_or_name),
                 ).fetchall()
         if not rows:
-            raise ClipFilterError(
-                "key_not_found",
-                f"No active key with id or name {id_or_name!r}.",
-                404,
-                fix="See `clip-filter keys list`.",
-            )
+            raise key_not_found(id_or_name)
         return [_row_to_key(row) for row in rows]
 
     def count_active(self) -> int:

@@ -19,12 +19,12 @@ from clip_filter.auth.keys import (
     ApiKey,
     Scope,
     hash_secret,
+    key_not_found,
     new_key_id,
     new_secret,
     now_iso,
     validate_new_key,
 )
-from clip_filter.core.errors import ClipFilterError
 
 FILENAME = "keys.sqlite3"
 
@@ -131,12 +131,7 @@ class SqliteKeyStore:
                 (stamp, id_or_name, id_or_name),
             ).fetchall()
         if not rows:
-            raise ClipFilterError(
-                "key_not_found",
-                f"No active key with id or name {id_or_name!r}.",
-                404,
-                fix="See `clip-filter keys list`.",
-            )
+            raise key_not_found(id_or_name)
         return [_row_to_key(row) for row in rows]
 
     def count_active(self) -> int:
