@@ -137,16 +137,10 @@ class DecodePipeline:
                     old.close()
             return self._processes
 
-    async def prepare(self, items: Sequence[bytes | str], plan: PixelPlan | None) -> list[Prepared]:
-        """One request's images -> model pixels per slot (a decoded image without a plan), errors in place.
-
-        Raises 413 `request_too_many_pixels` or 429 `decode_busy` for the request as a whole, before decoding.
-        """
-        if not items:
-            return []
-        loop = asyncio.get_running_loop()
-        checked = await loop.run_in_executor(self._threads, _check_all, items, self.limits, plan)
-        needed = sum(c.header.decoded_pixels for c in checked if c.header is not None)
+    def admit(self, needed: int) -> None:
+        """Reserve `needed` decoded pixels for one request, or refuse it before anything is decoded: 413
+        `request_too_many_pixels` over the per-request budget, 429 `decode_busy` when other decodes hold the
+        process-wide one. The caller releases them (`admission.release(needed)`) when its decodes are done."""
         if needed > self.max_request_pixels:
             self.refused["request_too_many_pixels"] += 1
             raise ClipFilterError(
@@ -160,6 +154,18 @@ class DecodePipeline:
         if not self.admission.try_acquire(needed):
             self.refused["decode_busy"] += 1
             raise DecodeBusyError(needed, self.admission.limit)
+
+    async def prepare(self, items: Sequence[bytes | str], plan: PixelPlan | None) -> list[Prepared]:
+        """One request's images -> model pixels per slot (a decoded image without a plan), errors in place.
+
+        Raises 413 `request_too_many_pixels` or 429 `decode_busy` for the request as a whole, before decoding.
+        """
+        if not items:
+            return []
+        loop = asyncio.get_running_loop()
+        checked = await loop.run_in_executor(self._threads, _check_all, items, self.limits, plan)
+        needed = sum(c.header.decoded_pixels for c in checked if c.header is not None)
+        self.admit(needed)
         try:
             return list(await asyncio.gather(*(self._decode_one(loop, c, plan) for c in checked)))
         finally:

@@ -34,7 +34,7 @@ from PIL import Image
 from clip_filter.core.errors import ClipFilterError
 from clip_filter.image_base64 import base64_image_bytes
 from clip_filter.images import ImageHeader
-from clip_filter.ml.decode_pool import DecodeBusyError, DecodePipeline
+from clip_filter.ml.decode_pool import DecodePipeline
 from clip_filter.ml.pixels import PixelPlan, decode_to_pixels, probe
 
 EXIF_ORIENTATION = 0x0112
@@ -144,24 +144,11 @@ class GpuJpegDecoder:
         loop = asyncio.get_running_loop()
         slots = await loop.run_in_executor(self._threads, self._check_all, items, plan)
         needed = sum(slot.pixels for slot in slots)
-        pipeline = self.pipeline
-        if needed > pipeline.max_request_pixels:
-            pipeline.refused["request_too_many_pixels"] += 1
-            raise ClipFilterError(
-                "request_too_many_pixels",
-                f"The images of this request would decode to {needed:,} pixels; at most "
-                f"{pipeline.max_request_pixels:,} are accepted per request. Send fewer or smaller images.",
-                413,
-                limit=pipeline.max_request_pixels,
-                actual=needed,
-            )
-        if not pipeline.admission.try_acquire(needed):
-            pipeline.refused["decode_busy"] += 1
-            raise DecodeBusyError(needed, pipeline.admission.limit)
+        self.pipeline.admit(needed)  # the same budget and admission as the CPU path
         try:
             return await loop.run_in_executor(self._threads, self._decode_all, slots, plan)
         finally:
-            pipeline.admission.release(needed)
+            self.pipeline.admission.release(needed)
 
     def _decode_all(self, slots: list[_Slot], plan: PixelPlan) -> list[Any]:
         """On a decode thread: the GPU JPEGs in one nvJPEG call, the rest (and refused JPEGs) on the CPU."""
