@@ -37,10 +37,10 @@ step "install"
 PY=${PYTHON:-python3}
 LOCK=clip-filter-backend/requirements.lock
 NEEDED="annotated-doc annotated-types anyio certifi charset-normalizer click Deprecated fastapi filelock fsspec ftfy
-h11 httpcore httpcore2 httpx httpx2 huggingface_hub idna iniconfig limits open_clip_torch opentelemetry-api packaging
+h11 httpcore httpcore2 httptools httpx httpx2 huggingface_hub idna iniconfig limits open_clip_torch opentelemetry-api packaging
 pillow pillow_heif pluggy prometheus_client pydantic pydantic-settings pydantic_core Pygments pytest python-dotenv
 python-multipart PyYAML regex requests safetensors sniffio starlette timm tqdm truststore typing-inspection
-typing_extensions urllib3 uvicorn wcwidth wrapt"
+typing_extensions urllib3 uvicorn uvloop wcwidth wrapt"
 if compgen -G ".whl/*.whl" >/dev/null; then
     echo "offline: wheels from .whl/, torch/torchvision/numpy from the machine"
     timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
