@@ -29,7 +29,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         # "auto": uvloop and the httptools parser (both dependencies; uvloop not on Windows), else asyncio
-        # and h11. They take ~1 ms of event-loop CPU off each request (docs/benchmarks-pipeline.md).
+        # and h11. uvloop takes ~1 ms of event-loop CPU off a small request (docs/benchmarks-pipeline.md).
         loop="auto",
         http="auto",
         log_level=settings.log_level.lower(),
