@@ -7,7 +7,8 @@
 Per round and tree (in the order given, so rounds alternate A B A B): a fresh ViT-B-32 server (random weights)
 from that tree's `clip_filter` (PYTHONPATH), then bench.py's rows: best-match p50 over --latency-requests
 single requests, 16 concurrent best-match clients (original JSON, JPEG photos; 3 warm-up requests each, then
---requests-per-client), and a bulk ingest job of --ingest-images PNGs. One line of JSON per (round, tree).
+--requests-per-client), and a bulk ingest job of --ingest-images PNGs; the server's resident set once ready,
+after the load and at its peak (VmHWM). One line of JSON per (round, tree).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import clients_round, jpeg_b64, make_images, percentile, png_b64, start_server  # noqa: E402
+from bench import clients_round, jpeg_b64, make_images, percentile, png_b64, rss_mb, start_server  # noqa: E402
 
 
 def measure(args, extra_env: dict[str, str]) -> dict:
@@ -32,6 +33,7 @@ def measure(args, extra_env: dict[str, str]) -> dict:
     out: dict = {}
     with tempfile.TemporaryDirectory() as data_dir:
         process, url = start_server(args, data_dir, extra_env=extra_env)
+        out["ready_rss_mb"] = rss_mb(process.pid, "VmRSS")
         try:
             with httpx.Client(base_url=url, timeout=600, trust_env=False) as http:
                 body = {"image_base64": png_b64(make_images(1, seed=5)[0]), "text_input1": "a cat", "text_input2": "a car"}
@@ -65,6 +67,8 @@ def measure(args, extra_env: dict[str, str]) -> dict:
                 if state["state"] != "done" or state["added"] != args.ingest_images:
                     raise SystemExit(f"ingest did not complete: {state}")
                 out["ingest_images_s"] = args.ingest_images / elapsed
+            # Memory after the whole load: the resident set now and its peak (VmHWM) over the run.
+            out["rss_after_mb"], out["peak_rss_mb"] = rss_mb(process.pid, "VmRSS"), rss_mb(process.pid, "VmHWM")
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)

@@ -126,6 +126,10 @@ async def read_images_and_texts(request: Request, settings: Settings, want_texts
 
     if want_texts:
         parsed.texts = validate_texts(texts, settings)
+        if raw_images:
+            # With batch prefetch on (a CUDA model) the captions are encoded while the images decode; a no-op on
+            # a CPU model, where both would share the same cores (docs/benchmarks-pipeline.md, "Best match").
+            request.app.state.model.prefetch_texts(parsed.texts)
     parsed.images = [ImageSlot(index, name) for index, (name, _) in enumerate(raw_images)]
     # Bounded decoding straight to model pixels (413/429 for the whole request before any decode).
     decoded = await request.app.state.model.decode_images([data for _, data in raw_images])

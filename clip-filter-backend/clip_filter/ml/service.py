@@ -58,6 +58,7 @@ class ModelService:
         self.decoder = DecodePipeline(settings, self._pool)  # request images -> model pixels (ml/decode_pool.py)
         self.gpu_decoder: Any = None  # ml/gpu_decode.py GpuJpegDecoder, with CLIP_FILTER_GPU_JPEG on a CUDA model
         self._loader: threading.Thread | None = None
+        self.texts_prefetched = 0  # captions prefetch_texts queued ahead of their request's images (/info)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self, wait: bool = False) -> None:
@@ -154,12 +155,13 @@ class ModelService:
     def batching_stats(self) -> dict[str, int | float]:
         """Counters since start: how well concurrent requests are being coalesced."""
         if self.batcher is None:
-            return {"batches_run": 0, "items_run": 0, "busy_s": 0.0, "queued": 0}
+            return {"batches_run": 0, "items_run": 0, "busy_s": 0.0, "queued": 0, "texts_prefetched": 0}
         return {
             "batches_run": self.batcher.batches_run,
             "items_run": self.batcher.items_run,
             "busy_s": round(self.batcher.busy_s, 3),
             "queued": self.batcher.queued,
+            "texts_prefetched": self.texts_prefetched,
         }
 
     def queue_has_room(self, count: int = 1) -> bool:
@@ -238,6 +240,7 @@ class ModelService:
             rows = self._batcher().submit_now("text", lookup.missing)
         except OverloadedError:
             return  # a full queue: embed_texts answers the request's 429 as without prefetching
+        self.texts_prefetched += len(lookup.missing)
         task = asyncio.ensure_future(_finish_lookup(lookup, rows))
         task.add_done_callback(_consume_error)  # a request that fails before awaiting it: no unretrieved error
         _TEXTS_STARTED.set((list(texts), task))

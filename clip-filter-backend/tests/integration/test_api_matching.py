@@ -44,6 +44,8 @@ def test_original_request_as_its_clients_send_it(client):
     result = body["results"][0]
     assert result["best_match"] == body["best_match"]
     assert body["best_match"] == ["a cat", "a car"][int(np.argmax(result["scores"]))]
+    # The original API's 6 decimals, for the scores, the probabilities and the CLIPScore.
+    assert all(round(v, 6) == v for v in [*result["scores"], *result["probabilities"], result["clip_score"]])
 
 
 def test_info_reports_model_weights_and_limits(client):
@@ -63,6 +65,25 @@ def test_info_reports_model_weights_and_limits(client):
     assert after["busy_s"] > before["busy_s"] and after["queued"] == 0
     assert client.get("/health/live").json() == {"status": "alive"}
     assert client.get("/health/ready").status_code == 200
+
+
+@pytest.mark.parametrize("prefetch", ["on", "off"])
+def test_captions_encoded_ahead_of_the_images_give_the_same_scores(server_factory, prefetch):
+    # CLIP_PREFETCH_BATCHES=on (the CUDA default) queues a request's new captions before its images decode and
+    # the request then uses that work: each caption goes through the model once, and the scores are unchanged.
+    server = server_factory({"CLIP_PREFETCH_BATCHES": prefetch, "CLIP_TEXT_CACHE_SIZE": "0"})
+    images, texts = [png_bytes(i) for i in range(2)], ["a lighthouse at dusk", "a plate of noodles"]
+    with server.client() as client:
+        before = client.get("/info").json()["batching"]
+        response = client.post("/image_text_similarity_best_match", **multipart(images, texts))
+        assert response.status_code == 200, response.text
+        after = client.get("/info").json()["batching"]
+        assert after["items_run"] - before["items_run"] == len(images) + len(texts)  # nothing encoded twice
+        assert after["texts_prefetched"] - before["texts_prefetched"] == (len(texts) if prefetch == "on" else 0)
+        cos, probs = reference_scores(client, images, texts)
+    results = response.json()["results"]
+    np.testing.assert_allclose([r["scores"] for r in results], cos, atol=2e-6)
+    np.testing.assert_allclose([r["probabilities"] for r in results], probs, atol=2e-6)
 
 
 def test_multipart_many_images_many_captions_match_the_numpy_reference(client):

@@ -76,6 +76,10 @@ async def best_match(request: Request, service: ModelDep, settings: SettingsDep)
     scores = await _score(parsed, service)
     best: np.ndarray | list[int] = best_indices(scores.cosines) if scores.row_of else []
 
+    # Rounded once, for the whole request, to the 6 decimals the original API answered with (NumPy: the nearest
+    # double to k / 1e6, so each prints with at most 6 decimals); the best index comes from the unrounded cosines.
+    cosines = np.round(scores.cosines.astype(np.float64), 6).tolist()
+    probabilities = np.round(scores.probabilities.astype(np.float64), 6).tolist()
     results: list[dict[str, Any]] = []
     for slot in parsed.images:
         entry: dict[str, Any] = {"index": slot.index, "filename": slot.filename}
@@ -87,8 +91,8 @@ async def best_match(request: Request, service: ModelDep, settings: SettingsDep)
             entry.update(
                 best_match=parsed.texts[top],
                 best_index=top,
-                scores=[round(float(v), 6) for v in scores.cosines[row]],
-                probabilities=[round(float(v), 6) for v in scores.probabilities[row]],
+                scores=cosines[row],
+                probabilities=probabilities[row],
                 clip_score=round(float(clip_score(scores.cosines[row, top])), 6),
             )
         results.append(entry)

@@ -39,6 +39,9 @@ class Batching(BaseModel):
     items_run: int
     busy_s: float
     queued: int
+    texts_prefetched: int = Field(
+        0, description="Captions encoded ahead of their request's images (only with CLIP_PREFETCH_BATCHES on)"
+    )
 
 
 class InfoResponse(BaseModel):
