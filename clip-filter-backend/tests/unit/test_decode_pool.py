@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -242,6 +243,12 @@ def test_decode_admission_refuses_with_429_while_others_hold_the_budget(threads,
 # ---- worker crashes ---------------------------------------------------------------------------------
 
 
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # it may have exited between pids() and the kill
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_pool_survives_its_workers_being_killed(threads, vit_preprocessor):
     pipeline = DecodePipeline(settings(decode_processes=2), threads)
     plan = vit_preprocessor.plan()
@@ -249,8 +256,7 @@ def test_pool_survives_its_workers_being_killed(threads, vit_preprocessor):
     try:
         expected = prepare(pipeline, files, plan)
         pool = pipeline._processes
-        for pid in pool.pids():
-            os.kill(pid, signal.SIGKILL)
+        kill_all(pool.pids())
 
         async def in_flight():
             # Kill the workers again while a request is in flight: its images are retried in a new pool.
@@ -258,8 +264,7 @@ def test_pool_survives_its_workers_being_killed(threads, vit_preprocessor):
             await asyncio.sleep(0)
             while not pool.pids() and not task.done():
                 await asyncio.sleep(0.01)
-            for pid in pool.pids():
-                os.kill(pid, signal.SIGKILL)
+            kill_all(pool.pids())
             return await asyncio.wait_for(task, 120)  # a hang guard, not a speed check
 
         results = run(in_flight())

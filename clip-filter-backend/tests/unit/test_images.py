@@ -685,6 +685,30 @@ def test_base64_fast_and_tolerant_paths_give_the_same_bytes():
     assert base64_image_bytes(plain, LIMITS) == data
 
 
+def _bytes_or_code(function, text):
+    try:
+        return function(text, LIMITS)
+    except ImageDecodeError as error:
+        return error.code
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()),
+        st.text(alphabet="ABCDab019+/=-_ \n!é", max_size=24),
+    )
+)
+def test_the_fast_base64_decoder_agrees_with_the_tolerant_path(text):
+    """pybase64 (the fast path, strict) must give the bytes the stdlib's tolerant path gives, or step aside:
+    never other bytes, never an error the tolerant path would not give."""
+    from clip_filter.image_base64 import _tolerant_base64
+
+    fast = _bytes_or_code(base64_image_bytes, text)
+    tolerant = _bytes_or_code(_tolerant_base64, text)
+    assert fast == tolerant or (fast, tolerant) == ("invalid_base64", "empty_image")
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
 def test_the_original_upright_size_is_known_from_a_reduced_decode_and_from_the_header(fmt, orientation):
