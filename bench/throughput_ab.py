@@ -3,6 +3,9 @@
 
     PYTHONPATH= .venv/bin/python bench/throughput_ab.py --tree v0.2=/tmp/bench-v02/clip-filter-backend \
         --tree head=clip-filter-backend --rounds 1
+    # one tree under several settings (NAME=path,VAR=VALUE,...): e.g. the torch-threads/decode-workers rule
+    PYTHONPATH= .venv/bin/python bench/throughput_ab.py --tree default=clip-filter-backend \
+        --tree torch1=clip-filter-backend,CLIP_TORCH_THREADS=1 --rounds 2
 
 Per round and tree (in the order given, so rounds alternate A B A B): a fresh ViT-B-32 server (random weights)
 from that tree's `clip_filter` (PYTHONPATH), then bench.py's rows: best-match p50 over --latency-requests
@@ -77,7 +80,8 @@ def measure(args, extra_env: dict[str, str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tree", action="append", required=True, help="NAME=path of a clip-filter-backend folder")
+    parser.add_argument("--tree", action="append", required=True,
+                        help="NAME=path of a clip-filter-backend folder, optionally followed by ,VAR=VALUE server settings")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--device", default="cpu")
@@ -87,13 +91,18 @@ def main() -> None:
     parser.add_argument("--ingest-images", type=int, default=128)
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the servers (e.g. CLIP_PRECISION=fp32)")
     args = parser.parse_args()
-    trees = [t.split("=", 1) for t in args.tree]
+    trees = []
+    for tree in args.tree:
+        name, spec = tree.split("=", 1)
+        path, *settings = spec.split(",")
+        trees.append((name, path, dict(kv.split("=", 1) for kv in settings)))
     extra_env = dict(kv.split("=", 1) for kv in args.env)  # after bench.py's own settings, so they win
     for round_ in range(args.rounds):
-        for name, path in trees:
+        for name, path, tree_env in trees:
             os.environ["PYTHONPATH"] = str(Path(path).resolve())
-            figures = measure(args, extra_env)
-            print(json.dumps({"round": round_, "tree": name, "env": extra_env, "load": round(os.getloadavg()[0], 2),
+            env = {**extra_env, **tree_env}
+            figures = measure(args, env)
+            print(json.dumps({"round": round_, "tree": name, "env": env, "load": round(os.getloadavg()[0], 2),
                               **figures}),
                   flush=True)
 
