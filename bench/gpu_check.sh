@@ -38,7 +38,7 @@ PY=${PYTHON:-python3}
 LOCK=clip-filter-backend/requirements.lock
 NEEDED="annotated-doc annotated-types anyio certifi charset-normalizer click Deprecated fastapi filelock fsspec ftfy
 h11 httpcore httpcore2 httptools httpx httpx2 huggingface_hub idna iniconfig limits open_clip_torch opentelemetry-api packaging
-pillow pillow_heif pluggy prometheus_client pydantic pydantic-settings pydantic_core Pygments pytest python-dotenv
+pillow pillow_heif pluggy prometheus_client pybase64 pydantic pydantic-settings pydantic_core Pygments pytest python-dotenv
 python-multipart PyYAML regex requests safetensors sniffio starlette timm tqdm truststore typing-inspection
 typing_extensions urllib3 uvicorn uvloop wcwidth wrapt"
 if compgen -G ".whl/*.whl" >/dev/null; then
