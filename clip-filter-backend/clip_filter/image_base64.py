@@ -26,10 +26,10 @@ def base64_image_bytes(text: str, limits: ImageLimits) -> bytes:
     """The bytes of a base64 image (as decode_base64_image accepts it), checked against the byte limit.
 
     Plain padded standard base64, the usual case, is decoded straight from the string (one output
-    buffer, no intermediate copies) by pybase64's SIMD decoder, which also releases the GIL: 0.007 ms
-    against binascii's 0.44 ms for a 640x480 JPEG, 0.05 against 3.1 ms for 1920x1080, time the event
-    loop and the other decoders could not use the GIL (docs/benchmarks-pipeline.md). Anything else
-    (whitespace, URL-safe letters, missing padding) goes through the tolerant path.
+    buffer, no intermediate copies) by pybase64's SIMD decoder, which also releases the GIL: 0.008 ms
+    against binascii's 0.26 ms for a 640x480 JPEG, 0.04 against 1.8 ms for 1920x1080, during which
+    binascii held the GIL from the event loop and the other decoders (docs/benchmarks-pipeline.md).
+    Anything else (whitespace, URL-safe letters, missing padding) goes through the tolerant path.
     """
     if isinstance(text, (bytes, bytearray)):
         try:
