@@ -162,10 +162,11 @@ def bare_rate(files: list[bytes], repeats: int, reduced: bool) -> float:
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         list(pool.map(one, texts))  # warm
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu, idle = time.perf_counter(), time.process_time(), idle_jiffies()
         list(pool.map(one, work))
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-        return {"images_s": len(work) / elapsed, "cpu_ms_per_image": cpu / len(work) * 1e3}
+        return {"images_s": len(work) / elapsed, "cpu_ms_per_image": cpu / len(work) * 1e3,
+                "idle": idle_share(idle)}
 
 
 def model_only_rate(model: str, batch: int = 32) -> float:
@@ -223,12 +224,15 @@ def run(args) -> dict:
 
 def measure_cell(process: subprocess.Popen, url: str, single: list, multi: list) -> dict:
     asyncio.run(load(url, [requests[:1] for requests in single]))  # warm-up
-    cpu0 = cpu_seconds(process.pid)
+    cpu0, idle0 = cpu_seconds(process.pid), idle_jiffies()
     original = asyncio.run(load(url, single))
-    cpu1 = cpu_seconds(process.pid)
+    cpu1, idle1 = cpu_seconds(process.pid), idle_jiffies()
     multipart = asyncio.run(load(url, multi))
     cpu2 = cpu_seconds(process.pid)
     return {
+        # The machine's idle share during each load: cores left unused while requests wait (for the GIL, on
+        # the thread path); the bare decode's, beside it, is what full use of the cores looks like.
+        "json_idle": idle_share(idle0, idle1), "multipart_idle": idle_share(idle1),
         # Server CPU per image: robust to other load on a shared machine, unlike rates.
         "json_cpu_ms_per_image": (cpu1 - cpu0) / original["requests"] * 1e3,
         "multipart_cpu_ms_per_image": (cpu2 - cpu1) / (multipart["requests"] * MULTIPART_IMAGES) * 1e3,
@@ -282,6 +286,18 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def idle_jiffies() -> tuple[int, int]:
+    """(idle + iowait, all) jiffies of every CPU so far, from /proc/stat's first line."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def idle_share(before: tuple[int, int], after: tuple[int, int] | None = None) -> float:
+    after = after or idle_jiffies()
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total else 0.0
+
+
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -293,7 +309,8 @@ def print_table(result: dict, model_rate: float | None, cpu: str) -> list[str]:
     lines = [f"pipeline ceiling ({CLIENTS} clients, instant-test encoder, {os.cpu_count()} CPUs: {cpu})"]
     width = max(12, *(len(mode) for mode in result["modes"]))
     header = f"{'images':26} {'decode':{width}} {'JSON img/s':>10} {'cap/s':>6} {'mp img/s':>8} {'cap/s':>6} " \
-             f"{'bare img/s':>10} {'JSON/bare':>9} {'mp/bare':>7}   {'CPU ms/img: JSON':>16} {'mp':>5} {'bare':>5}"
+             f"{'bare img/s':>10} {'JSON/bare':>9} {'mp/bare':>7}   {'CPU ms/img: JSON':>16} {'mp':>5} {'bare':>5}" \
+             f"   {'idle: JSON':>10} {'mp':>4} {'bare':>4}"
     lines += [header, "-" * len(header)]
     for mode, data in result["modes"].items():
         for name, row in data["rows"].items():
@@ -304,7 +321,8 @@ def print_table(result: dict, model_rate: float | None, cpu: str) -> list[str]:
                 f"{row['multipart_images_s']:8.1f} {row['multipart_captions_s']:6.1f} {bare:10.1f} "
                 f"{row['json_images_s'] / bare:9.0%} {row['multipart_images_s'] / bare:7.0%}   "
                 f"{row['json_cpu_ms_per_image']:16.1f} {row['multipart_cpu_ms_per_image']:5.1f} "
-                f"{row['bare']['cpu_ms_per_image']:5.1f}"
+                f"{row['bare']['cpu_ms_per_image']:5.1f}   {row['json_idle']:10.0%} {row['multipart_idle']:4.0%} "
+                f"{row['bare']['idle']:4.0%}"
                 + (f"  ({errors} errors)" if errors else "")
             )
         lines.append(f"{'':26} {mode:{width}} server RSS after the run {data['rss_mb']:.0f} MB, "
