@@ -2,7 +2,8 @@
 
 For each request (`DecodePipeline.prepare`):
 1. base64 is decoded and every image's header read (format, byte and pixel limits, and the size its
-   decode will have, reduced-scale JPEG included), one thread hop for the whole request;
+   decode will have, reduced-scale JPEG included), one thread hop for the whole request (a one-image
+   request on the threads does steps 1-3 in a single hop: `_prepare_one`);
 2. the decoded pixels of the whole request are checked against CLIP_FILTER_MAX_REQUEST_PIXELS (413
    `request_too_many_pixels`) and admitted against the process-wide CLIP_FILTER_MAX_DECODING_PIXELS
    (429 `decode_busy` + Retry-After when other requests' decodes hold it), before any pixel is decoded;
@@ -117,6 +118,7 @@ class DecodePipeline:
         self._jpeg_on_threads = jpeg_on_threads
         self._processes: ProcessPixelPool | None = None
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()  # the counters below are also kept from decode threads
         self.refused = {"request_too_many_pixels": 0, "decode_busy": 0}
         self.decoded = {"threads": 0, "processes": 0}  # images decoded to model pixels on each path
 
@@ -142,7 +144,7 @@ class DecodePipeline:
         `request_too_many_pixels` over the per-request budget, 429 `decode_busy` when other decodes hold the
         process-wide one. The caller releases them (`admission.release(needed)`) when its decodes are done."""
         if needed > self.max_request_pixels:
-            self.refused["request_too_many_pixels"] += 1
+            self._count(self.refused, "request_too_many_pixels")
             raise ClipFilterError(
                 "request_too_many_pixels",
                 f"The images of this request would decode to {needed:,} pixels; at most "
@@ -152,8 +154,12 @@ class DecodePipeline:
                 actual=needed,
             )
         if not self.admission.try_acquire(needed):
-            self.refused["decode_busy"] += 1
+            self._count(self.refused, "decode_busy")
             raise DecodeBusyError(needed, self.admission.limit)
+
+    def _count(self, counters: dict[str, int], key: str) -> None:
+        with self._count_lock:
+            counters[key] += 1
 
     async def prepare(self, items: Sequence[bytes | str], plan: PixelPlan | None) -> list[Prepared]:
         """One request's images -> model pixels per slot (a decoded image without a plan), errors in place.
@@ -163,11 +169,32 @@ class DecodePipeline:
         if not items:
             return []
         loop = asyncio.get_running_loop()
+        if len(items) == 1 and plan is not None and not self._n_processes:
+            # The original one-image request: the same steps in the same order on one decode thread, one hop
+            # instead of two (each hop wakes the event loop and hands the GIL over twice).
+            return [await loop.run_in_executor(self._threads, self._prepare_one, items[0], plan)]
         checked = await loop.run_in_executor(self._threads, _check_all, items, self.limits, plan)
         needed = sum(c.header.decoded_pixels for c in checked if c.header is not None)
         self.admit(needed)
         try:
             return list(await asyncio.gather(*(self._decode_one(loop, c, plan) for c in checked)))
+        finally:
+            self.admission.release(needed)
+
+    def _prepare_one(self, item: bytes | str, plan: PixelPlan) -> Prepared:
+        """prepare() for one image on the threads, on a decode thread: check, admit (raises 413 / 429 for the
+        request), decode to model pixels, release."""
+        [checked] = _check_all([item], self.limits, plan)
+        if checked.error is not None:
+            return checked.error
+        assert checked.header is not None and checked.data is not None  # _check_all: no error, so both
+        needed = checked.header.decoded_pixels
+        self.admit(needed)
+        try:
+            self._count(self.decoded, "threads")
+            return decode_to_pixels(checked.data, self.limits, plan)
+        except ClipFilterError as exc:
+            return exc
         finally:
             self.admission.release(needed)
 
@@ -179,9 +206,9 @@ class DecodePipeline:
             if plan is None:
                 return await loop.run_in_executor(self._threads, decode_image, checked.data, self.limits, None)
             if self._in_process(checked):
-                self.decoded["processes"] += 1
+                self._count(self.decoded, "processes")
                 return await self._process_pool(plan).decode(checked.data, self.limits, plan)
-            self.decoded["threads"] += 1
+            self._count(self.decoded, "threads")
             return await loop.run_in_executor(self._threads, decode_to_pixels, checked.data, self.limits, plan)
         except ClipFilterError as exc:
             return exc

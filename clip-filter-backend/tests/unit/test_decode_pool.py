@@ -204,6 +204,38 @@ def test_a_bad_image_is_a_clear_error_in_its_slot_and_the_others_go_on(threads, 
     assert results[3].code == "truncated_image" and results[3].status == 422
 
 
+class CountingExecutor(ThreadPoolExecutor):
+    """A real thread pool that counts the work handed to it: one call per thread hop."""
+
+    submitted = 0
+
+    def submit(self, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(*args, **kwargs)
+
+
+@pytest.mark.parametrize("reduced", [False, True])
+def test_a_one_image_request_takes_one_hop_with_the_same_pixels_and_errors(vit_preprocessor, reduced):
+    plan = vit_preprocessor.plan(jpeg_draft=reduced, reduce=reduced)
+    with CountingExecutor(2) as executor:
+        pipeline = DecodePipeline(settings(), executor)
+        files = sample_files()
+        for data in files:
+            executor.submitted = 0
+            [alone] = prepare(pipeline, [data], plan)
+            assert executor.submitted == 1  # base64, header, admission and decode on one thread
+            [_, in_pair] = prepare(pipeline, [files[3], data], plan)
+            assert np.array_equal(alone, in_pair) and np.array_equal(alone, decode_to_pixels(data, LIMITS, plan))
+        assert pipeline.decoded["threads"] == 3 * len(files) and pipeline.admission.in_use == 0
+        [error] = prepare(pipeline, [b"not an image at all"], plan)  # an error in its slot, as in a larger request
+        assert error.code == "not_an_image" and error.status == 415
+        strict = DecodePipeline(settings(max_request_pixels=1_000_000), executor)
+        with pytest.raises(ClipFilterError) as caught:  # 413 for the request, before any decode
+            prepare(strict, [png_header_only(1200, 1000, idat=b"")], plan)
+        assert caught.value.code == "request_too_many_pixels"
+        assert strict.refused["request_too_many_pixels"] == 1 and strict.admission.in_use == 0
+
+
 def test_request_pixel_budget_is_checked_from_headers_before_decoding(threads):
     # Headers claiming 5000x5000 with no real pixel data: decoding would fail with a per-image error,
     # the whole request is refused first.
