@@ -144,7 +144,8 @@ async def load(url: str, bodies: list[list[tuple[str, bytes]]]) -> dict:
 
 
 def bare_rate(files: list[bytes], repeats: int, reduced: bool) -> float:
-    """Decode + preprocess images/s of these files in this process, one thread per core."""
+    """Decode + preprocess images/s of these files in this process, one thread per core; `reduced`: the
+    server's defaults (reduced-scale decoding, crop-first resize), else open_clip's exact path."""
     import open_clip
 
     from clip_filter.image_base64 import base64_image_bytes
@@ -152,7 +153,7 @@ def bare_rate(files: list[bytes], repeats: int, reduced: bool) -> float:
     from clip_filter.ml.pixels import decode_to_pixels
     from clip_filter.ml.preprocess import ImagePreprocessor
 
-    plan = ImagePreprocessor(open_clip.image_transform(224, is_train=False)).plan(reduced, reduced)
+    plan = ImagePreprocessor(open_clip.image_transform(224, is_train=False)).plan(reduced, reduced, crop_first=reduced)
     limits = ImageLimits(25 * 1024 * 1024, 50_000_000)
     texts = [base64.b64encode(f).decode() for f in files]
     work = texts * repeats
@@ -199,7 +200,7 @@ def run(args) -> dict:
         for mode in args.modes:
             env = mode_env(mode)
             if args.no_reduce:
-                env.update(CLIP_FILTER_JPEG_DRAFT="0", CLIP_FILTER_REDUCE_LARGE_IMAGES="0")
+                env.update(CLIP_FILTER_JPEG_DRAFT="0", CLIP_FILTER_REDUCE_LARGE_IMAGES="0", CLIP_FILTER_CROP_FIRST_RESIZE="0")
             data_dir = stack.enter_context(tempfile.TemporaryDirectory())
             servers[mode] = start_server(args.model, data_dir, env)
             stack.callback(stop_server, servers[mode][0])
@@ -344,7 +345,8 @@ def main() -> int:
     parser.add_argument("--multipart-requests", type=int, default=2, help="per client")
     parser.add_argument("--bare-repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1, help="measure each cell this many times, modes interleaved")
-    parser.add_argument("--no-reduce", action="store_true", help="CLIP_FILTER_JPEG_DRAFT=0 and no reduction")
+    parser.add_argument("--no-reduce", action="store_true",
+                        help="open_clip's exact path: no JPEG draft, no reduction, no crop-first resize")
     parser.add_argument("--no-model", action="store_true", help="skip the model-alone figure")
     parser.add_argument("--sets", nargs="*", help="only the image sets whose name contains one of these")
     parser.add_argument("--quick", action="store_true")

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     jpeg_draft: bool = Field(True, validation_alias="CLIP_FILTER_JPEG_DRAFT")
     # Other formats box-reduced by an integer factor right after decoding, down to twice the model's input.
     reduce_large_images: bool = Field(True, validation_alias="CLIP_FILTER_REDUCE_LARGE_IMAGES")
+    # Only the part of an image the centre crop keeps is resized (not bit-identical to open_clip: ml/pixels.py).
+    crop_first_resize: bool = Field(True, validation_alias="CLIP_FILTER_CROP_FIRST_RESIZE")
     # 0: request images are decoded on the CLIP_DECODE_WORKERS threads; N: in N worker processes.
     decode_processes: int = Field(0, ge=0, le=64, validation_alias="CLIP_FILTER_DECODE_PROCESSES")
     # CLIP_PRETRAINED=instant-test (a test-only encoder returning fixed vectors, for pipeline benchmarks)

@@ -100,6 +100,9 @@ class ClipEncoder:
     # (JPEG draft, integer reduction) for decodes meant for this model: CLIP_FILTER_JPEG_DRAFT and
     # CLIP_FILTER_REDUCE_LARGE_IMAGES, set by ml/factory.load_encoder.
     reduced_decoding: tuple[bool, bool] = (True, True)
+    # Resize only what the centre crop keeps (ml/pixels.py): CLIP_FILTER_CROP_FIRST_RESIZE, set by load_encoder.
+    # Off here, so an encoder built by hand preprocesses exactly as open_clip does.
+    crop_first_resize: bool = False
 
     def __init__(
         self,
@@ -128,7 +131,7 @@ class ClipEncoder:
     # ---- images ------------------------------------------------------------------------------
     def pixel_plan(self) -> PixelPlan | None:
         """The model's decode + resize + crop as data (None: a transform the plan cannot express)."""
-        return self.preprocessor.plan(*self.reduced_decoding)
+        return self.preprocessor.plan(*self.reduced_decoding, crop_first=self.crop_first_resize)
 
     @property
     def decode_target(self) -> DecodeTarget | None:
@@ -142,7 +145,7 @@ class ClipEncoder:
 
         uint8 when the model's transform allows it (normalised later, per batch); see ml/preprocess.py.
         """
-        return self.preprocessor.image_to_tensor(image)
+        return self.preprocessor.image_to_tensor(image, crop_first=self.crop_first_resize)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """preprocess() outputs, stacked -> the float32 input open_clip's own transform would give."""

@@ -189,6 +189,7 @@ def load_encoder(settings: Settings) -> ClipEncoder:
         log.warning("CLIP_PRETRAINED=%s: a test-only encoder returning fixed vectors", INSTANT_TAG)
         instant = InstantEncoder(settings)
         instant.reduced_decoding = (settings.jpeg_draft, settings.reduce_large_images)
+        instant.crop_first_resize = settings.crop_first_resize
         return instant
     source = resolve_weights_source(settings)
     device = resolve_device(settings.device)
@@ -238,4 +239,5 @@ def load_encoder(settings: Settings) -> ClipEncoder:
         tokenizer_cache_size=settings.tokenizer_cache_size,
     )
     encoder.reduced_decoding = (settings.jpeg_draft, settings.reduce_large_images)
+    encoder.crop_first_resize = settings.crop_first_resize
     return encoder

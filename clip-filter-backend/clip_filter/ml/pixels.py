@@ -9,6 +9,13 @@ bit for bit against open_clip's own transform. Normalisation stays per batch on 
 
 Reduced-scale decoding (images.DecodeTarget): the decode may stop at twice the resize target on each
 side, so the exact resize that follows still sees at least 2 source pixels per output pixel.
+
+Crop-first resizing (`crop_first`, CLIP_FILTER_CROP_FIRST_RESIZE, on by default): when both sides shrink and
+the centre crop drops part of the resized image, only the crop's source box is resized (`Image.resize(box=)`),
+the same filter at the same scale, so 25-45 % less resampling for a 4:3 or 16:9 photo. Not bit-identical:
+Pillow takes the box as 32-bit floats, which moves a few filter weights by one fixed-point step, so about
+0.01 % of the values differ by 1/255 (at most 2/255 seen) and ViT-B-32 embeddings keep a cosine above
+0.99999 (bench/draft_fidelity.py). Off, the geometry is open_clip's to the bit.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ class PixelPlan:
     crop: tuple[int, int]  # (height, width)
     jpeg_draft: bool = False
     reduce: bool = False
+    crop_first: bool = False  # resize only what the centre crop keeps (module docstring)
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the resize: torchvision's _compute_resized_output_size."""
@@ -58,9 +66,14 @@ class PixelPlan:
         return DecodeTarget(REDUCE_GAP * min_w, REDUCE_GAP * min_h, jpeg_draft=self.jpeg_draft, reduce=self.reduce)
 
     def geometry(self, image: Image.Image) -> Image.Image:
-        """Resize then centre-crop an RGB image, exactly as torchvision does for PIL input."""
+        """Resize then centre-crop an RGB image, as torchvision does for PIL input (exactly, unless crop_first)."""
         width, height = image.size
         new_w, new_h = self.output_size(width, height)
+        if self.crop_first:
+            box = crop_source_box((width, height), (new_w, new_h), self.crop)
+            if box is not None:
+                crop_h, crop_w = self.crop
+                return image.resize((crop_w, crop_h), self.resample, box=box)
         if (new_w, new_h) != (width, height):
             image = image.resize((new_w, new_h), self.resample)
         return center_crop(image, self.crop)
@@ -71,6 +84,21 @@ class PixelPlan:
         if image.mode != "RGB":
             image = image.convert("RGB")
         return np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))
+
+
+def crop_source_box(
+    size: tuple[int, int], resized: tuple[int, int], crop: tuple[int, int]
+) -> tuple[float, float, float, float] | None:
+    """Where in the source image the centre crop of its resize lies, as Image.resize's `box`; None where
+    crop-first does not apply: a side that grows (the filter's support is not scaled then), a crop that pads,
+    or nothing to crop."""
+    (width, height), (new_w, new_h), (crop_h, crop_w) = size, resized, crop
+    if new_w > width or new_h > height or crop_w > new_w or crop_h > new_h or (crop_w, crop_h) == (new_w, new_h):
+        return None
+    top = round((new_h - crop_h) / 2.0)  # center_crop's box, in resized pixels
+    left = round((new_w - crop_w) / 2.0)
+    scale_x, scale_y = width / new_w, height / new_h
+    return (left * scale_x, top * scale_y, (left + crop_w) * scale_x, (top + crop_h) * scale_y)
 
 
 def center_crop(image: Image.Image, crop: tuple[int, int]) -> Image.Image:

@@ -15,6 +15,7 @@ can run it without torch); `plan()` describes this transform's geometry as one.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ class ImagePreprocessor:
         self.transform = transform
         self._geometry, self._mean, self._std = _split(transform)
         self._plan = _plan_of(self._geometry) if self._geometry is not None else None
+        self._crop_first_plan = replace(self._plan, crop_first=True) if self._plan is not None else None
         self._device_stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -38,19 +40,22 @@ class ImagePreprocessor:
         """Whether images go through the fast split path (uint8 per image, normalised per batch)."""
         return self._geometry is not None
 
-    def plan(self, jpeg_draft: bool = False, reduce: bool = False) -> PixelPlan | None:
-        """The geometry as a PixelPlan (with the given reduced-decoding options), or None when the
-        transform is not the usual Resize + CenterCrop (such images go through image_to_tensor)."""
+    def plan(self, jpeg_draft: bool = False, reduce: bool = False, crop_first: bool = False) -> PixelPlan | None:
+        """The geometry as a PixelPlan (with the given reduced-decoding and crop-first options), or None when
+        the transform is not the usual Resize + CenterCrop (such images go through image_to_tensor)."""
         if self._plan is None:
             return None
-        return PixelPlan(**{**self._plan.__dict__, "jpeg_draft": jpeg_draft, "reduce": reduce})
+        return replace(self._plan, jpeg_draft=jpeg_draft, reduce=reduce, crop_first=crop_first)
 
-    def image_to_tensor(self, image: Image.Image) -> torch.Tensor:
-        """One image -> (3, H, W) tensor: uint8 on the split path, else the transform's float32 output."""
+    def image_to_tensor(self, image: Image.Image, crop_first: bool = False) -> torch.Tensor:
+        """One image -> (3, H, W) tensor: uint8 on the split path, else the transform's float32 output.
+
+        `crop_first`: the plan's crop-first resize (ml/pixels.py), as the decode path uses it."""
         if self._geometry is None:
             return self.transform(image)
         if self._plan is not None:
-            return torch.from_numpy(self._plan.pixels(image))  # geometry in the image's own mode, then RGB
+            plan = self._crop_first_plan if crop_first and self._crop_first_plan is not None else self._plan
+            return torch.from_numpy(plan.pixels(image))  # geometry in the image's own mode, then RGB
         for step in self._geometry:
             image = step(image)
         if image.mode != "RGB":

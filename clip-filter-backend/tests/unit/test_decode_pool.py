@@ -128,7 +128,8 @@ def test_plan_geometry_equals_torchvision_for_padding_and_squash():
 
 @pytest.mark.parametrize("reduced", [False, True])
 def test_processes_give_the_thread_path_pixels_bit_for_bit(threads, process_pipeline, vit_preprocessor, reduced):
-    plan = vit_preprocessor.plan(jpeg_draft=reduced, reduce=reduced)
+    # reduced: the server's defaults (reduced-scale decoding and crop-first resizing), as the processes get them
+    plan = vit_preprocessor.plan(jpeg_draft=reduced, reduce=reduced, crop_first=reduced)
     files = sample_files()
     in_threads = prepare(DecodePipeline(settings(), threads), files, plan)
     in_processes = prepare(process_pipeline, files, plan)

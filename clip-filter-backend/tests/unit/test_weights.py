@@ -31,7 +31,16 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def settings(model: str, pretrained: str, precision: str = "fp32", **extra) -> Settings:
-    return Settings(CLIP_MODEL=model, CLIP_PRETRAINED=pretrained, CLIP_DEVICE="cpu", CLIP_PRECISION=precision, **extra)
+    # Crop-first resizing off: these tests compare embeddings with open_clip's own preprocessing to the bit
+    # (crop-first's own bounds: tests/unit/test_preprocess.py).
+    return Settings(
+        CLIP_MODEL=model,
+        CLIP_PRETRAINED=pretrained,
+        CLIP_DEVICE="cpu",
+        CLIP_PRECISION=precision,
+        CLIP_FILTER_CROP_FIRST_RESIZE=False,
+        **extra,
+    )
 
 
 def save_random_checkpoint(model_name: str, path: Path, seed: int) -> Path:
