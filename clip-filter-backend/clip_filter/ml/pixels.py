@@ -2,10 +2,10 @@
 
 This is the part of preprocessing that runs per image (decode, resize, centre crop), written with
 Pillow and NumPy only so that decode worker processes (ml/decode_pool.py) need not import torch
-(importing torchvision costs a process about 800 MB). The geometry reproduces torchvision's
-`Resize(size, interpolation)` + `CenterCrop(size)` on PIL images exactly (same output size rule,
-same `Image.resize` call, same crop box and zero padding); tests/unit/test_preprocess.py checks it
-bit for bit against open_clip's own transform. Normalisation stays per batch on the model thread.
+(importing torchvision costs a process about 800 MB). Without crop-first resizing (below) the geometry
+reproduces torchvision's `Resize(size, interpolation)` + `CenterCrop(size)` on PIL images exactly (same
+output size rule, same `Image.resize` call, same crop box and zero padding); tests/unit/test_preprocess.py
+checks it bit for bit against open_clip's own transform. Normalisation stays per batch on the model thread.
 
 Reduced-scale decoding (images.DecodeTarget): the decode may stop at twice the resize target on each
 side, so the exact resize that follows still sees at least 2 source pixels per output pixel.
