@@ -69,7 +69,8 @@ class PixelPlan:
         """Resize then centre-crop an RGB image, as torchvision does for PIL input (exactly, unless crop_first)."""
         width, height = image.size
         new_w, new_h = self.output_size(width, height)
-        if self.crop_first:
+        # Not for "1" and "P": Pillow resizes them with NEAREST, where a moved centre picks another pixel.
+        if self.crop_first and image.mode not in ("1", "P"):
             box = crop_source_box((width, height), (new_w, new_h), self.crop)
             if box is not None:
                 crop_h, crop_w = self.crop

@@ -88,8 +88,9 @@ def test_crop_first_is_exact_where_the_box_is_exact_and_off_where_it_does_not_ap
     # 3000x2000 -> 336x224, crop from x = 56: the box (500.0, 0.0, 2500.0, 2000.0) is exact in float32
     exact_box = photo((3000, 2000), 1)
     assert torch.equal(pre.image_to_tensor(exact_box, crop_first=True), pre.image_to_tensor(exact_box))
-    # a side that grows (97 -> 224), a crop that pads (5x5), a square (nothing to crop), a side exactly 224
-    for image in (*images(), photo((224, 600), 2)):
+    # a side that grows (97 -> 224), a crop that pads (5x5), a square (nothing to crop), a side exactly 224,
+    # and palette / one-bit images (resized with NEAREST by Pillow: left on the exact path)
+    for image in (*images(), photo((224, 600), 2), photo((640, 480), 3, "P"), photo((480, 640), 4, "1")):
         assert torch.equal(pre.image_to_tensor(image, crop_first=True), pre.image_to_tensor(image)), image.size
 
 
