@@ -91,8 +91,8 @@ def crop_source_box(
     size: tuple[int, int], resized: tuple[int, int], crop: tuple[int, int]
 ) -> tuple[float, float, float, float] | None:
     """Where in the source image the centre crop of its resize lies, as Image.resize's `box`; None where
-    crop-first does not apply: a side that grows (the filter's support is not scaled then), a crop that pads,
-    or nothing to crop."""
+    crop-first does not apply: a side that grows (there a boxed resize was measured up to 21/255 off the exact
+    one), a crop that pads, or nothing to crop."""
     (width, height), (new_w, new_h), (crop_h, crop_w) = size, resized, crop
     if new_w > width or new_h > height or crop_w > new_w or crop_h > new_h or (crop_w, crop_h) == (new_w, new_h):
         return None
