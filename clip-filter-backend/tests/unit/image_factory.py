@@ -39,6 +39,17 @@ def noise(size: tuple[int, int] = (48, 40), seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
+def photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    """Smooth gradients + texture + noise: what reduced-scale decoding meets in photos."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = rng.uniform(40, 200, 3)[None, None] + 60 * np.sin(xx / w * 3 + rng.uniform(0, 6))[..., None]
+    texture = 20 * np.sin(xx / 7.0)[..., None] * np.cos(yy / 5.0)[..., None]
+    pixels = base + texture + rng.normal(0, 8, (h, w, 3))
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
 def with_orientation(orientation: int, fmt: str = "JPEG") -> bytes:
     """`corner_marked()` stored as is, with an EXIF Orientation tag asking viewers to turn it."""
     exif = Image.Exif()

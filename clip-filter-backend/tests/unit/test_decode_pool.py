@@ -23,7 +23,7 @@ from clip_filter.ml.decode_pool import DecodeBusyError, DecodePipeline
 from clip_filter.ml.pixels import decode_to_pixels
 from clip_filter.ml.preprocess import ImagePreprocessor
 
-from .image_factory import encode, noise, png_header_only
+from .image_factory import encode, noise, photo, png_header_only
 
 LIMITS = ImageLimits(max_bytes=25 * 1024 * 1024, max_pixels=50_000_000)
 
@@ -38,17 +38,6 @@ def settings(**overrides) -> SimpleNamespace:
     }
     values.update(overrides)
     return SimpleNamespace(**values)
-
-
-def photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
-    """Smooth gradients + texture + noise: what reduced-scale decoding meets in photos."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = rng.uniform(40, 200, 3)[None, None] + 60 * np.sin(xx / w * 3 + rng.uniform(0, 6))[..., None]
-    texture = 20 * np.sin(xx / 7.0)[..., None] * np.cos(yy / 5.0)[..., None]
-    pixels = base + texture + rng.normal(0, 8, (h, w, 3))
-    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
 
 
 def sample_files() -> list[bytes]:

@@ -12,6 +12,8 @@ from torchvision import transforms as T
 import clip_filter.ml.factory  # noqa: F401 - registers the clip-filter-tiny config
 from clip_filter.ml.preprocess import ImagePreprocessor
 
+from .image_factory import photo
+
 
 def open_clip_transform(name: str):
     return open_clip.create_model_and_transforms(name, pretrained=None)[2]
@@ -55,16 +57,6 @@ def test_other_transforms_are_used_unchanged():
 # ---- crop-first resizing (CLIP_FILTER_CROP_FIRST_RESIZE, ml/pixels.py) ----------------------------------------
 
 
-def photo(size: tuple[int, int], seed: int, mode: str = "RGB") -> Image.Image:
-    """Smooth gradients plus noise: photo-like content, where a moved filter weight shows as a 1/255 step."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = 128 + 90 * np.sin(xx[..., None] / rng.uniform(20, 60, 3)) * np.cos(yy[..., None] / rng.uniform(20, 60, 3))
-    pixels = np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels).convert(mode)
-
-
 CROPPED_SIZES = [(640, 480), (480, 640), (1920, 1080), (1000, 750), (513, 300), (301, 1999)]
 
 
@@ -73,7 +65,7 @@ def test_crop_first_stays_within_a_step_of_open_clip_on_a_few_values(mode):
     transform = open_clip_transform("ViT-B-32")
     pre = ImagePreprocessor(transform)
     for seed, size in enumerate(CROPPED_SIZES):
-        image = photo(size, seed, mode)
+        image = photo(size, seed).convert(mode)
         exact = pre.image_to_tensor(image).numpy().astype(np.int16)
         fast = pre.image_to_tensor(image, crop_first=True).numpy().astype(np.int16)
         assert fast.shape == exact.shape == (3, 224, 224)
@@ -90,7 +82,8 @@ def test_crop_first_is_exact_where_the_box_is_exact_and_off_where_it_does_not_ap
     assert torch.equal(pre.image_to_tensor(exact_box, crop_first=True), pre.image_to_tensor(exact_box))
     # a side that grows (97 -> 224), a crop that pads (5x5), a square (nothing to crop), a side exactly 224,
     # and palette / one-bit images (resized with NEAREST by Pillow: left on the exact path)
-    for image in (*images(), photo((224, 600), 2), photo((640, 480), 3, "P"), photo((480, 640), 4, "1")):
+    palette, one_bit = photo((640, 480), 3).convert("P"), photo((480, 640), 4).convert("1")
+    for image in (*images(), photo((224, 600), 2), palette, one_bit):
         assert torch.equal(pre.image_to_tensor(image, crop_first=True), pre.image_to_tensor(image)), image.size
 
 
