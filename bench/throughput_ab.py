@@ -10,7 +10,8 @@
 Per round and tree (in the order given, so rounds alternate A B A B): a fresh ViT-B-32 server (random weights)
 from that tree's `clip_filter` (PYTHONPATH), then bench.py's rows: best-match p50 over --latency-requests
 single requests, 16 concurrent best-match clients (original JSON, JPEG photos; 3 warm-up requests each, then
---requests-per-client), and a bulk ingest job of --ingest-images PNGs; the server's resident set once ready,
+--requests-per-client), and a bulk ingest job of --ingest-images PNGs (with the model's busy share and its rate
+while busy during the job); the server's resident set once ready,
 after the load and at its peak (VmHWM). One line of JSON per (round, tree).
 """
 
@@ -27,7 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import clients_round, jpeg_b64, make_images, percentile, png_b64, rss_mb, start_server  # noqa: E402
+from bench import (  # noqa: E402
+    clients_round, jpeg_b64, make_images, model_counters, model_use, percentile, png_b64, rss_mb, start_server,
+)
 
 
 def measure(args, extra_env: dict[str, str]) -> dict:
@@ -59,6 +62,7 @@ def measure(args, extra_env: dict[str, str]) -> dict:
                 image.save(folder / f"{i:04d}.png")
             with httpx.Client(base_url=url, timeout=600, trust_env=False) as http:
                 http.post("/collections", json={"name": "bench"}).raise_for_status()
+                counters = model_counters(url)
                 start = time.perf_counter()
                 job = http.post("/collections/bench/jobs", json={"path": str(folder)}).json()
                 while True:
@@ -70,6 +74,10 @@ def measure(args, extra_env: dict[str, str]) -> dict:
                 if state["state"] != "done" or state["added"] != args.ingest_images:
                     raise SystemExit(f"ingest did not complete: {state}")
                 out["ingest_images_s"] = args.ingest_images / elapsed
+                # The model's share of the job's time and its rate while busy (the server's /info counters): what a
+                # change to the job's pipeline moves, and far steadier than images/s on a shared host.
+                use = model_use(counters, model_counters(url), elapsed)
+                out["ingest_model_busy"], out["ingest_model_images_s"] = round(use["busy"], 3), use["rate"]
             # Memory after the whole load: the resident set now and its peak (VmHWM) over the run.
             out["rss_after_mb"], out["peak_rss_mb"] = rss_mb(process.pid, "VmRSS"), rss_mb(process.pid, "VmHWM")
         finally:
