@@ -13,8 +13,9 @@
 # 3. the GPU unit tests (tests/unit/test_gpu_cuda.py, plus the device-agnostic test_gpu_path.py and the batcher);
 # 4. bench/bench.py --device cuda --gpu-only: fp16 images/s at batch 256, best match and 16 clients with CPU and
 #    with GPU JPEG decoding, one line each as measured;
-# 5. the pipeline ceiling (bench/bench.py --ceiling-only --quick), then the whole table (--device cuda --quick) in
-#    whatever time is left.
+# 5. the pipeline ceiling (bench/bench.py --ceiling-only --quick); one server against four replicas on the GPU
+#    (bench/replicas_ab.py: past one process's GIL) if over ~3 minutes are left; then the whole table
+#    (--device cuda --quick) in whatever time is left.
 # Every step has its own time limit, so a slow step costs only itself; the log is in $OUT/gpu_check.log.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -69,6 +70,12 @@ timeout $(( $(left) > 60 ? 180 : 30 )) "$PY" bench/bench.py --device cuda --gpu-
 
 step "pipeline ceiling"
 timeout $(( $(left) > 150 ? 150 : 10 )) "$PY" bench/bench.py --ceiling-only --quick 2>&1 | tee "$OUT/ceiling.txt"
+
+step "replicas on the one GPU: 1 server vs 4 (bench/replicas_ab.py), when time is left ($(left) s)"
+if [ "$(left)" -gt 170 ]; then
+    timeout 110 "$PY" bench/replicas_ab.py --device cuda --clients 64 --rounds 2 --layout 1,CLIP_TORCH_THREADS=1 \
+        --layout 4,CLIP_TORCH_THREADS=1 2>&1 | grep -v "No pretrained weights" | tee "$OUT/replicas.txt"
+fi
 
 step "whole table, --quick, in the time left ($(left) s)"
 if [ "$(left)" -gt 60 ]; then

@@ -12,8 +12,8 @@ single server too) is behind an nginx of its own on the same cores instead (one 
 of the layout's servers with keep-alive connections, requests spread per request as docker-compose.replicas.yml's
 nginx does). Per round,
 layouts in the order given (rounds alternate A B A B):
-  16 clients x 1 JPEG (640x480 photo-like, original JSON, 2 captions) to the best-match route
-  4 clients x 8 JPEGs (multipart) with the real model, 16 x 8 with --instant (bench/pipeline_ceiling.py's)
+  --clients (16) clients x 1 JPEG (640x480 photo-like, original JSON, 2 captions) to the best-match route
+  a quarter as many clients x 8 JPEGs (multipart) with the real model, as many with --instant
 Then 10 single requests one at a time to the layout's first server (best match p50: what fewer torch threads
 per replica cost a lone request). Figures are images/s and ms, with the means over the rounds at the end. Default layouts: one server as the service
 starts (torch's default threads); two servers with one torch thread and one decode thread each, so that both
@@ -153,16 +153,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json-requests", type=int, default=0, help="per client (default 30 instant, 8 model)")
     parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--device", default="cpu", help="the real model's device (cuda on a GPU machine)")
+    parser.add_argument("--clients", type=int, default=16, help="JSON clients (more on a many-core machine)")
     parser.add_argument("--nginx", action="store_true", help="every layout behind an nginx of its own (apt's nginx)")
     args = parser.parse_args()
     layouts = args.layout or ["1", "2,CLIP_TORCH_THREADS=1,CLIP_DECODE_WORKERS=1"]
-    model_args = argparse.Namespace(model=args.model, device="cpu", batch=32, threads=os.cpu_count(), repeats=3)
+    model_args = argparse.Namespace(model=args.model, device=args.device, batch=32, threads=os.cpu_count(), repeats=3)
 
     photos = [encode(photo_like((640, 480), seed), "JPEG", quality=90) for seed in range(32)]
     n = iter(range(10**9))
     per_client = args.json_requests or (30 if args.instant else 8)
-    single = [[pipeline_ceiling.json_body(photos[c], next(n))[1] for _ in range(per_client)] for c in range(16)]
-    multipart_clients = 16 if args.instant else 4
+    single = [[pipeline_ceiling.json_body(photos[c % 32], next(n))[1] for _ in range(per_client)]
+              for c in range(args.clients)]
+    multipart_clients = args.clients if args.instant else max(1, args.clients // 4)
     multipart = [pipeline_ceiling.multipart_body([photos[(c * 8 + k) % 32] for k in range(8)], 0)
                  for c in range(multipart_clients)]
     multipart_type = multipart[0][0]
@@ -183,10 +186,10 @@ def main() -> None:
                 row["json"].append(json_rate)
                 row["multipart"].append(multi_rate)
                 row["latency"].append(latency)
-                print(f"round {round_} [{spec}]: 16 clients x 1 JPEG (JSON) {json_rate:.1f} images/s, "
+                print(f"round {round_} [{spec}]: {args.clients} clients x 1 JPEG (JSON) {json_rate:.1f} images/s, "
                       f"{multipart_clients} clients x 8 JPEGs (multipart) {multi_rate:.1f} images/s, "
                       f"one request at a time p50 {latency:.1f} ms", flush=True)
-    encoder = "instant-test encoder" if args.instant else f"{args.model}, random weights"
+    encoder = "instant-test encoder" if args.instant else f"{args.model}, random weights, device {args.device}"
     balancer = ", each layout behind nginx" if args.nginx else ", clients spread over the servers"
     print(f"\nreplicas on one machine: {encoder}, {args.rounds} interleaved rounds{balancer}, {os.cpu_count()} CPUs: "
           f"{cpu_name()}")
