@@ -1,5 +1,6 @@
 """The PostgreSQL compose pieces, checked without Docker: the `postgres` service (profile), the override that
-points the backend at it, the two-replica example and its nginx upstream (deploy/nginx-replicas.conf)."""
+points the backend at it, the two-replica example and its nginx upstream (deploy/nginx-replicas.conf), and the
+override that puts the second replica on the GPUs as docker-compose.gpu.yml puts the first."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from .test_docker_static import (
 POSTGRES_FILE = ROOT / "docker-compose.postgres.yml"
 REPLICAS_FILE = ROOT / "docker-compose.replicas.yml"
 REPLICAS_NGINX = ROOT / "deploy" / "nginx-replicas.conf"
+REPLICAS_GPU_FILE = ROOT / "docker-compose.replicas-gpu.yml"
+GPU_FILE = ROOT / "docker-compose.gpu.yml"
 
 pytestmark = [
     pytest.mark.skipif(not IN_CHECKOUT, reason="needs the whole repository (not inside the backend image)"),
@@ -139,3 +142,25 @@ def test_long_running_services_cannot_gain_privileges():
         assert 0 < int(service.get("pids_limit", 0)) <= 4096, name
     for name in ("backend", "backend-2"):
         assert services[name].get("cap_drop") == ["ALL"] and not services[name].get("cap_add"), name
+
+
+def test_the_gpu_replicas_override_reserves_for_the_second_replica_what_the_gpu_override_does_for_the_first():
+    gpu = load_yaml(GPU_FILE)["services"]["backend"]["deploy"]
+    override = load_yaml(REPLICAS_GPU_FILE)["services"]
+    assert set(override) == {"backend-2"}, "only the second replica changes"
+    assert override["backend-2"]["deploy"] == gpu
+    assert "backend-2" in merged()["services"], "the override must name the replicas file's service"
+    comment = " ".join(
+        line.lstrip("# ").rstrip("\\ ")
+        for line in REPLICAS_GPU_FILE.read_text(encoding="utf-8").splitlines()
+        if line.startswith("#")
+    )
+    command = comment[comment.index("docker compose") :]
+    needed = (
+        "docker-compose.gpu.yml",
+        "docker-compose.replicas.yml",
+        "docker-compose.replicas-gpu.yml",
+        "--profile postgres",
+    )
+    for name in needed:
+        assert name in command, f"the usage line lacks {name}"
