@@ -6,18 +6,19 @@
     .venv/bin/python bench/replicas_ab.py --layout 1 --layout "2,CLIP_TORCH_THREADS=1,CLIP_DECODE_WORKERS=1"
 
 A layout is `N[,VAR=VALUE...]`: N servers of this checkout, each with its own data folder and those settings.
-The clients are spread over a layout's servers round-robin, each on its own keep-alive connection, which is
-what a load balancer in front of replicas does, minus the balancer's own CPU; with --nginx every layout (the
-single server too) is behind an nginx of its own on the same cores instead (one worker process, an upstream
-of the layout's servers with keep-alive connections, requests spread per request as docker-compose.replicas.yml's
-nginx does). Per round,
-layouts in the order given (rounds alternate A B A B):
-  --clients (16) clients x 1 JPEG (640x480 photo-like, original JSON, 2 captions) to the best-match route
-  a quarter as many clients x 8 JPEGs (multipart) with the real model, as many with --instant
-Then 10 single requests one at a time to the layout's first server (best match p50: what fewer torch threads
-per replica cost a lone request). Figures are images/s and ms, with the means over the rounds at the end. Default layouts: one server as the service
-starts (torch's default threads); two servers with one torch thread and one decode thread each, so that both
-together use the cores once. Nothing here is a setting of the service: replicas are separate processes
+The clients are spread over a layout's servers round-robin, each on its own keep-alive connection: what a
+balancer in front of replicas does, minus the balancer's own CPU. With --nginx every layout (the single server
+too) sits behind an nginx of its own on the same cores instead: one worker process, an upstream of the layout's
+servers over keep-alive connections, requests spread one by one as docker-compose.replicas.yml's nginx does.
+
+Per round, layouts in the order given (rounds alternate A B A B):
+  --clients (16) clients x 1 JPEG (640x480 photo-like, original JSON, 2 captions) to the best-match route;
+  a quarter as many clients x 8 JPEGs (multipart) with the real model, as many with --instant;
+  10 single requests one at a time to the layout's first server, or its nginx (best match p50: what fewer torch threads per
+  replica cost a lone request).
+Figures are images/s and ms, with the means over the rounds at the end. Default layouts: one server as the
+service starts (torch's default threads); two servers with one torch thread and one decode thread each, so that
+both together use the cores once. Nothing here is a setting of the service: replicas are separate processes
 (docker-compose.replicas.yml, with PostgreSQL for collections; the matching routes need no store at all).
 """
 
