@@ -14,8 +14,8 @@ servers over keep-alive connections, requests spread one by one as docker-compos
 Per round, layouts in the order given (rounds alternate A B A B):
   --clients (16) clients x 1 JPEG (640x480 photo-like, original JSON, 2 captions) to the best-match route;
   a quarter as many clients x 8 JPEGs (multipart) with the real model, as many with --instant;
-  10 single requests one at a time to the layout's first server, or its nginx (best match p50: what fewer torch threads per
-  replica cost a lone request).
+  10 single requests one at a time to the layout's first server, or its nginx (best match p50: what fewer
+  torch threads per replica cost a lone request).
 Figures are images/s and ms, with the means over the rounds at the end. Default layouts: one server as the
 service starts (torch's default threads); two servers with one torch thread and one decode thread each, so that
 both together use the cores once. Nothing here is a setting of the service: replicas are separate processes
@@ -85,7 +85,8 @@ def start_layout(spec: str, instant: bool, model_args, data_root: str, stack: co
     for _ in range(int(count)):
         data_dir = tempfile.mkdtemp(dir=data_root)
         if instant:
-            process, url = pipeline_ceiling.start_server(model_args.model, data_dir, {"CLIP_FILTER_DECODE_PROCESSES": "0", **env})
+            env_threads = {"CLIP_FILTER_DECODE_PROCESSES": "0", **env}
+            process, url = pipeline_ceiling.start_server(model_args.model, data_dir, env_threads)
         else:
             process, url = bench.start_server(model_args, data_dir, extra_env=env)
         stack.callback(pipeline_ceiling.stop_server, process)
